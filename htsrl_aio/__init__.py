@@ -1,0 +1,9 @@
+"""htsrl-aio: High-Throughput Synchronous RL (Liu, Yeh & Schwing, NeurIPS 2020) on asyncio."""
+
+from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.errors import EnvError, HtsrlError
+from htsrl_aio.train import train, train_async
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "EnvError", "HtsrlError", "TrainConfig", "__version__", "train", "train_async"]

@@ -1,0 +1,92 @@
+"""`htsrl-aio train | diff`: flags are generated from TrainConfig, so the two never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from htsrl_aio.config import ALGO_DEFAULTS, ConfigError, TrainConfig
+from htsrl_aio.errors import HtsrlError
+from htsrl_aio.outputs.compare import first_divergence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="htsrl-aio", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train an agent")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        _add_field(train, f, hints[f.name])
+    diff = commands.add_parser("diff", help="name the first update where two runs' actions differ")
+    diff.add_argument("run_a", type=Path)
+    diff.add_argument("run_b", type=Path)
+    return parser
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f.metadata.get("help", "")
+    if f.default is None and f.name in ALGO_DEFAULTS["ppo"]:
+        help_text += " (default: " + ", ".join(f"{a} {d[f.name]}" for a, d in ALGO_DEFAULTS.items()) + ")"
+    elif f.default is not None:
+        shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        help_text += f" (default: {shown})"
+    kwargs: dict[str, Any] = {"default": f.default, "help": help_text}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(hint))
+    elif hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(hint) is tuple:
+        kwargs.update(type=int, nargs="+")
+    elif hint in (int, float):
+        kwargs["type"] = hint
+    parser.add_argument(flag, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "diff":
+        return _diff(args.run_a, args.run_b)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if isinstance(values["hidden"], list):
+        values["hidden"] = tuple(values["hidden"])
+    from htsrl_aio.train import train  # torch is imported only when a run starts
+
+    try:
+        summary = train(TrainConfig(**values))
+    except ConfigError as exc:
+        parser.exit(2, f"htsrl-aio: error: {exc}\n")
+    except HtsrlError as exc:
+        print(f"htsrl-aio: run failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("htsrl-aio: interrupted; workers stopped and shared memory freed.", file=sys.stderr)
+        return 130
+    ret = summary["episode_return_mean"]
+    print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
+          f"({summary['sps']:.0f} steps/s), mean return of the last 100 episodes: "
+          f"{'n/a' if ret is None else f'{ret:.1f}'}; run directory: {summary['logdir']}")
+    return 0
+
+
+def _diff(run_a: Path, run_b: Path) -> int:
+    try:
+        result = first_divergence(run_a, run_b)
+    except (OSError, ValueError) as exc:
+        print(f"htsrl-aio: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.message)
+    return 0 if result.identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

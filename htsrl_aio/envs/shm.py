@@ -1,0 +1,55 @@
+"""Numpy arrays in named shared memory, so observations cross processes without pickling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+
+SHM_PREFIX = "htsrl_"
+
+
+@dataclass(frozen=True)
+class SharedArraySpec:
+    """Everything a worker needs to attach to a shared array: picklable and tiny."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class SharedArray:
+    """Owns (parent) or borrows (worker) one shared-memory block viewed as a numpy array."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, spec: SharedArraySpec, owner: bool) -> None:
+        self._shm = shm
+        self.spec = spec
+        self.owner = owner
+        self.array: np.ndarray = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
+
+    @classmethod
+    def create(cls, shape: tuple[int, ...], dtype: np.dtype) -> SharedArray:
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        name = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"  # pid: whose segment it is
+        shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
+        array = cls(shm, SharedArraySpec(name, tuple(shape), np.dtype(dtype).str), owner=True)
+        array.array.fill(0)
+        return array
+
+    @classmethod
+    def attach(cls, spec: SharedArraySpec) -> SharedArray:
+        # Workers are spawned, so they share the parent's resource tracker: attaching registers the
+        # name a second time (a no-op) and the owner's unlink unregisters it once. Nothing leaks.
+        return cls(shared_memory.SharedMemory(name=spec.name), spec, owner=False)
+
+    def close(self) -> None:
+        """Drop the mapping; the owner also unlinks the block so nothing is left in /dev/shm."""
+        self.array = np.empty(0)
+        self._shm.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self._shm.unlink()

@@ -1,0 +1,83 @@
+"""The run directory: config.json, metrics.jsonl (one row per update), summary.json, checkpoint.pt.
+
+Everything that is replaced (config, summary, checkpoint) is written to a temporary file and renamed
+into place, so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from htsrl_aio.config import ConfigError
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+def default_logdir(env_name: str, algo: str, mode: str, seed: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", env_name).strip("_")
+    return Path("runs") / f"{slug}-{algo}-{mode}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._metrics = None
+
+    @classmethod
+    def create(cls, path: Path) -> RunDirectory:
+        """Make a fresh run directory; refuse one that already holds a run, so nothing is overwritten."""
+        if (path / METRICS).exists() or (path / SUMMARY).exists():
+            raise ConfigError(f"run directory {path} already holds a run; pass a new --logdir or remove it.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create run directory {path}: {exc.strerror}.") from None
+        run = cls(path)
+        run._metrics = open(path / METRICS, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+        return run
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        self._atomic_write(name, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        assert self._metrics is not None
+        self._metrics.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self._atomic_write(CHECKPOINT, lambda f: torch.save(state, f))
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def _atomic_write(self, name: str, write: Any) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: write null instead, so every line parses with a strict reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

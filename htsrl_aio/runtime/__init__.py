@@ -1,0 +1,1 @@
+"""The HTS-RL runtime: tickets, storages, the swap barrier, batched inference, learner, scheduler."""

@@ -1,0 +1,82 @@
+"""SwapBarrier: the one place where collection and learning meet.
+
+A cyclic barrier for a fixed number of parties. The last party to arrive runs `on_swap` (exchange the
+storages, publish parameters) before anyone is released, so no party can observe a half-done swap.
+Nothing spins: waiters await a future. If the run stops early, `abort` wakes every waiter with
+`BarrierAborted` so nobody is left waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class BarrierAborted(RuntimeError):
+    """The barrier was aborted (the run is stopping); no swap will happen."""
+
+
+class SwapBarrier:
+    def __init__(self, parties: int, on_swap: Callable[[int], None] | None = None) -> None:
+        if parties < 1:
+            raise ValueError("a barrier needs at least one party")
+        self.parties = parties
+        self._on_swap = on_swap
+        self._generation = 0
+        self._waiters: list[asyncio.Future[int]] = []
+        self._aborted: BaseException | None = None
+
+    @property
+    def generation(self) -> int:
+        """How many swaps have completed."""
+        return self._generation
+
+    @property
+    def arrived(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self) -> int:
+        """Arrive and wait for the swap; returns the index of the swap this party took part in."""
+        if self._aborted is not None:
+            raise BarrierAborted("barrier aborted") from self._aborted
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        if len(self._waiters) == self.parties:
+            self._release()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # A party that leaves can never arrive again: everyone else must not wait for it.
+            if not future.done() or future.cancelled():
+                self.abort()
+            raise
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        generation = self._generation
+        try:
+            if self._on_swap is not None:
+                self._on_swap(generation)
+        except BaseException as exc:
+            self._waiters = waiters
+            self.abort(exc)
+            return
+        self._generation += 1
+        for future in waiters:
+            if not future.done():
+                future.set_result(generation)
+
+    def abort(self, cause: BaseException | None = None) -> None:
+        """Wake every waiter, now and later, with BarrierAborted (chained to `cause`)."""
+        if self._aborted is None:
+            self._aborted = cause or BarrierAborted("barrier aborted")
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                error = BarrierAborted("barrier aborted")
+                error.__cause__ = cause
+                future.set_exception(error)
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted is not None

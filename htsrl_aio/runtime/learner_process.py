@@ -1,0 +1,131 @@
+"""ProcessLearner: the learner in its own process, so its Python work never waits for the GIL.
+
+The parameters live in torch shared memory. The learner process updates `model` in place and
+`behaviour` is written by the parent at a swap; both only while the other side is idle (the swap
+barrier guarantees it), so no lock is needed. Rollouts are read straight from the shared storages;
+only the storage index and the few truncated final observations cross the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from htsrl_aio.config import TrainConfig
+from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
+from htsrl_aio.errors import HtsrlError
+from htsrl_aio.procs import WatchedChild, close_children
+from htsrl_aio.runtime.learner import Learner
+from htsrl_aio.runtime.storage import RolloutStorage
+
+StorageSpecs = list[dict[str, SharedArraySpec]]
+
+
+class LearnerError(HtsrlError):
+    """The learner failed (an exception in the update, or its process died)."""
+
+
+class ProcessLearner:
+    def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
+                 storage_specs: StorageSpecs) -> None:
+        self.config = config
+        self.model = model.share_memory()
+        self.behaviour = behaviour.share_memory()
+        self._storage_specs = storage_specs
+        self.version = 0
+        self.behaviour_version = 0
+        self._child: WatchedChild | None = None
+        self._reply: asyncio.Future | None = None
+        self._failure: LearnerError | None = None
+
+    async def start(self) -> None:
+        self._reply = asyncio.get_running_loop().create_future()
+        self._child = WatchedChild("htsrl-learner", learner_main,
+                                   (self.config, self.model, self.behaviour, self._storage_specs),
+                                   self._on_message, self._on_exit)
+        await self._reply
+
+    @torch.no_grad()
+    def load_behaviour(self, source: nn.Module, version: int) -> None:
+        for dst, src in zip(self.behaviour.state_dict().values(), source.state_dict().values()):
+            dst.copy_(src)
+        self.behaviour_version = version
+
+    async def update(self, storage: RolloutStorage) -> dict[str, float]:
+        stats = await self._call(("update", storage.index, dict(storage.truncated_obs)))
+        self.version += 1
+        return stats
+
+    async def optimizer_state(self) -> dict:
+        return await self._call(("optimizer",))
+
+    async def _call(self, message: tuple) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        assert self._child is not None, "ProcessLearner.start() was not awaited"
+        self._reply = asyncio.get_running_loop().create_future()
+        self._child.send(message)
+        return await self._reply
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "error":
+            error = LearnerError(f"the learner failed: {message[1]}")
+            error.details = message[2]
+            self._fail(error)
+        elif self._reply is not None and not self._reply.done():
+            self._reply.set_result(message[1])
+
+    def _on_exit(self, exitcode: int | None) -> None:
+        self._fail(LearnerError(f"the learner process died unexpectedly (exit code {exitcode})."))
+
+    def _fail(self, error: LearnerError) -> None:
+        if self._failure is None:
+            self._failure = error
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(error)
+
+    async def aclose(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            await close_children([child])
+
+
+def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
+                 storage_specs: StorageSpecs) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the learner stops
+    torch.set_num_threads(config.torch_threads)
+    torch.use_deterministic_algorithms(config.deterministic)
+    shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
+    storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
+                for i, arrays in enumerate(shared)]
+    learner = Learner(config, model, behaviour)
+    try:
+        conn.send(("ready", None))
+        while True:
+            message = conn.recv()
+            if message[0] == "close":
+                return
+            try:
+                if message[0] == "optimizer":
+                    conn.send(("optimizer", learner.optimizer.state_dict()))
+                    continue
+                _, index, truncated_obs = message
+                storage = storages[index]
+                storage.truncated_obs = {k: np.asarray(v) for k, v in truncated_obs.items()}
+                conn.send(("done", learner.update(storage)))
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    except (EOFError, OSError):
+        return  # the parent is gone
+    finally:
+        for arrays in shared:
+            for array in arrays.values():
+                array.close()

@@ -1,0 +1,193 @@
+"""The HTS-RL schedule: one collector coroutine per env, one learner coroutine, one SwapBarrier.
+
+hts mode (the paper): every env steps at its own pace through its `rollout` steps, then waits at the
+swap; the learner trains on the other storage meanwhile and waits at the swap when done. At swap g:
+rollout g is complete, the learner has produced theta_g, so the storages exchange roles, the
+parameters that collected rollout g become the learner's behaviour parameters, and theta_g is
+published to inference. Collection of rollout g+1 (with theta_g) and learning on rollout g (which
+was collected with theta_{g-1}) then run together: exactly one update of lag, whatever the timing.
+
+sync mode (the baseline): the same coroutines, plus a barrier after every env step, and collection
+waits for the learner (a second barrier, where parameters are published) before the next rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from htsrl_aio.config import TrainConfig
+from htsrl_aio.envs.pool import EnvPool
+from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
+from htsrl_aio.runtime.inference import BatchedInference
+from htsrl_aio.runtime.learner import LearnerHandle
+from htsrl_aio.runtime.storage import RolloutStorage
+from htsrl_aio.runtime.tickets import StepTicket
+
+EPISODE_WINDOW = 100
+
+
+class BusyClock:
+    """Accumulates the seconds a component spends working, to report busy fractions."""
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self._total += time.perf_counter() - self._since
+            self._since = None
+
+    def total(self) -> float:
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self._total + running
+
+
+class RolloutScheduler:
+    def __init__(self, config: TrainConfig, pool: EnvPool, storages: tuple[RolloutStorage, RolloutStorage],
+                 final_obs: np.ndarray, inference: BatchedInference, learner: LearnerHandle,
+                 on_update: Callable[[dict[str, Any]], None]) -> None:
+        self.cfg = config
+        self.pool = pool
+        self.storages = storages
+        self.final_obs = final_obs
+        self.inference = inference
+        self.learner = learner
+        self.on_update = on_update
+        self.sync = config.mode == "sync"
+        n = config.num_envs
+        self.swap = SwapBarrier(n + 1, on_swap=self._on_swap)
+        self.step_barrier = SwapBarrier(n) if self.sync else None
+        self.publish_barrier = SwapBarrier(n + 1, on_swap=self._on_publish) if self.sync else None
+        self.inference_version = 0
+        self.episode_returns: deque[float] = deque(maxlen=EPISODE_WINDOW)
+        self.episode_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
+        self.episodes = 0
+        self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
+        self._envs_collecting = 0
+        self.collector_clock = BusyClock()
+        self.learner_clock = BusyClock()
+        self._start = 0.0
+        self._window: tuple[float, float, float, int, int] = (0.0, 0.0, 0.0, 0, 0)
+
+    async def run(self) -> None:
+        """Collect and learn `num_rollouts` rollouts; on any failure stop every coroutine and re-raise."""
+        self._start = time.perf_counter()
+        self._window = (self._start, 0.0, 0.0, 0, 0)
+        first = self.storages[0]
+        first.begin(0)
+        await asyncio.gather(*(self.pool.reset(i, first.index, 0) for i in range(self.cfg.num_envs)))
+        self._begin_collection()
+        tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.cfg.num_envs)]
+        tasks.append(asyncio.ensure_future(self._learn()))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+            if errors:
+                # A barrier abort is a consequence; report the failure that caused it.
+                raise next((e for e in errors if not isinstance(e, BarrierAborted)), errors[0])
+        finally:
+            for barrier in (self.swap, self.step_barrier, self.publish_barrier):
+                if barrier is not None:
+                    barrier.abort()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, env: int) -> None:
+        cfg = self.cfg
+        for rollout in range(cfg.num_rollouts):
+            storage = self.storages[rollout % 2]
+            for step in range(cfg.rollout):
+                act = await self.inference.act(StepTicket(rollout, env, step), storage.obs[step, env])
+                storage.record_action(step, env, act.action, act.logprob, act.value)
+                result = await self.pool.step(env, act.action, storage.index, step + 1)
+                storage.record_step(step, env, result, self.final_obs[env])
+                if result.episode is not None:
+                    self._rollout_episodes.append((step, env, *result.episode))
+                if self.step_barrier is not None:
+                    await self.step_barrier.wait()
+            self._envs_collecting -= 1
+            if self._envs_collecting == 0:
+                self.collector_clock.stop()
+            await self.swap.wait()
+            if self.publish_barrier is not None and rollout + 1 < cfg.num_rollouts:
+                await self.publish_barrier.wait()
+
+    async def _learn(self) -> None:
+        for update in range(self.cfg.num_rollouts):
+            await self.swap.wait()
+            storage = self.storages[update % 2]
+            lag = self.learner.version - self.learner.behaviour_version
+            self.learner_clock.start()
+            stats = await self.learner.update(storage)
+            self.learner_clock.stop()
+            self.on_update(self._metrics(update, storage, lag, stats))
+            if self.publish_barrier is not None and update + 1 < self.cfg.num_rollouts:
+                await self.publish_barrier.wait()
+
+    def _on_swap(self, generation: int) -> None:
+        finished = self.storages[generation % 2]
+        for _, _, ret, length in sorted(self._rollout_episodes):  # ticket order, not arrival order
+            self.episode_returns.append(ret)
+            self.episode_lengths.append(length)
+            self.episodes += 1
+        self._rollout_episodes.clear()
+        self.learner.load_behaviour(self.inference.model, self.inference_version)
+        if generation + 1 < self.cfg.num_rollouts:
+            upcoming = self.storages[(generation + 1) % 2]
+            upcoming.continue_from(finished)
+            upcoming.begin(generation + 1)
+        if not self.sync:
+            self._on_publish(generation)
+
+    def _on_publish(self, generation: int) -> None:
+        self.inference.publish(self.learner.model)
+        self.inference_version = self.learner.version
+        if generation + 1 < self.cfg.num_rollouts:
+            self._begin_collection()
+
+    def _begin_collection(self) -> None:
+        self._envs_collecting = self.cfg.num_envs
+        self.collector_clock.start()
+
+    def _metrics(self, update: int, storage: RolloutStorage, lag: int,
+                 stats: dict[str, float]) -> dict[str, Any]:
+        cfg = self.cfg
+        now = time.perf_counter()
+        last_t, last_learn, last_collect, last_passes, last_rows = self._window
+        learn, collect = self.learner_clock.total(), self.collector_clock.total()
+        passes, rows = self.inference.forward_passes, self.inference.rows_served
+        self._window = (now, learn, collect, passes, rows)
+        span = max(now - last_t, 1e-9)
+        metrics: dict[str, Any] = {
+            "update": update + 1,
+            "global_step": (update + 1) * cfg.num_envs * cfg.rollout,
+            "wall_time_s": now - self._start,
+            "sps": cfg.num_envs * cfg.rollout / span,
+            "episode_return_mean": _mean(self.episode_returns),
+            "episode_length_mean": _mean(self.episode_lengths),
+            "episodes": self.episodes,
+            "policy_lag": lag,
+            "learner_busy_frac": (learn - last_learn) / span,
+            "collector_busy_frac": (collect - last_collect) / span,
+            "inference_batch_mean": (rows - last_rows) / max(passes - last_passes, 1),
+            "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
+        }
+        metrics.update(stats)
+        return metrics
+
+
+def _mean(values: deque) -> float | None:
+    return float(np.mean(values)) if values else None

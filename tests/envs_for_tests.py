@@ -1,0 +1,72 @@
+"""Envs used by the tests. Module-level factories, so spawned worker processes can import them."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import gymnasium as gym
+import numpy as np
+
+_UNSEEDED = random.SystemRandom()  # deliberately outside every seed: timing noise only
+
+
+class JitterCartPole(gym.Wrapper):
+    """CartPole whose steps take a random 0-2 ms, drawn from the OS entropy pool."""
+
+    def step(self, action):
+        time.sleep(_UNSEEDED.uniform(0.0, 0.002))
+        return super().step(action)
+
+
+def jitter_cartpole() -> gym.Env:
+    return JitterCartPole(gym.make("CartPole-v1", max_episode_steps=60))
+
+
+class _RaisingCartPole(gym.Wrapper):
+    def __init__(self, env: gym.Env, after: int) -> None:
+        super().__init__(env)
+        self.after = after
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > self.after:
+            raise RuntimeError("simulator lost its connection")
+        return super().step(action)
+
+
+def raising_cartpole() -> gym.Env:
+    return _RaisingCartPole(gym.make("CartPole-v1"), after=100)
+
+
+class _WrongShapeAfterReset(gym.Wrapper):
+    def step(self, action):
+        _obs, reward, terminated, truncated, info = super().step(action)
+        return np.zeros(7, np.float32), reward, terminated, truncated, info
+
+
+def wrong_shape_cartpole() -> gym.Env:
+    return _WrongShapeAfterReset(gym.make("CartPole-v1"))
+
+
+def dict_obs_env() -> gym.Env:
+    return gym.wrappers.TransformObservation(
+        gym.make("CartPole-v1"), lambda o: {"x": o}, gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (4,))}))
+
+
+def continuous_env() -> gym.Env:
+    return gym.make("Pendulum-v1")
+
+
+class _SuicidalCartPole(gym.Wrapper):
+    def step(self, action):
+        import os
+
+        if self.unwrapped.np_random.random() < 0.01:
+            os._exit(9)
+        return super().step(action)
+
+
+def dying_cartpole() -> gym.Env:
+    return _SuicidalCartPole(gym.make("CartPole-v1"))

@@ -1,0 +1,149 @@
+"""Losses and advantages against values worked out by hand, and the A2C delayed gradient."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from htsrl_aio.algos import a2c_loss, gae, ppo_loss
+from htsrl_aio.config import TrainConfig
+from htsrl_aio.models import MLPActorCritic
+from htsrl_aio.runtime.learner import Learner
+from htsrl_aio.runtime.storage import RolloutStorage
+
+B = torch.tensor
+
+
+def test_gae_matches_hand_computation_with_termination_and_truncation():
+    gamma, lam = 0.9, 0.8
+    # One env, 4 steps: step 1 terminates, step 2 is truncated (bootstraps from its final obs value 5).
+    rewards = B([[1.0], [2.0], [3.0], [4.0]])
+    values = B([[0.5], [1.0], [1.5], [2.0]])
+    next_values = B([[1.0], [1.5], [5.0], [3.0]])  # v1, v2, v(final obs of step 2), bootstrap
+    terminated = B([[False], [True], [False], [False]])
+    episode_end = B([[False], [True], [True], [False]])
+    adv, ret = gae(rewards, values, next_values, terminated, episode_end, gamma, lam)
+    d3 = 4.0 + 0.9 * 3.0 - 2.0
+    d2 = 3.0 + 0.9 * 5.0 - 1.5
+    d1 = 2.0 + 0.0 - 1.0
+    d0 = 1.0 + 0.9 * 1.0 - 0.5
+    a3 = d3
+    a2 = d2  # truncation cuts the trace: nothing from step 3 leaks into step 2
+    a1 = d1
+    a0 = d0 + gamma * lam * a1
+    torch.testing.assert_close(adv, B([[a0], [a1], [a2], [a3]]))
+    torch.testing.assert_close(ret, adv + values)
+
+
+def test_gae_with_lambda_one_is_the_n_step_return():
+    rewards = B([[1.0], [1.0], [1.0]])
+    values = B([[0.0], [0.0], [0.0]])
+    next_values = B([[0.0], [0.0], [10.0]])
+    no = torch.zeros(3, 1, dtype=torch.bool)
+    _, ret = gae(rewards, values, next_values, no, no, 0.5, 1.0)
+    torch.testing.assert_close(ret, B([[1 + 0.5 + 0.25 + 0.125 * 10], [1 + 0.5 + 0.25 * 10], [1 + 0.5 * 10]]))
+
+
+def test_ppo_loss_pieces():
+    old_logp = B([math.log(0.5), math.log(0.5)])
+    new_logp = B([math.log(0.8), math.log(0.2)])  # ratios 1.6 and 0.4
+    adv = B([1.0, -1.0])
+    new_v, old_v, ret = B([2.0, 0.0]), B([1.0, 0.0]), B([3.0, 1.0])
+    entropy = B([0.7, 0.5])
+    loss, stats = ppo_loss(new_logp, old_logp, adv, new_v, old_v, ret, entropy, clip_coef=0.2,
+                           clip_vloss=True, vf_coef=0.5, ent_coef=0.01)
+    # pg: max(-A r, -A clip(r)) -> env0: max(-1.6, -1.2) = -1.2; env1: max(0.4, 0.8) = 0.8
+    pg = (-1.2 + 0.8) / 2
+    # value: clipped v = old + clamp(new-old, +-0.2) -> env0: 1.2; losses max((2-3)^2, (1.2-3)^2) = 3.24
+    #        env1: new == old -> (0-1)^2 = 1
+    v = 0.5 * (3.24 + 1.0) / 2
+    assert stats["pg_loss"] == pytest.approx(pg)
+    assert stats["v_loss"] == pytest.approx(v)
+    assert stats["clipfrac"] == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(pg + 0.5 * v - 0.01 * 0.6)
+
+
+def test_entropy_is_a_bonus_in_both_losses():
+    logp, adv, v, ret = B([-0.7]), B([0.0]), B([0.0]), B([0.0])
+    low, _ = a2c_loss(logp, adv, v, ret, B([0.1]), vf_coef=0.5, ent_coef=0.1)
+    high, _ = a2c_loss(logp, adv, v, ret, B([1.0]), vf_coef=0.5, ent_coef=0.1)
+    assert high < low
+    low, _ = ppo_loss(logp, logp, adv, v, v, ret, B([0.1]), 0.2, True, 0.5, 0.1)
+    high, _ = ppo_loss(logp, logp, adv, v, v, ret, B([1.0]), 0.2, True, 0.5, 0.1)
+    assert high < low
+
+
+def test_a2c_loss_pieces():
+    logp, adv = B([-1.0, -2.0]), B([2.0, -1.0])
+    v, ret, ent = B([1.0, 0.0]), B([2.0, 2.0]), B([0.5, 0.3])
+    loss, stats = a2c_loss(logp, adv, v, ret, ent, vf_coef=0.5, ent_coef=0.01)
+    pg = -(2.0 * -1.0 + -1.0 * -2.0) / 2
+    vl = 0.5 * (1.0 + 4.0) / 2
+    assert stats["pg_loss"] == pytest.approx(pg)
+    assert stats["v_loss"] == pytest.approx(vl)
+    assert loss.item() == pytest.approx(pg + 0.5 * vl - 0.01 * 0.4)
+
+
+def _storage(seed: int) -> RolloutStorage:
+    rng = np.random.default_rng(seed)
+    storage = RolloutStorage.zeros(0, num_envs=3, rollout_len=5, obs_shape=(4,))
+    storage.obs[:] = rng.standard_normal((6, 3, 4))
+    storage.actions[:] = rng.integers(0, 2, (5, 3))
+    storage.rewards[:] = rng.standard_normal((5, 3))
+    storage.values[:] = rng.standard_normal((5, 3))
+    storage.terminated[2, 1] = True
+    return storage
+
+
+def test_a2c_gradient_is_taken_at_the_behaviour_parameters():
+    cfg = TrainConfig(algo="a2c", num_envs=3, rollout=5, total_steps=15, max_grad_norm=1e9).resolved()
+    torch.manual_seed(0)
+    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
+    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour))
+    learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)  # so the step is readable
+    storage = _storage(1)
+
+    # The gradient the paper's eq. 6 asks for: at the behaviour parameters, on the behaviour data.
+    reference = Learner(cfg, copy.deepcopy(behaviour), copy.deepcopy(behaviour))
+    batch = reference._batch(storage)
+    logits, value = reference.model(batch["obs"])
+    dist = torch.distributions.Categorical(logits=logits)
+    loss, _ = a2c_loss(dist.log_prob(batch["actions"]), batch["advantages"], value, batch["returns"],
+                       dist.entropy(), cfg.vf_coef, cfg.ent_coef)
+    grads = torch.autograd.grad(loss, list(reference.model.parameters()))
+
+    learner.update(storage)
+    for before, after, grad in zip(current.parameters(), learner.model.parameters(), grads):
+        torch.testing.assert_close(after.detach(), before.detach() - 0.1 * grad)
+    # ...and it is not the gradient at the current parameters.
+    cur_grads = torch.autograd.grad(
+        a2c_loss(*_a2c_terms(current, batch), cfg.vf_coef, cfg.ent_coef)[0], list(current.parameters()))
+    assert any(not torch.allclose(g, c) for g, c in zip(grads, cur_grads))
+
+
+def _a2c_terms(model, batch):
+    logits, value = model(batch["obs"])
+    dist = torch.distributions.Categorical(logits=logits)
+    return dist.log_prob(batch["actions"]), batch["advantages"], value, batch["returns"], dist.entropy()
+
+
+def test_bootstrap_values_come_from_the_behaviour_parameters():
+    cfg = TrainConfig(num_envs=3, rollout=5, total_steps=15, minibatches=1).resolved()
+    torch.manual_seed(0)
+    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
+    storage = _storage(2)
+    storage.truncated[3, 0] = True
+    storage.truncated_obs[(3, 0)] = np.ones(4, np.float32)
+    batch = Learner(cfg, current, behaviour)._batch(storage)
+    with torch.no_grad():
+        v_boot = behaviour.value(torch.from_numpy(storage.obs[-1]))
+        v_final = behaviour.value(torch.ones(1, 4))[0]
+    adv = batch["advantages"].view(5, 3)
+    ret = batch["returns"].view(5, 3)
+    # Last step of env 2 (no episode end): return = r + gamma * V_behaviour(obs[T]).
+    assert ret[4, 2].item() == pytest.approx(storage.rewards[4, 2] + 0.99 * v_boot[2].item(), rel=1e-5)
+    # Truncated step bootstraps from the final observation; the trace is cut there.
+    assert adv[3, 0].item() == pytest.approx(
+        storage.rewards[3, 0] + 0.99 * v_final.item() - storage.values[3, 0], rel=1e-5)

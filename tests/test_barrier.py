@@ -1,0 +1,69 @@
+import asyncio
+
+import pytest
+
+from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
+
+
+async def test_no_swap_until_every_party_arrives():
+    swaps: list[int] = []
+    barrier = SwapBarrier(3, on_swap=swaps.append)
+    first = asyncio.ensure_future(barrier.wait())
+    second = asyncio.ensure_future(barrier.wait())
+    for _ in range(5):  # give the waiters every chance to (wrongly) get through
+        await asyncio.sleep(0)
+    assert swaps == [] and not first.done() and not second.done()
+    assert barrier.arrived == 2
+    assert await barrier.wait() == 0
+    assert await first == 0 and await second == 0
+    assert swaps == [0] and barrier.generation == 1
+
+
+async def test_swap_runs_before_any_party_is_released():
+    state = {"swapped": False}
+    barrier = SwapBarrier(2, on_swap=lambda g: state.update(swapped=True))
+
+    async def party() -> bool:
+        await barrier.wait()
+        return state["swapped"]
+
+    assert await asyncio.gather(party(), party()) == [True, True]
+
+
+async def test_barrier_is_cyclic():
+    barrier = SwapBarrier(2)
+    for generation in range(4):
+        assert await asyncio.gather(barrier.wait(), barrier.wait()) == [generation, generation]
+
+
+async def test_abort_wakes_waiters_and_refuses_newcomers():
+    barrier = SwapBarrier(3)
+    waiter = asyncio.ensure_future(barrier.wait())
+    await asyncio.sleep(0)
+    barrier.abort(RuntimeError("env died"))
+    with pytest.raises(BarrierAborted) as info:
+        await waiter
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(BarrierAborted):
+        await barrier.wait()
+
+
+async def test_cancelled_party_aborts_instead_of_deadlocking():
+    barrier = SwapBarrier(3)
+    stays = asyncio.ensure_future(barrier.wait())
+    leaves = asyncio.ensure_future(barrier.wait())
+    await asyncio.sleep(0)
+    leaves.cancel()
+    with pytest.raises(BarrierAborted):
+        await asyncio.wait_for(stays, timeout=5)
+
+
+async def test_failing_swap_action_aborts_the_barrier():
+    def explode(generation: int) -> None:
+        raise ValueError("publish failed")
+
+    barrier = SwapBarrier(2, on_swap=explode)
+    results = await asyncio.gather(barrier.wait(), barrier.wait(), return_exceptions=True)
+    assert all(isinstance(r, BarrierAborted) for r in results)
+    assert isinstance(results[0].__cause__, ValueError)
+    assert barrier.generation == 0

@@ -1,0 +1,132 @@
+"""End to end, with real worker processes and shared memory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from envs_for_tests import jitter_cartpole
+
+from htsrl_aio import ConfigError, EnvError, TrainConfig, train, train_async
+from htsrl_aio.cli import main as cli_main
+
+REQUIRED_METRICS = {"update", "global_step", "wall_time_s", "sps", "episode_return_mean", "episodes",
+                    "policy_lag", "learner_busy_frac", "collector_busy_frac", "actions_sha256"}
+
+
+def small(run_dir: Path, **overrides) -> TrainConfig:
+    base = {"env": "CartPole-v1", "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 4,
+            "workers": 2, "logdir": str(run_dir), "progress": False}
+    return TrainConfig(**{**base, **overrides})
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_run_writes_config_metrics_summary_and_checkpoint(run_dir, no_leaks, mode):
+    summary = train(small(run_dir, mode=mode))
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json",
+                                                   "checkpoint.pt"}
+    rows = read_metrics(run_dir)
+    assert [r["update"] for r in rows] == [1, 2, 3, 4]
+    assert all(set(r) >= REQUIRED_METRICS for r in rows)
+    assert [r["global_step"] for r in rows] == [64, 128, 192, 256]
+    assert [r["policy_lag"] for r in rows] == ([0, 1, 1, 1] if mode == "hts" else [0, 0, 0, 0])
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert summary["global_step"] == 256 and len(summary["final_params_sha256"]) == 64
+    assert json.loads((run_dir / "config.json").read_text())["mode"] == mode
+
+
+async def test_awaitable_form_runs_inside_an_existing_loop(run_dir, no_leaks):
+    summary = await train_async(small(run_dir))
+    assert summary["updates"] == 4
+
+
+@pytest.mark.parametrize("algo,rollout", [("ppo", 16), ("a2c", 5)])
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_same_seed_same_bits_whatever_workers_batching_or_timing(tmp_path, no_leaks, algo, rollout, mode):
+    """Env steps sleep a random time from outside the seed; workers, max-batch and learner change too."""
+    runs = []
+    for name, workers, max_batch, learner in [("a", 1, 6, "process"), ("b", 3, 2, "process"),
+                                              ("c", 2, 4, "thread")]:
+        cfg = TrainConfig(env=jitter_cartpole, algo=algo, mode=mode, num_envs=6, rollout=rollout,
+                          total_steps=6 * rollout * 6, workers=workers, max_batch=max_batch, learner=learner,
+                          minibatches=2 if algo == "ppo" else 1, logdir=str(tmp_path / name), progress=False)
+        summary = train(cfg)
+        trace = [r["actions_sha256"] for r in read_metrics(tmp_path / name)]
+        runs.append((summary["final_params_sha256"], trace))
+    assert runs[0] == runs[1] == runs[2]
+    assert any(r["episodes"] > 0 for r in read_metrics(tmp_path / "a"))  # autoresets happened
+
+
+def test_a_different_seed_gives_a_different_run_and_diff_names_the_update(tmp_path, no_leaks, capsys):
+    train(small(tmp_path / "a", seed=1))
+    train(small(tmp_path / "b", seed=1, workers=1))
+    train(small(tmp_path / "c", seed=2))
+    assert cli_main(["diff", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "identical" in capsys.readouterr().out
+    assert cli_main(["diff", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert "diverge at update 1" in capsys.readouterr().out
+
+
+def test_env_that_raises_stops_the_run_with_one_sentence(run_dir, no_leaks):
+    with pytest.raises(EnvError, match=r"env \d of 'envs_for_tests:raising_cartpole' failed: "
+                                       r"RuntimeError: simulator lost its connection"):
+        train(small(run_dir, env="envs_for_tests:raising_cartpole", total_steps=4 * 16 * 10))
+
+
+def test_worker_that_dies_is_reported(run_dir, no_leaks):
+    with pytest.raises(EnvError, match="died unexpectedly"):
+        train(small(run_dir, env="envs_for_tests:dying_cartpole", total_steps=4 * 16 * 20))
+
+
+def test_env_returning_the_wrong_shape_is_named(run_dir, no_leaks):
+    with pytest.raises(ConfigError, match=r"returned an observation of shape \(7,\) but its "
+                                          r"observation_space says \(4,\)"):
+        train(small(run_dir, env="envs_for_tests:wrong_shape_cartpole"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"env": "CartPole-v2"}, r"unknown env id 'CartPole-v2'.*Did you mean CartPole-v1"),
+    ({"total_steps": -5}, r"--total-steps must be a positive integer"),
+    ({"minibatches": 5}, r"--minibatches 5 does not divide the batch of num_envs\*rollout = 64"),
+    ({"env": "envs_for_tests:dict_obs_env"}, r"needs a Box"),
+    ({"env": "envs_for_tests:continuous_env"}, r"trains Discrete\(n\) actions"),
+    ({"env": "no_such_module:make"}, r"cannot import module 'no_such_module'"),
+    ({"env": lambda: None}, r"cannot be sent to worker processes"),
+    ({"algo": "dqn"}, r"unknown --algo 'dqn'"),
+])
+def test_bad_config_is_one_sentence_before_any_process_starts(run_dir, no_leaks, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(small(run_dir, **overrides))
+
+
+def test_cli_exits_2_with_one_line_on_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "train", "--env", "CartPol-v1",
+                           "--logdir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("htsrl-aio: error: unknown env id 'CartPol-v1': it is not a registered "
+                               "gymnasium id. Did you mean CartPole-v1")
+
+
+def test_cli_trains_and_reports(tmp_path, no_leaks):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4",
+                           "--rollout", "8", "--total-steps", "128", "--workers", "2",
+                           "--logdir", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 128 steps" in proc.stdout
+    assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
+    train(small(run_dir))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(small(run_dir))
