@@ -1,10 +1,15 @@
-"""Steps/s of hts mode vs sync mode, side by side, on one machine.
+"""Steps/s of two variants of one configuration, side by side, on one machine.
 
-Runs the same configuration in both modes, alternating (hts, sync, hts, sync, ...) so that machine
-load drifts hit both equally, and reports the median of each plus their ratio, with the busy
-fractions that explain it. Prints one table and writes a PNG (matplotlib, from the `bench` extra).
+`--vary mode` (default): hts vs sync. `--vary deterministic`: fixed-shape inference blocks (the
+default) vs the fastest non-deterministic batching (each batch at its own size, `--no-deterministic`).
+`--vary learner`: learner process vs learner thread.
+
+Variants alternate (a, b, a, b, ...) so that machine load drifts hit both equally; the table shows the
+median of each, their ratio, and the busy fractions that explain it. Prints one table and writes a PNG
+(matplotlib, from the `bench` extra).
 
     python benchmarks/throughput.py --env CartPole-v1 --algo ppo --total-steps 100000 --repeats 3
+    python benchmarks/throughput.py --vary deterministic --mode hts
 
 Parameterised so the same script runs on a many-core or GPU machine (--num-envs, --workers,
 --device, --learner ...).
@@ -43,13 +48,21 @@ def delayed_env(env_id: str, mean_s: float) -> gym.Env:
     return ExponentialStepDelay(gym.make(env_id), mean_s)
 
 
-def run_once(args: argparse.Namespace, mode: str, logdir: Path) -> dict:
+VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "mode": [("hts", {"mode": "hts"}), ("sync", {"mode": "sync"})],
+    "deterministic": [("deterministic", {"deterministic": True}), ("fastest", {"deterministic": False})],
+    "learner": [("process", {"learner": "process"}), ("thread", {"learner": "thread"})],
+}
+
+
+def run_once(args: argparse.Namespace, overrides: dict, logdir: Path) -> dict:
     env = args.env
     if args.step_delay_ms:
         env = functools.partial(delayed_env, args.env, args.step_delay_ms / 1000)
-    cfg = TrainConfig(env=env, algo=args.algo, mode=mode, num_envs=args.num_envs, rollout=args.rollout,
-                      total_steps=args.total_steps, workers=args.workers, device=args.device,
-                      learner=args.learner, seed=args.seed, logdir=str(logdir), progress=False)
+    settings = {"env": env, "algo": args.algo, "mode": args.mode, "num_envs": args.num_envs,
+                "rollout": args.rollout, "total_steps": args.total_steps, "workers": args.workers,
+                "device": args.device, "learner": args.learner, "seed": args.seed, **overrides}
+    cfg = TrainConfig(**settings, logdir=str(logdir), progress=False)
     summary = train(cfg)
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     steady = rows[len(rows) // 10:]  # skip warm-up (process start, first updates)
@@ -66,7 +79,9 @@ def run_once(args: argparse.Namespace, mode: str, logdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vary", default="mode", choices=sorted(VARIANTS))
     parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--mode", default="hts", choices=["hts", "sync"], help="when not varied")
     parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c"])
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--rollout", type=int, default=None)
@@ -81,24 +96,27 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/throughput.png"))
     args = parser.parse_args()
 
-    results: dict[str, list[dict]] = {"hts": [], "sync": []}
+    variants = VARIANTS[args.vary]
+    results: dict[str, list[dict]] = {label: [] for label, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for mode in ("hts", "sync"):
-                results[mode].append(run_once(args, mode, Path(tmp) / f"{mode}{repeat}"))
+            for label, overrides in variants:
+                results[label].append(run_once(args, overrides, Path(tmp) / f"{label}{repeat}"))
 
-    med = {mode: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "return"}
-           for mode, runs in results.items()}
+    med = {label: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "return"}
+           for label, runs in results.items()}
     delay = f", exp. step delay {args.step_delay_ms} ms" if args.step_delay_ms else ""
-    print(f"{args.env}{delay} {args.algo}, {args.num_envs} envs, {args.total_steps} steps, "
+    fixed = "" if args.vary == "mode" else f" {args.mode} mode,"
+    print(f"{args.env}{delay} {args.algo},{fixed} {args.num_envs} envs, {args.total_steps} steps, "
           f"{args.repeats} alternating repeats (median)")
-    print(f"{'mode':<6}{'steps/s':>10}{'steady steps/s':>16}{'learner busy':>14}{'collector busy':>16}")
-    for mode in ("hts", "sync"):
-        m = med[mode]
-        print(f"{mode:<6}{m['sps']:>10.0f}{m['steady_sps']:>16.0f}{m['learner_busy']:>14.2f}"
+    print(f"{args.vary:<14}{'steps/s':>10}{'steady steps/s':>16}{'learner busy':>14}{'collector busy':>16}")
+    for label, _ in variants:
+        m = med[label]
+        print(f"{label:<14}{m['sps']:>10.0f}{m['steady_sps']:>16.0f}{m['learner_busy']:>14.2f}"
               f"{m['collector_busy']:>16.2f}")
-    print(f"hts/sync: {med['hts']['sps'] / med['sync']['sps']:.2f}x end to end, "
-          f"{med['hts']['steady_sps'] / med['sync']['steady_sps']:.2f}x steady")
+    (a, _), (b, _) = variants
+    print(f"{a}/{b}: {med[a]['sps'] / med[b]['sps']:.2f}x end to end, "
+          f"{med[a]['steady_sps'] / med[b]['steady_sps']:.2f}x steady")
     _plot(results, args)
 
 
@@ -112,13 +130,15 @@ def _plot(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
         print("no plot: install the bench extra (pip install -e '.[bench]') for matplotlib")
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, mode in enumerate(("hts", "sync")):
-        values = [r["steady_sps"] for r in results[mode]]
+    labels = list(results)
+    for i, label in enumerate(labels):
+        values = [r["steady_sps"] for r in results[label]]
         ax.bar(i, statistics.median(values), color=["tab:blue", "tab:gray"][i])
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-    ax.set_xticks([0, 1], ["hts", "sync"])
+    ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("steady env steps/s")
-    ax.set_title(f"{args.env} {args.algo}, {args.num_envs} envs")
+    delay = f", step delay exp({args.step_delay_ms} ms)" if args.step_delay_ms else ""
+    ax.set_title(f"{args.env} {args.algo}, {args.num_envs} envs{delay}", fontsize=10)
     fig.tight_layout()
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=120)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import signal
 import sys
 import types
 import typing
@@ -59,10 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if isinstance(values["hidden"], list):
         values["hidden"] = tuple(values["hidden"])
-    from htsrl_aio.train import train  # torch is imported only when a run starts
+    from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
-        summary = train(TrainConfig(**values))
+        summary = run_event_loop(_train_until_signalled(TrainConfig(**values)))
     except ConfigError as exc:
         parser.exit(2, f"htsrl-aio: error: {exc}\n")
     except HtsrlError as exc:
@@ -71,11 +73,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("htsrl-aio: interrupted; workers stopped and shared memory freed.", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("htsrl-aio: terminated; workers stopped and shared memory freed.", file=sys.stderr)
+        return 143
     ret = summary["episode_return_mean"]
     print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
           f"({summary['sps']:.0f} steps/s), mean return of the last 100 episodes: "
           f"{'n/a' if ret is None else f'{ret:.1f}'}; run directory: {summary['logdir']}")
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived; the run was cancelled and cleaned up."""
+
+
+async def _train_until_signalled(config: TrainConfig) -> dict[str, Any]:
+    """Train; SIGTERM cancels the run like Ctrl-C does, so cleanup runs instead of a hard exit."""
+    from htsrl_aio.train import train_async
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await train_async(config)
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _diff(run_a: Path, run_b: Path) -> int:

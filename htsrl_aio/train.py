@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,14 +32,21 @@ from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
 from htsrl_aio.runtime.tickets import TicketSampler
 from htsrl_aio.seeding import Stream, derive_seed
 
+T = TypeVar("T")
+
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train to the end on a fresh event loop (uvloop when installed); return the summary."""
+    return run_event_loop(train_async(config))
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on a new event loop: uvloop when importable, else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(train_async(config))
-    return uvloop.run(train_async(config))
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def train_async(config: TrainConfig) -> dict[str, Any]:

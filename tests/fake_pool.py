@@ -55,5 +55,10 @@ class FakePool:
     def _later(self, value: object) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        loop.call_later(self._noise.uniform(0, self.max_delay), future.set_result, value)
+        loop.call_later(self._noise.uniform(0, self.max_delay), _resolve, future, value)
         return future
+
+
+def _resolve(future: asyncio.Future, value: object) -> None:
+    if not future.done():
+        future.set_result(value)

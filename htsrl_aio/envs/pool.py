@@ -83,15 +83,16 @@ class EnvPool:
     def _dispatch(self, where: str, ready: asyncio.Future, msg: tuple) -> None:
         kind = msg[0]
         if kind == "ready":
-            ready.set_result(None)
+            if not ready.done():
+                ready.set_result(None)
         elif kind == "error":
             _, env_id, message, details = msg
             who = f"env {env_id}" if env_id is not None else where
             self._fail(EnvError(f"{who} of {self.factory.name!r} failed: {message}"), details)
-        elif kind == "reset":
-            self._pending.pop(msg[1]).set_result(None)
         else:
-            self._pending.pop(msg[1]).set_result(StepResult(*msg[2:]))
+            future = self._pending.pop(msg[1])
+            if not future.done():  # a collector cancelled while waiting has cancelled its future
+                future.set_result(None if kind == "reset" else StepResult(*msg[2:]))
 
     def _on_exit(self, where: str, exitcode: int | None) -> None:
         self._fail(EnvError(f"{where} died unexpectedly (exit code {exitcode}); the run cannot "
