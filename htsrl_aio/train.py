@@ -21,9 +21,10 @@ from htsrl_aio.config import ConfigError, TrainConfig
 from htsrl_aio.envs import EnvSpec, probe_env, resolve_env
 from htsrl_aio.envs.pool import EnvPool
 from htsrl_aio.envs.shm import SharedArray
+from htsrl_aio.errors import HtsrlError
 from htsrl_aio.models import MLPActorCritic, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
-from htsrl_aio.outputs.run_dir import CONFIG, SUMMARY, RunDirectory, default_logdir
+from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, SUMMARY, RunDirectory, default_logdir
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
@@ -103,6 +104,10 @@ async def train_async(config: TrainConfig) -> dict[str, Any]:
             scheduler = RolloutScheduler(cfg, pool, storages, final_obs.array, inference, learner, record)
             await scheduler.run()
             optimizer_state = await learner.optimizer_state()
+        except HtsrlError as exc:
+            # The terminal gets one sentence; the details (a worker's traceback) go to the run directory.
+            run_dir.write_text(ERROR_LOG, f"{exc}\n\n{exc.details}")
+            raise
         finally:
             progress.close()
             await asyncio.shield(_close(pool, learner))

@@ -77,6 +77,8 @@ def test_env_that_raises_stops_the_run_with_one_sentence(run_dir, no_leaks):
     with pytest.raises(EnvError, match=r"env \d of 'envs_for_tests:raising_cartpole' failed: "
                                        r"RuntimeError: simulator lost its connection"):
         train(small(run_dir, env="envs_for_tests:raising_cartpole", total_steps=4 * 16 * 10))
+    # The worker's traceback is kept in the run directory, not printed.
+    assert 'raise RuntimeError("simulator lost its connection")' in (run_dir / "error.log").read_text()
 
 
 def test_worker_that_dies_is_reported(run_dir, no_leaks):

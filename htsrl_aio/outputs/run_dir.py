@@ -23,6 +23,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+ERROR_LOG = "error.log"
 
 
 def default_logdir(env_name: str, algo: str, mode: str, seed: int) -> Path:
@@ -49,7 +50,10 @@ class RunDirectory:
         return run
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        self._atomic_write(name, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
+        self.write_text(name, json.dumps(data, indent=2, default=str))
+
+    def write_text(self, name: str, text: str) -> None:
+        self._atomic_write(name, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics is not None
