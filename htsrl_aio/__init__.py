@@ -1,9 +1,11 @@
 """htsrl-aio: High-Throughput Synchronous RL (Liu, Yeh & Schwing, NeurIPS 2020) on asyncio."""
 
 from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.envs.async_env import AsyncEnv
 from htsrl_aio.errors import EnvError, HtsrlError
 from htsrl_aio.train import train, train_async
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "EnvError", "HtsrlError", "TrainConfig", "__version__", "train", "train_async"]
+__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "TrainConfig", "__version__", "train",
+           "train_async"]

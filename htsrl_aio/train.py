@@ -19,7 +19,9 @@ import torch
 
 from htsrl_aio.config import ConfigError, TrainConfig
 from htsrl_aio.envs import EnvSpec, probe_env, resolve_env
+from htsrl_aio.envs.loop_pool import LoopEnvPool
 from htsrl_aio.envs.pool import EnvPool
+from htsrl_aio.envs.replica import EnvBackend
 from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.models import MLPActorCritic, params_sha256
@@ -54,11 +56,13 @@ async def train_async(config: TrainConfig) -> dict[str, Any]:
     """Train to the end inside the running event loop; return the summary (also in summary.json)."""
     cfg = config.resolved()
     factory = resolve_env(cfg.env)
-    spec = probe_env(factory)
+    spec = await probe_env(factory)
     device = _resolve_device(cfg.device)
     logdir = Path(cfg.logdir) if cfg.logdir else default_logdir(factory.name, cfg.algo, cfg.mode, cfg.seed)
     run_dir = RunDirectory.create(logdir)
     run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
+                                "env_runs": "in the event loop (AsyncEnv)" if spec.in_loop
+                                else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                 "determinism": _determinism_note(cfg, device)})
 
     with _torch_settings(cfg):
@@ -71,7 +75,7 @@ async def train_async(config: TrainConfig) -> dict[str, Any]:
                                      device=device)
         layout = storage_layout(cfg.num_envs, cfg.rollout, spec.obs_shape, spec.obs_dtype)
         shared: list[SharedArray] = []
-        pool: EnvPool | None = None
+        pool: EnvBackend | None = None
         learner: LearnerHandle | None = None
         progress = ProgressLine(cfg.num_rollouts * cfg.num_envs * cfg.rollout, cfg.progress,
                                 f"{cfg.mode}/{cfg.algo}")
@@ -98,8 +102,12 @@ async def train_async(config: TrainConfig) -> dict[str, Any]:
                 learner = ProcessLearner(cfg, model, behaviour, specs)
             else:
                 learner = ThreadLearner(Learner(cfg, model, behaviour, device))
-            pool = EnvPool(factory, cfg.num_envs, cfg.workers, cfg.seed,
-                           [arrays["obs"] for arrays in storage_arrays], final_obs)
+            if spec.in_loop:
+                pool = LoopEnvPool(factory, cfg.num_envs, cfg.seed, [s.obs for s in storages],
+                                   final_obs.array)
+            else:
+                pool = EnvPool(factory, cfg.num_envs, cfg.workers, cfg.seed,
+                               [arrays["obs"] for arrays in storage_arrays], final_obs)
             await asyncio.gather(pool.start(), learner.start())
             scheduler = RolloutScheduler(cfg, pool, storages, final_obs.array, inference, learner, record)
             await scheduler.run()
@@ -132,7 +140,7 @@ async def train_async(config: TrainConfig) -> dict[str, Any]:
         return summary
 
 
-async def _close(pool: EnvPool | None, learner: LearnerHandle | None) -> None:
+async def _close(pool: EnvBackend | None, learner: LearnerHandle | None) -> None:
     closing = [c.aclose() for c in (pool, learner) if c is not None]
     await asyncio.gather(*closing)
 

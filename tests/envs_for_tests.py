@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -70,3 +71,58 @@ class _SuicidalCartPole(gym.Wrapper):
 
 def dying_cartpole() -> gym.Env:
     return _SuicidalCartPole(gym.make("CartPole-v1"))
+
+
+class AsyncCartPole:
+    """CartPole as an AsyncEnv whose every step awaits a random 0-2 ms (outside every seed)."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self._env = gym.make("CartPole-v1", max_episode_steps=60)
+        self.observation_space = self._env.observation_space
+        self.action_space = self._env.action_space
+        self.fail_after = fail_after
+        self.steps = 0
+        self.closed = False
+
+    async def reset(self, *, seed=None, options=None):
+        await asyncio.sleep(_UNSEEDED.uniform(0.0, 0.002))
+        return self._env.reset(seed=seed, options=options)
+
+    async def step(self, action):
+        await asyncio.sleep(_UNSEEDED.uniform(0.0, 0.002))
+        self.steps += 1
+        if self.fail_after is not None and self.steps > self.fail_after:
+            raise ConnectionResetError("game server hung up")
+        return self._env.step(action)
+
+    async def close(self):
+        self.closed = True
+        self._env.close()
+
+
+def async_cartpole() -> AsyncCartPole:
+    return AsyncCartPole()
+
+
+def failing_async_cartpole() -> AsyncCartPole:
+    return AsyncCartPole(fail_after=50)
+
+
+class HalfAsync:
+    observation_space = gym.spaces.Box(-1, 1, (4,))
+    action_space = gym.spaces.Discrete(2)
+
+    async def reset(self, *, seed=None, options=None):
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(4, np.float32), 0.0, False, False, {}
+
+
+def half_async() -> HalfAsync:
+    return HalfAsync()
+
+
+def cartpole_60() -> gym.Env:
+    """The same env as AsyncCartPole, without latency, for stepping in worker processes."""
+    return gym.make("CartPole-v1", max_episode_steps=60)

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 
-from htsrl_aio.envs.pool import StepResult
+from htsrl_aio.envs.replica import StepResult
 
 EPISODE_LEN = 7  # every 7th step ends an episode: terminated on odd episodes, truncated on even ones
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 from envs_for_tests import jitter_cartpole
 
@@ -99,7 +100,8 @@ def test_env_returning_the_wrong_shape_is_named(run_dir, no_leaks):
     ({"env": "envs_for_tests:dict_obs_env"}, r"needs a Box"),
     ({"env": "envs_for_tests:continuous_env"}, r"trains Discrete\(n\) actions"),
     ({"env": "no_such_module:make"}, r"cannot import module 'no_such_module'"),
-    ({"env": lambda: None}, r"cannot be sent to worker processes"),
+    ({"env": lambda: gym.make("CartPole-v1")}, r"cannot be sent to worker processes"),
+    ({"env": lambda: None}, r"returned NoneType, which is neither a gymnasium env nor an AsyncEnv"),
     ({"algo": "dqn"}, r"unknown --algo 'dqn'"),
 ])
 def test_bad_config_is_one_sentence_before_any_process_starts(run_dir, no_leaks, overrides, message):

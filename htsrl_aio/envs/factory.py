@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.config import ConfigError
+from htsrl_aio.envs.async_env import close_env, is_async_env
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,12 @@ class EnvSpec:
     obs_shape: tuple[int, ...]
     obs_dtype: np.dtype
     num_actions: int
+    in_loop: bool = False  # an AsyncEnv, stepped on the event loop rather than in worker processes
 
 
 def resolve_env(env: str | Callable[[], Any]) -> EnvFactory:
     """Validate `env` and return the factory workers will use; raise ConfigError with a fix."""
     if callable(env):
-        try:
-            pickle.dumps(env)
-        except Exception as exc:
-            raise ConfigError(
-                f"the env factory {env!r} cannot be sent to worker processes ({exc}); "
-                "define it as a module-level function or pass 'package.module:factory'.") from None
         return EnvFactory(factory=env)
     if not isinstance(env, str) or not env:
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
@@ -74,7 +70,7 @@ def resolve_env(env: str | Callable[[], Any]) -> EnvFactory:
     return EnvFactory(env_id=env)
 
 
-def probe_env(factory: EnvFactory) -> EnvSpec:
+async def probe_env(factory: EnvFactory) -> EnvSpec:
     """Build one replica, check its spaces and one reset/step, and describe it."""
     name = factory.name
     try:
@@ -82,6 +78,13 @@ def probe_env(factory: EnvFactory) -> EnvSpec:
     except Exception as exc:
         raise ConfigError(f"could not create env {name!r}: {type(exc).__name__}: {exc}") from None
     try:
+        if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
+            raise ConfigError(f"env factory {name!r} returned {type(env).__name__}, which is neither a "
+                              "gymnasium env nor an AsyncEnv (no observation_space/action_space).")
+        try:
+            in_loop = is_async_env(env)
+        except TypeError as exc:
+            raise ConfigError(f"env {name!r}: {exc}.") from None
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(obs_space, gym.spaces.Box):
             raise ConfigError(
@@ -91,19 +94,30 @@ def probe_env(factory: EnvFactory) -> EnvSpec:
             raise ConfigError(
                 f"env {name!r} has action space {act_space}; htsrl-aio trains Discrete(n) actions "
                 "starting at 0 (wrap continuous control with a discretising ActionWrapper).")
-        spec = EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(act_space.n))
-        _check_reset_and_step(env, name, spec)
-        return spec
+        spec = EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(act_space.n), in_loop)
+        reset = (await env.reset(seed=0)) if in_loop else env.reset(seed=0)
+        _check_reset(reset, name, spec)
+        step = (await env.step(0)) if in_loop else env.step(0)
+        _check_step(step, name, spec)
     finally:
-        env.close()
+        await close_env(env)
+    if not in_loop and factory.factory is not None:
+        try:
+            pickle.dumps(factory.factory)
+        except Exception as exc:
+            raise ConfigError(
+                f"the env factory {factory.factory!r} cannot be sent to worker processes ({exc}); "
+                "define it as a module-level function or pass 'package.module:factory'.") from None
+    return spec
 
 
-def _check_reset_and_step(env: gym.Env, name: str, spec: EnvSpec) -> None:
-    result = env.reset(seed=0)
+def _check_reset(result: Any, name: str, spec: EnvSpec) -> None:
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ConfigError(f"env {name!r}: reset() must return (obs, info) as in gymnasium >= 0.26.")
     check_obs(result[0], spec, name, "reset()")
-    result = env.step(0)
+
+
+def _check_step(result: Any, name: str, spec: EnvSpec) -> None:
     if not (isinstance(result, tuple) and len(result) == 5):
         got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
         raise ConfigError(f"env {name!r}: step() must return (obs, reward, terminated, truncated, "

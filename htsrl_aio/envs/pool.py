@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import NamedTuple
 
 import numpy as np
 
 from htsrl_aio.envs.factory import EnvFactory
+from htsrl_aio.envs.replica import StepResult
 from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.envs.worker import WorkerArgs, worker_main
 from htsrl_aio.errors import EnvError
 from htsrl_aio.procs import WatchedChild, close_children
-
-
-class StepResult(NamedTuple):
-    reward: float
-    terminated: bool
-    truncated: bool
-    episode: tuple[float, int] | None  # (return, length) when an episode ended at this step
 
 
 class EnvPool:

@@ -11,13 +11,18 @@ import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from htsrl_aio.envs.factory import EnvFactory
+from htsrl_aio.envs.replica import EpisodeTracker
 from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
-from htsrl_aio.seeding import Stream, derive_seed
+
+
+class _Replica(NamedTuple):
+    env: Any
+    tracker: EpisodeTracker
 
 
 @dataclass(frozen=True)
@@ -29,26 +34,6 @@ class WorkerArgs:
     run_seed: int
 
 
-class _Replica:
-    """One env with its episode bookkeeping."""
-
-    def __init__(self, env: Any, env_id: int, run_seed: int) -> None:
-        self.env = env
-        self.env_id = env_id
-        self.run_seed = run_seed
-        self.episodes = 0
-        self.episode_return = 0.0
-        self.episode_length = 0
-
-    def reset(self) -> np.ndarray:
-        # Episode k of env i always starts from the same seed, however the run was scheduled.
-        seed = derive_seed(self.run_seed, Stream.ENV_RESET, self.env_id, self.episodes)
-        self.episodes += 1
-        self.episode_return, self.episode_length = 0.0, 0
-        obs, _info = self.env.reset(seed=seed)
-        return obs
-
-
 def worker_main(conn: Connection, args: WorkerArgs) -> None:
     # Ctrl-C goes to the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -58,7 +43,7 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
     replicas: dict[int, _Replica] = {}
     try:
         for env_id in args.env_ids:
-            replicas[env_id] = _Replica(args.factory(), env_id, args.run_seed)
+            replicas[env_id] = _Replica(args.factory(), EpisodeTracker(env_id, args.run_seed, obs_shape))
         conn.send(("ready", None))
         while True:
             cmd = conn.recv()
@@ -66,7 +51,7 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
                 return
             env_id = cmd[1]
             try:
-                conn.send(_handle(cmd, replicas[env_id], buffers, final_obs.array, obs_shape))
+                conn.send(_handle(cmd, replicas[env_id], buffers, final_obs.array))
             except Exception as exc:
                 conn.send(("error", env_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     except Exception as exc:  # env construction failed, or the parent went away
@@ -80,33 +65,18 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             array.close()
 
 
-def _handle(cmd: tuple, replica: _Replica, buffers: list[SharedArray], final_obs: np.ndarray,
-            obs_shape: tuple[int, ...]) -> tuple:
-    kind, env_id = cmd[0], cmd[1]
+def _handle(cmd: tuple, replica: _Replica, buffers: list[SharedArray], final_obs: np.ndarray) -> tuple:
+    kind, env_id, *rest = cmd
+    env, tracker = replica
     if kind == "reset":
-        _, _, buf, t = cmd
-        _write_obs(buffers[buf].array[t, env_id], replica.reset(), obs_shape, "reset()")
+        buf, t = rest
+        obs, _info = env.reset(seed=tracker.next_reset_seed())
+        tracker.write_obs(buffers[buf].array[t, env_id], obs, "reset()")
         return ("reset", env_id)
-    _, _, action, buf, t = cmd
-    obs, reward, terminated, truncated, _info = replica.env.step(action)
-    if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
-        raise TypeError(f"step() returned a reward of type {type(reward).__name__}; it must be a number")
-    reward = float(reward)
-    replica.episode_return += reward
-    replica.episode_length += 1
-    episode = None
-    if terminated or truncated:
-        episode = (replica.episode_return, replica.episode_length)
-        # The final observation is kept apart: a truncated episode bootstraps from its value.
-        _write_obs(final_obs[env_id], obs, obs_shape, "step()")
-        obs = replica.reset()
-    _write_obs(buffers[buf].array[t, env_id], obs, obs_shape, "step()")
-    return ("step", env_id, reward, bool(terminated), bool(truncated), episode)
-
-
-def _write_obs(target: np.ndarray, obs: Any, obs_shape: tuple[int, ...], where: str) -> None:
-    if np.shape(obs) != obs_shape:
-        raise ValueError(
-            f"{where} returned an observation of shape {np.shape(obs)} but the observation_space "
-            f"says {obs_shape}")
-    target[...] = obs
+    action, buf, t = rest
+    outcome = tracker.on_step(env.step(action), final_obs[env_id])
+    obs = outcome.obs
+    if outcome.result.episode is not None:
+        obs, _info = env.reset(seed=tracker.next_reset_seed())
+    tracker.write_obs(buffers[buf].array[t, env_id], obs, "step()")
+    return ("step", env_id, *outcome.result)

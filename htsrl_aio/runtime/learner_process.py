@@ -9,6 +9,7 @@ only the storage index and the few truncated final observations cross the pipe.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import traceback
 from multiprocessing.connection import Connection
@@ -35,7 +36,8 @@ class LearnerError(HtsrlError):
 class ProcessLearner:
     def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
                  storage_specs: StorageSpecs) -> None:
-        self.config = config
+        # The learner needs no env, and a factory may be a closure that cannot be pickled: send its name.
+        self.config = dataclasses.replace(config, env=config.to_json_dict()["env"])
         self.model = model.share_memory()
         self.behaviour = behaviour.share_memory()
         self._storage_specs = storage_specs

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.pool import EnvPool
+from htsrl_aio.envs.replica import EnvBackend
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import LearnerHandle
@@ -55,7 +55,7 @@ class BusyClock:
 
 
 class RolloutScheduler:
-    def __init__(self, config: TrainConfig, pool: EnvPool, storages: tuple[RolloutStorage, RolloutStorage],
+    def __init__(self, config: TrainConfig, pool: EnvBackend, storages: tuple[RolloutStorage, RolloutStorage],
                  final_obs: np.ndarray, inference: BatchedInference, learner: LearnerHandle,
                  on_update: Callable[[dict[str, Any]], None]) -> None:
         self.cfg = config

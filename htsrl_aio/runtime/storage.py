@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from htsrl_aio.envs.pool import StepResult
+from htsrl_aio.envs.replica import StepResult
 
 
 def storage_layout(num_envs: int, rollout_len: int, obs_shape: tuple[int, ...],
