@@ -19,6 +19,7 @@ class Stream(enum.IntEnum):
     ACTION = 2
     INIT = 3
     MINIBATCH = 4
+    HOST_ACT = 5  # Trainer.act for the host app: never shared with training
 
 
 def derive_seed(run_seed: int, stream: Stream, *ids: int) -> int:

@@ -1,5 +1,6 @@
 """AsyncEnvs run as coroutines on the training loop, with the same ticket guarantees as workers."""
 
+import asyncio
 import json
 
 import pytest
@@ -57,3 +58,9 @@ def test_in_loop_factory_may_be_a_closure(tmp_path, no_leaks):
     """Nothing is sent to another process, so a lambda is fine for an AsyncEnv."""
     summary = train(config(tmp_path / "run", env=lambda: async_cartpole(), total_steps=6 * 16))
     assert summary["updates"] == 1
+
+
+async def test_1024_in_loop_envs_train_without_stalling(tmp_path, no_leaks):
+    cfg = config(tmp_path / "run", num_envs=1024, rollout=8, total_steps=1024 * 8 * 3, max_batch=256)
+    summary = await asyncio.wait_for(train_async(cfg), timeout=180)
+    assert summary["updates"] == 3 and summary["global_step"] == 1024 * 8 * 3
