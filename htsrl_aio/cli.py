@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         _add_field(train, f, hints[f.name])
+    check = commands.add_parser("check-env", help="check an env (gymnasium or AsyncEnv) in full")
+    check.add_argument("env", help="gymnasium id or 'package.module:factory'")
+    check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
     diff = commands.add_parser("diff", help="name the first update where two runs' actions differ")
     diff.add_argument("run_a", type=Path)
     diff.add_argument("run_b", type=Path)
@@ -58,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "diff":
         return _diff(args.run_a, args.run_b)
+    if args.command == "check-env":
+        return _check_env(args.env, args.steps)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if isinstance(values["hidden"], list):
         values["hidden"] = tuple(values["hidden"])
@@ -110,6 +115,27 @@ async def _train_until_signalled(config: TrainConfig) -> dict[str, Any]:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _check_env(env: str, steps: int) -> int:
+    from htsrl_aio.envs import check_env, resolve_env
+    from htsrl_aio.train import run_event_loop
+
+    try:
+        report = run_event_loop(check_env(resolve_env(env), steps=steps))
+    except ConfigError as exc:
+        print(f"htsrl-aio: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in report.problems:
+        print(f"{report.name}: {problem}")
+    if not report.ok:
+        return 1
+    spec = report.spec
+    assert spec is not None
+    where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
+    print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs_shape} {spec.obs_dtype}, "
+          f"{spec.num_actions} actions; runs {where}).")
+    return 0
 
 
 def _diff(run_a: Path, run_b: Path) -> int:

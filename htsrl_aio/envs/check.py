@@ -1,0 +1,182 @@
+"""The env checker: one clear sentence per problem, for gymnasium envs and AsyncEnvs alike.
+
+Every run checks its first env cheaply (one reset, one step) before any process starts;
+`htsrl-aio check-env ENV` runs the full check (many random steps through episode ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from htsrl_aio.config import ConfigError
+from htsrl_aio.envs.async_env import close_env, is_async_env
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+
+MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
+
+
+@dataclass
+class CheckReport:
+    name: str
+    spec: EnvSpec | None = None
+    problems: list[str] = field(default_factory=list)
+    steps: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = MAX_BLOCK_S) -> CheckReport:
+    """Build one replica, check its interface, reset it and take `steps` random steps."""
+    report = CheckReport(factory.name)
+    try:
+        env = factory()
+    except Exception as exc:
+        report.problems.append(f"could not create the env: {type(exc).__name__}: {exc}.")
+        return report
+    try:
+        report.spec = _check_interface(env, report.problems)
+        if report.spec is not None:
+            await _check_episodes(env, report, steps, max_block_s)
+    finally:
+        await close_env(env)
+    if report.spec is not None and not report.spec.in_loop and factory.factory is not None:
+        try:
+            pickle.dumps(factory.factory)
+        except Exception as exc:
+            report.problems.append(
+                f"the factory {factory.factory!r} cannot be sent to worker processes ({exc}); define it "
+                "as a module-level function or pass 'package.module:factory'.")
+    return report
+
+
+async def probe_env(factory: EnvFactory) -> EnvSpec:
+    """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem."""
+    report = await check_env(factory, steps=1)
+    if not report.ok:
+        raise ConfigError(f"env {report.name!r}: {report.problems[0]}")
+    assert report.spec is not None
+    return report.spec
+
+
+def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
+    if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
+        problems.append(f"the factory returned {type(env).__name__}, which is neither a gymnasium env nor "
+                        "an AsyncEnv (no observation_space/action_space).")
+        return None
+    try:
+        in_loop = is_async_env(env)
+    except TypeError as exc:
+        problems.append(f"{exc}.")
+        return None
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        problems.append(f"observation_space is {obs_space}; htsrl-aio needs a Box (wrap it, e.g. with "
+                        "gymnasium.wrappers.FlattenObservation).")
+    if not isinstance(act_space, gym.spaces.Discrete):
+        problems.append(f"action_space is {act_space}; htsrl-aio trains Discrete(n) actions (wrap continuous "
+                        "control with a discretising ActionWrapper).")
+    elif act_space.start != 0:
+        problems.append(f"action_space is {act_space}: the runtime sends actions 0..n-1, which lie outside "
+                        "it; use Discrete(n) starting at 0.")
+    if problems:
+        return None
+    return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(act_space.n), in_loop)
+
+
+async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s: float) -> None:
+    spec = report.spec
+    assert spec is not None
+    call = _AsyncCall(max_block_s) if spec.in_loop else None
+    actions = np.random.default_rng(0)
+    needs_reset = True
+    for _ in range(max(steps, 1)):
+        if needs_reset:
+            result = await call.run(env.reset(seed=0), "reset()") if call else env.reset(seed=0)
+            if not _check_reset(result, spec, report.problems):
+                break
+        action = int(actions.integers(spec.num_actions))
+        result = await call.run(env.step(action), "step()") if call else env.step(action)
+        report.steps += 1
+        if not _check_step(result, spec, report.problems):
+            break
+        needs_reset = bool(result[2] or result[3])
+    if call is not None and call.problem:
+        report.problems.append(call.problem)
+
+
+def _check_reset(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
+    if not (isinstance(result, tuple) and len(result) == 2):
+        problems.append(f"reset() must return (obs, info) as in gymnasium >= 0.26; it returned "
+                        f"{_describe(result)}.")
+        return False
+    return _check_obs(result[0], spec, "reset()", problems)
+
+
+def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
+    if isinstance(result, tuple) and len(result) == 4:
+        problems.append("step() returned 4 values, the old gym API (obs, reward, done, info); return "
+                        "(obs, reward, terminated, truncated, info) as in gymnasium >= 0.26.")
+        return False
+    if not (isinstance(result, tuple) and len(result) == 5):
+        problems.append(f"step() must return (obs, reward, terminated, truncated, info); it returned "
+                        f"{_describe(result)}.")
+        return False
+    obs, reward, terminated, truncated, _info = result
+    ok = _check_obs(obs, spec, "step()", problems)
+    if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
+        problems.append(f"step() returned a reward of type {type(reward).__name__}; return a float.")
+        ok = False
+    for flag, value in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(value, (bool, np.bool_)):
+            problems.append(f"step() returned {flag} of type {type(value).__name__}; return a bool.")
+            ok = False
+    return ok
+
+
+def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
+    shape = tuple(np.shape(obs))
+    if shape != spec.obs_shape:
+        problems.append(f"{where} returned an observation of shape {shape} but its observation_space says "
+                        f"{spec.obs_shape}; make them agree.")
+        return False
+    dtype = np.asarray(obs).dtype
+    if dtype != spec.obs_dtype:
+        problems.append(f"{where} returned an observation of dtype {dtype} but its observation_space says "
+                        f"{spec.obs_dtype}; cast it (e.g. obs.astype(np.{spec.obs_dtype})).")
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    return f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+
+
+class _AsyncCall:
+    """Awaits an AsyncEnv call while measuring the longest stretch it held the loop without awaiting."""
+
+    def __init__(self, max_block_s: float) -> None:
+        self.max_block_s = max_block_s
+        self.problem: str | None = None
+
+    async def run(self, call: Any, what: str) -> Any:
+        task = asyncio.ensure_future(call)
+        longest = 0.0
+        last = time.perf_counter()
+        while not task.done():
+            # Each pass of this loop is one event-loop iteration; a long gap is the env not yielding.
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        if longest > self.max_block_s and self.problem is None:
+            self.problem = (f"{what} blocked the event loop for {1000 * longest:.0f} ms without awaiting; "
+                            "await its I/O, or move blocking work to asyncio.to_thread.")
+        return task.result()

@@ -1,0 +1,134 @@
+"""The env checker: one sentence per problem, for gymnasium envs and AsyncEnvs."""
+
+import functools
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from htsrl_aio import ConfigError, TrainConfig, train
+from htsrl_aio.envs import check_env, resolve_env
+
+
+class FaultyEnv(gym.Env):
+    """A well-behaved env unless told to get one thing wrong."""
+
+    def __init__(self, fault: str = "") -> None:
+        self.fault = fault
+        self.observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+        if fault == "dict_obs":
+            self.observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (4,))})
+        self.action_space = gym.spaces.Discrete(2, start=1 if fault == "action_start" else 0)
+        if fault == "box_action":
+            self.action_space = gym.spaces.Box(-1, 1, (1,))
+        self.t = 0
+
+    def _obs(self):
+        if self.fault == "shape":
+            return np.zeros(5, np.float32)
+        return np.zeros(4, np.float64 if self.fault == "dtype" else np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs() if self.fault == "reset_obs_only" else (self._obs(), {})
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= 10
+        if self.fault == "four_tuple":
+            return self._obs(), 1.0, done, {}
+        reward = np.ones(1) if self.fault == "reward_array" else 1.0
+        terminated = int(done) if self.fault == "int_flag" else done
+        return self._obs(), reward, terminated, False, {}
+
+
+def faulty(fault: str = "") -> FaultyEnv:
+    return FaultyEnv(fault)
+
+
+class BlockingAsyncEnv:
+    observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    async def reset(self, *, seed=None, options=None):
+        return np.zeros(4, np.float32), {}
+
+    async def step(self, action):
+        time.sleep(0.12)  # the mistake being checked: blocking I/O inside a coroutine
+        return np.zeros(4, np.float32), 1.0, True, False, {}
+
+
+async def problems_of(env) -> list[str]:
+    return (await check_env(resolve_env(env), steps=30)).problems
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("dict_obs", r"observation_space is Dict\(.*\); htsrl-aio needs a Box"),
+    ("box_action", r"action_space is Box\(.*\); htsrl-aio trains Discrete\(n\) actions"),
+    ("action_start", r"action_space is Discrete\(2, start=1\): the runtime sends actions 0..n-1, which lie "
+                     r"outside it"),
+    ("reset_obs_only", r"reset\(\) must return \(obs, info\) as in gymnasium >= 0.26; it returned ndarray"),
+    ("shape", r"reset\(\) returned an observation of shape \(5,\) but its observation_space says \(4,\)"),
+    ("dtype", r"reset\(\) returned an observation of dtype float64 but its observation_space says float32; "
+              r"cast it"),
+    ("four_tuple", r"step\(\) returned 4 values, the old gym API \(obs, reward, done, info\)"),
+    ("reward_array", r"step\(\) returned a reward of type ndarray; return a float"),
+    ("int_flag", r"step\(\) returned terminated of type int; return a bool"),
+])
+async def test_each_problem_gets_one_sentence(fault, message):
+    problems = await problems_of(functools.partial(faulty, fault))
+    assert len(problems) == 1
+    assert re.match(message, problems[0]), problems[0]
+
+
+async def test_a_good_env_passes_through_many_episodes():
+    report = await check_env(resolve_env(faulty), steps=30)
+    assert report.ok and report.steps == 30 and report.spec.num_actions == 2
+
+
+async def test_factory_returning_something_else():
+    assert await problems_of(lambda: object()) == [
+        "the factory returned object, which is neither a gymnasium env nor an AsyncEnv "
+        "(no observation_space/action_space)."]
+
+
+async def test_half_async_env():
+    from envs_for_tests import half_async
+
+    assert (await problems_of(half_async))[0].startswith("reset() is a coroutine but step() is not")
+
+
+async def test_a_step_that_blocks_the_loop_is_named():
+    problems = await problems_of(BlockingAsyncEnv)
+    assert len(problems) == 1
+    assert re.match(r"step\(\) blocked the event loop for \d+ ms without awaiting; await its "
+                                  r"I/O, or move blocking work to asyncio.to_thread.", problems[0])
+
+
+async def test_unpicklable_factory_of_a_process_env():
+    problems = await problems_of(lambda: FaultyEnv())
+    assert len(problems) == 1 and "cannot be sent to worker processes" in problems[0]
+
+
+def test_every_run_checks_its_first_env_before_starting(tmp_path):
+    with pytest.raises(ConfigError, match=r"env .*: step\(\) returned 4 values"):
+        train(TrainConfig(env=functools.partial(faulty, "four_tuple"), num_envs=2, rollout=8,
+                          total_steps=16, logdir=str(tmp_path / "run"), progress=False))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("env,code,output", [
+    ("CartPole-v1", 0, "CartPole-v1: ok (50 steps; observations (4,) float32, 2 actions; runs in worker "
+                       "processes)."),
+    ("envs_for_tests:half_async", 1, "envs_for_tests:half_async: reset() is a coroutine but step() is not"),
+])
+def test_check_env_command(env, code, output):
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith(output)
