@@ -161,7 +161,7 @@ def _plot(rows: list[dict], variance: list[dict], args: argparse.Namespace) -> N
     left.set_xscale("log", base=2)
     left.set_yscale("log")
     left.set_xlabel("sync interval alpha (steps per rollout)")
-    left.set_ylabel("seconds per env step (dotted: ideal hts)")
+    left.set_ylabel("wall seconds per step of each env (dotted: ideal hts)")
     left.legend(fontsize=7)
     right.plot([v["cv"] for v in variance], [v["hts"] for v in variance], "-o", label="hts")
     right.plot([v["cv"] for v in variance], [v["sync"] for v in variance], "--s", label="sync")
