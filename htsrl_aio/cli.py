@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from htsrl_aio.config import ALGO_DEFAULTS, ConfigError, TrainConfig
+from htsrl_aio.config import ALGO_DEFAULTS, ConfigError, TrainConfig, load_config_file
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.outputs.compare import first_divergence
 
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="htsrl-aio", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train an agent")
+    train.add_argument("--config", type=Path, default=None,
+                       help="TOML file of TrainConfig fields (e.g. num_envs = 16); flags given here win")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         _add_field(train, f, hints[f.name])
@@ -42,7 +44,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     elif f.default is not None:
         shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         help_text += f" (default: {shown})"
-    kwargs: dict[str, Any] = {"default": f.default, "help": help_text}
+    # Only flags actually given appear in the namespace, so they can override a --config file.
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is typing.Literal:
@@ -63,12 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _diff(args.run_a, args.run_b)
     if args.command == "check-env":
         return _check_env(args.env, args.steps)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if isinstance(values["hidden"], list):
-        values["hidden"] = tuple(values["hidden"])
     from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
+        values = load_config_file(args.config) if args.config else {}
+        values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                       if hasattr(args, f.name)})
+        if isinstance(values.get("hidden"), list):
+            values["hidden"] = tuple(values["hidden"])
         summary = run_event_loop(_train_until_signalled(TrainConfig(**values)))
     except ConfigError as exc:
         parser.exit(2, f"htsrl-aio: error: {exc}\n")

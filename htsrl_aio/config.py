@@ -8,7 +8,11 @@ so a bad value is reported in one sentence before any process starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -144,3 +148,47 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """TrainConfig fields from a TOML file (keys are field names, e.g. `num_envs = 16`), checked."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid TOML: {exc}.") from None
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(f"unknown key {key!r} in {path}{hint}")
+        if not _fits(value, hints[key]):
+            raise ConfigError(f"{key} in {path} has the wrong type: {value!r}.")
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    return values
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a TOML value can stand for a field of type `hint` (ints may stand for floats)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is typing.Literal and value in typing.get_args(option):
+            return True
+        if origin is tuple and isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+    return False

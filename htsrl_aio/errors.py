@@ -9,3 +9,7 @@ class HtsrlError(RuntimeError):
 
 class EnvError(HtsrlError):
     """An env raised, returned something malformed, or its worker process died."""
+
+
+class TrainingDiverged(HtsrlError):
+    """A loss or a parameter became NaN or Inf; the update that did it is named."""

@@ -126,3 +126,19 @@ def half_async() -> HalfAsync:
 def cartpole_60() -> gym.Env:
     """The same env as AsyncCartPole, without latency, for stepping in worker processes."""
     return gym.make("CartPole-v1", max_episode_steps=60)
+
+
+class _NanRewardAfter(gym.Wrapper):
+    def __init__(self, env: gym.Env, after: int) -> None:
+        super().__init__(env)
+        self.after = after
+        self.steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps > self.after else reward, terminated, truncated, info
+
+
+def nan_reward_cartpole() -> gym.Env:
+    return _NanRewardAfter(gym.make("CartPole-v1"), after=40)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import gymnasium as gym
 import pytest
 from envs_for_tests import jitter_cartpole
 
-from htsrl_aio import ConfigError, EnvError, TrainConfig, train, train_async
+from htsrl_aio import ConfigError, EnvError, HtsrlError, TrainConfig, train, train_async
 from htsrl_aio.cli import main as cli_main
 
 REQUIRED_METRICS = {"update", "global_step", "wall_time_s", "sps", "episode_return_mean", "episodes",
@@ -134,3 +135,44 @@ def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
     train(small(run_dir))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(small(run_dir))
+
+
+@pytest.mark.parametrize("learner", ["process", "thread"])
+def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_parameters(run_dir, no_leaks, learner):
+    import torch
+
+    with pytest.raises(HtsrlError, match=r"^update 3: .* became NaN or Inf, so training stopped"):
+        train(small(run_dir, env="envs_for_tests:nan_reward_cartpole", learner=learner,
+                    total_steps=4 * 16 * 10))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["interrupted"] is True and checkpoint["update"] == 2
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert "update 3" in (run_dir / "error.log").read_text()
+
+
+def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):
+    config = tmp_path / "run.toml"
+    config.write_text('num_envs = 4\nrollout = 8\ntotal_steps = 64\nworkers = 2\nlr = 0.002\nhidden = [16]\n'
+                      'algo = "a2c"\n')
+    run = tmp_path / "r"
+    assert cli_main(["train", "--config", str(config), "--lr", "0.003", "--logdir", str(run),
+                     "--no-progress"]) == 0
+    effective = json.loads((run / "config.json").read_text())
+    chosen = (effective["num_envs"], effective["lr"], effective["hidden"], effective["algo"])
+    assert chosen == (4, 0.003, [16], "a2c")
+    assert effective["optimizer"] == "rmsprop"  # a2c's default, since neither file nor flags set it
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lrr = 1\n", r"unknown key 'lrr' in .*run.toml; did you mean 'lr'\?"),
+    ('num_envs = "eight"\n', r"num_envs in .*run.toml has the wrong type: 'eight'"),
+    ("num_envs = \n", r"is not valid TOML"),
+])
+def test_bad_config_file_is_one_sentence(tmp_path, capsys, text, message):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--config", str(config), "--logdir", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err

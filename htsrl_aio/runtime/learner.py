@@ -18,6 +18,7 @@ Bootstrap values come from `behaviour`, like the values stored during collection
 from __future__ import annotations
 
 import asyncio
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from torch.distributions import Categorical
 
 from htsrl_aio.algos import a2c_loss, gae, ppo_loss
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.errors import TrainingDiverged
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.seeding import Stream, derive_seed
 
@@ -59,9 +61,18 @@ class Learner:
                 group["lr"] = frac * cfg.lr
         batch = self._batch(storage)
         stats = self._ppo(batch) if cfg.algo == "ppo" else self._a2c(batch)
+        self._check_finite([name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()])
         self.version += 1
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         return stats
+
+    def _check_finite(self, bad: list[str]) -> None:
+        """Stop before a NaN or Inf reaches the parameters (or right after, naming what broke)."""
+        if bad:
+            raise TrainingDiverged(
+                f"update {self.version + 1}: {', '.join(bad[:3])} became NaN or Inf, so training stopped "
+                "(the last good parameters are checkpointed); lower --lr, or check the env's rewards and "
+                "observations for NaN.")
 
     def _batch(self, storage: RolloutStorage) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -108,6 +119,7 @@ class Learner:
                                        advantages, value, batch["values"][mb], batch["returns"][mb],
                                        dist.entropy(), cfg.clip_coef, cfg.clip_vloss, cfg.vf_coef,
                                        cfg.ent_coef)
+                self._check_finite([k for k, v in stats.items() if not math.isfinite(v)])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -123,6 +135,7 @@ class Learner:
         dist = Categorical(logits=logits)
         loss, stats = a2c_loss(dist.log_prob(batch["actions"]), batch["advantages"], value,
                                batch["returns"], dist.entropy(), cfg.vf_coef, cfg.ent_coef)
+        self._check_finite([k for k, v in stats.items() if not math.isfinite(v)])
         self.behaviour.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.behaviour.parameters(), cfg.max_grad_norm)

@@ -79,7 +79,7 @@ class ProcessLearner:
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
         if kind == "error":
-            error = LearnerError(f"the learner failed: {message[1]}")
+            error = LearnerError(message[1])
             error.details = message[2]
             self._fail(error)
         elif self._reply is not None and not self._reply.done():
@@ -123,8 +123,11 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
                 storage = storages[index]
                 storage.truncated_obs = {k: np.asarray(v) for k, v in truncated_obs.items()}
                 conn.send(("done", learner.update(storage)))
+            except HtsrlError as exc:  # already one sentence for the user
+                conn.send(("error", str(exc), traceback.format_exc()))
             except Exception as exc:
-                conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+                conn.send(("error", f"the learner failed: {type(exc).__name__}: {exc}",
+                           traceback.format_exc()))
     except (EOFError, OSError):
         return  # the parent is gone
     finally:
