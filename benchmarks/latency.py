@@ -26,6 +26,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from plotting import pyplot, save
 from scipy import stats
 
 from htsrl_aio import TrainConfig, Trainer
@@ -140,13 +141,8 @@ def _variance_sweep(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 
 def _plot(rows: list[dict], variance: list[dict], args: argparse.Namespace) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: install the bench extra (pip install -e '.[bench]') for matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for n in args.n:
@@ -169,10 +165,7 @@ def _plot(rows: list[dict], variance: list[dict], args: argparse.Namespace) -> N
     right.set_ylabel("runtime (s)")
     right.set_title(f"n={args.variance_n}, alpha={args.variance_alpha}", fontsize=9)
     right.legend()
-    fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=110)
-    print(f"plot: {args.plot}")
+    save(fig, args.plot, dpi=110)
 
 
 if __name__ == "__main__":

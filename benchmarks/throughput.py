@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+from plotting import pyplot, save
 
 from htsrl_aio import TrainConfig, train
 
@@ -121,13 +122,8 @@ def main() -> None:
 
 
 def _plot(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: install the bench extra (pip install -e '.[bench]') for matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     labels = list(results)
@@ -139,10 +135,7 @@ def _plot(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     ax.set_ylabel("steady env steps/s")
     delay = f", step delay exp({args.step_delay_ms} ms)" if args.step_delay_ms else ""
     ax.set_title(f"{args.env} {args.algo}, {args.num_envs} envs{delay}", fontsize=10)
-    fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=120)
-    print(f"plot: {args.plot}")
+    save(fig, args.plot, dpi=120)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,27 @@ def jitter_cartpole() -> gym.Env:
     return JitterCartPole(gym.make("CartPole-v1", max_episode_steps=60))
 
 
-class _RaisingCartPole(gym.Wrapper):
-    def __init__(self, env: gym.Env, after: int) -> None:
+class _SpoiledAfter(gym.Wrapper):
+    """Behaves for `after` steps; from then on every step result goes through `spoil`."""
+
+    def __init__(self, env: gym.Env, after: int, spoil) -> None:
         super().__init__(env)
         self.after = after
+        self.spoil = spoil
         self.steps = 0
 
     def step(self, action):
+        result = super().step(action)
         self.steps += 1
-        if self.steps > self.after:
-            raise RuntimeError("simulator lost its connection")
-        return super().step(action)
+        return self.spoil(result) if self.steps > self.after else result
+
+
+def _lose_connection(result):
+    raise RuntimeError("simulator lost its connection")
 
 
 def raising_cartpole() -> gym.Env:
-    return _RaisingCartPole(gym.make("CartPole-v1"), after=100)
+    return _SpoiledAfter(gym.make("CartPole-v1"), 100, _lose_connection)
 
 
 class _WrongShapeAfterReset(gym.Wrapper):
@@ -128,17 +134,10 @@ def cartpole_60() -> gym.Env:
     return gym.make("CartPole-v1", max_episode_steps=60)
 
 
-class _NanRewardAfter(gym.Wrapper):
-    def __init__(self, env: gym.Env, after: int) -> None:
-        super().__init__(env)
-        self.after = after
-        self.steps = 0
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        self.steps += 1
-        return obs, float("nan") if self.steps > self.after else reward, terminated, truncated, info
+def _nan_reward(result):
+    obs, _reward, terminated, truncated, info = result
+    return obs, float("nan"), terminated, truncated, info
 
 
 def nan_reward_cartpole() -> gym.Env:
-    return _NanRewardAfter(gym.make("CartPole-v1"), after=40)
+    return _SpoiledAfter(gym.make("CartPole-v1"), 40, _nan_reward)
