@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-env", help="check an env (gymnasium or AsyncEnv) in full")
     check.add_argument("env", help="gymnasium id or 'package.module:factory'")
     check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
+    plot = commands.add_parser("plot", help="plot learning curves and runtime health of runs")
+    plot.add_argument("runs", type=Path, nargs="+", help="run directories")
+    plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
     diff = commands.add_parser("diff", help="name the first update where two runs' actions differ")
     diff.add_argument("run_a", type=Path)
     diff.add_argument("run_b", type=Path)
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _diff(args.run_a, args.run_b)
     if args.command == "check-env":
         return _check_env(args.env, args.steps)
+    if args.command == "plot":
+        return _plot(parser, args.runs, args.output)
     from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
@@ -140,6 +145,17 @@ def _check_env(env: str, steps: int) -> int:
     where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
     print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs_shape} {spec.obs_dtype}, "
           f"{spec.num_actions} actions; runs {where}).")
+    return 0
+
+
+def _plot(parser: argparse.ArgumentParser, runs: list[Path], output: Path) -> int:
+    from htsrl_aio.outputs.plot import plot_runs
+
+    try:
+        plot_runs(runs, output)
+    except ConfigError as exc:
+        parser.exit(2, f"htsrl-aio: error: {exc}\n")
+    print(f"wrote {output}")
     return 0
 
 

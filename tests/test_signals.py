@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from htsrl_aio.envs.shm import SHM_PREFIX
 
@@ -57,3 +58,5 @@ def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
     assert "Traceback" not in stderr
     _wait_until(lambda: not any(_alive(c) for c in children), 30, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["interrupted"] is True and checkpoint["update"] >= 2

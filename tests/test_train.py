@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+import torch
 from envs_for_tests import jitter_cartpole
 
 from htsrl_aio import ConfigError, EnvError, HtsrlError, TrainConfig, train, train_async
@@ -79,8 +80,10 @@ def test_env_that_raises_stops_the_run_with_one_sentence(run_dir, no_leaks):
     with pytest.raises(EnvError, match=r"env \d of 'envs_for_tests:raising_cartpole' failed: "
                                        r"RuntimeError: simulator lost its connection"):
         train(small(run_dir, env="envs_for_tests:raising_cartpole", total_steps=4 * 16 * 10))
-    # The worker's traceback is kept in the run directory, not printed.
+    # The worker's traceback is kept in the run directory, not printed; what was learned is kept too.
     assert 'raise RuntimeError("simulator lost its connection")' in (run_dir / "error.log").read_text()
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["interrupted"] is True and checkpoint["update"] >= 1
 
 
 def test_worker_that_dies_is_reported(run_dir, no_leaks):
@@ -139,8 +142,6 @@ def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
 
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_parameters(run_dir, no_leaks, learner):
-    import torch
-
     with pytest.raises(HtsrlError, match=r"^update 3: .* became NaN or Inf, so training stopped"):
         train(small(run_dir, env="envs_for_tests:nan_reward_cartpole", learner=learner,
                     total_steps=4 * 16 * 10))
