@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from htsrl_aio.config import ALGO_DEFAULTS, ConfigError, TrainConfig, load_config_file
+from htsrl_aio.config import ALGO_DEFAULTS, BASE_DEFAULTS, ConfigError, TrainConfig, load_config_file
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.outputs.compare import first_divergence
 
@@ -44,6 +44,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     help_text = f.metadata.get("help", "")
     if f.default is None and f.name in ALGO_DEFAULTS["ppo"]:
         help_text += " (default: " + ", ".join(f"{a} {d[f.name]}" for a, d in ALGO_DEFAULTS.items()) + ")"
+    elif f.default is None and f.name in BASE_DEFAULTS:
+        help_text += f" (default: {BASE_DEFAULTS[f.name]} unless a preset sets it)"
     elif f.default is not None:
         shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         help_text += f" (default: {shown})"

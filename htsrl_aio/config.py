@@ -1,8 +1,9 @@
 """The one training configuration: a dataclass whose fields are the CLI flags.
 
-Algorithm hyperparameters default to ``None``, meaning "the default of the chosen ``algo``"
-(see ``ALGO_DEFAULTS``); :meth:`TrainConfig.resolved` fills them in and validates everything,
-so a bad value is reported in one sentence before any process starts.
+Hyperparameters that a preset or the algorithm decides default to ``None``. :meth:`TrainConfig.resolved`
+fills each one in from, in order: the chosen ``--preset`` (``PRESETS``), the chosen ``algo``
+(``ALGO_DEFAULTS``), then ``BASE_DEFAULTS``; so a value given explicitly always wins over a preset.
+It then validates everything, so a bad value is reported in one sentence before any process starts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def _opt(help: str, **kwargs: Any) -> Any:
 # Defaults that depend on the algorithm. PPO's learn classic control quickly with 8 envs (CartPole-v1
 # reaches a mean return of 500 within 150k-300k steps); A2C's are the usual reference implementation's
 # (5-step returns, RMSprop 7e-4). Atari and football get presets of their own.
+BASE_DEFAULTS: dict[str, Any] = {
+    "algo": "ppo", "num_envs": 8, "gamma": 0.99, "clip_coef": 0.2, "vf_coef": 0.5, "max_grad_norm": 0.5,
+}
+
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {
         "rollout": 64, "lr": 1e-3, "optimizer": "adam", "anneal_lr": True, "gae_lambda": 0.95,
@@ -40,6 +45,9 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Named bundles of hyperparameters for an env family; every key is a TrainConfig field left at None.
+PRESETS: dict[str, dict[str, Any]] = {}
+
 
 @dataclass
 class TrainConfig:
@@ -47,11 +55,13 @@ class TrainConfig:
 
     env: str | Callable[[], Any] = _opt(
         "gymnasium id (CartPole-v1) or 'package.module:factory' returning an env", default="CartPole-v1")
-    algo: Literal["ppo", "a2c"] = _opt("learning algorithm", default="ppo")
+    preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
+                              "explicitly override it", default=None)
+    algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
     mode: Literal["hts", "sync"] = _opt(
         "hts: learn on one storage while collecting the other (one update of lag); "
         "sync: barrier every step, learn after collecting (the A2C/PPO baseline)", default="hts")
-    num_envs: int = _opt("number of env replicas", default=8)
+    num_envs: int | None = _opt("number of env replicas", default=None)
     rollout: int | None = _opt("steps per env per rollout (the sync interval alpha)", default=None)
     total_steps: int = _opt("env steps to train for, over all envs", default=200_000)
     seed: int = _opt("run seed: env seeds, action streams, init and minibatch order derive from it",
@@ -68,17 +78,17 @@ class TrainConfig:
     lr: float | None = _opt("learning rate", default=None)
     optimizer: Literal["adam", "rmsprop"] | None = _opt("optimizer", default=None)
     anneal_lr: bool | None = _opt("decay the learning rate linearly to 0", default=None)
-    gamma: float = _opt("discount factor", default=0.99)
+    gamma: float | None = _opt("discount factor", default=None)
     gae_lambda: float | None = _opt("GAE lambda (1.0 gives n-step returns)", default=None)
     epochs: int | None = _opt("passes over each rollout (PPO)", default=None)
     minibatches: int | None = _opt("minibatches per epoch (PPO); must divide num_envs*rollout",
                                    default=None)
-    clip_coef: float = _opt("PPO surrogate clip range", default=0.2)
+    clip_coef: float | None = _opt("PPO surrogate clip range", default=None)
     clip_vloss: bool = _opt("clip the PPO value loss with the same range", default=True)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)
     ent_coef: float | None = _opt("entropy bonus coefficient", default=None)
-    vf_coef: float = _opt("value loss coefficient", default=0.5)
-    max_grad_norm: float = _opt("gradient norm clip", default=0.5)
+    vf_coef: float | None = _opt("value loss coefficient", default=None)
+    max_grad_norm: float | None = _opt("gradient norm clip", default=None)
     hidden: tuple[int, ...] = _opt("MLP hidden layer sizes", default=(64, 64))
 
     learner: Literal["process", "thread"] = _opt(
@@ -91,10 +101,19 @@ class TrainConfig:
     progress: bool = _opt("show a live progress line", default=True)
 
     def resolved(self) -> TrainConfig:
-        """Return a copy with algorithm defaults filled in, validated; raise ConfigError otherwise."""
-        if self.algo not in ALGO_DEFAULTS:
-            raise ConfigError(f"unknown --algo {self.algo!r}; choose one of {sorted(ALGO_DEFAULTS)}.")
-        filled = {k: v for k, v in ALGO_DEFAULTS[self.algo].items() if getattr(self, k) is None}
+        """A copy with preset and algorithm defaults filled in, validated; raise ConfigError otherwise."""
+        preset = {}
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(PRESETS)}."
+                raise ConfigError(f"unknown --preset {self.preset!r}; {hint}")
+            preset = PRESETS[self.preset]
+        algo = self.algo or preset.get("algo") or BASE_DEFAULTS["algo"]
+        if algo not in ALGO_DEFAULTS:
+            raise ConfigError(f"unknown --algo {algo!r}; choose one of {sorted(ALGO_DEFAULTS)}.")
+        defaults = {**BASE_DEFAULTS, **ALGO_DEFAULTS[algo], **preset, "algo": algo}
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
         if cfg.workers is None:
             cfg.workers = os.cpu_count() or 1
