@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from htsrl_aio.config import ConfigError, TrainConfig
-from htsrl_aio.envs import EnvSpec, probe_env, resolve_env
+from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.loop_pool import LoopEnvPool
 from htsrl_aio.envs.pool import EnvPool
 from htsrl_aio.envs.replica import EnvBackend
 from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.errors import HtsrlError
-from htsrl_aio.models import MLPActorCritic, params_sha256
+from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, SUMMARY, RunDirectory, default_logdir
 from htsrl_aio.runtime.inference import BatchedInference
@@ -40,7 +40,7 @@ from htsrl_aio.runtime.learner_process import ProcessLearner
 from htsrl_aio.runtime.scheduler import RolloutScheduler
 from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
 from htsrl_aio.runtime.tickets import TicketSampler
-from htsrl_aio.seeding import Stream, derive_seed, generator
+from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
 
@@ -89,7 +89,7 @@ class Trainer:
                                          else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                          "determinism": _determinism_note(cfg, device)})
         self._stack.enter_context(_torch_settings(cfg))
-        model = _build_model(spec, cfg).to(device)
+        model = build_model(spec, cfg).to(device)
         # Every copy starts from the same parameters (the released code's third bug).
         inference_model, behaviour = copy.deepcopy(model), copy.deepcopy(model)
         self.inference = BatchedInference(
@@ -197,16 +197,6 @@ class Trainer:
             return int(logits[0].argmax())
         probs = np.exp(logits[0] - logits[0].max())
         return int(self._act_rng.choice(len(probs), p=probs / probs.sum()))
-
-
-def _build_model(spec: EnvSpec, cfg: TrainConfig) -> torch.nn.Module:
-    obs_dim = 1
-    for size in spec.obs_shape:
-        obs_dim *= size
-    # Initialise from the run seed without disturbing the caller's global torch RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-        return MLPActorCritic(obs_dim, spec.num_actions, cfg.hidden)
 
 
 def _resolve_device(name: str) -> torch.device:
