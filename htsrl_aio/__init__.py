@@ -3,10 +3,10 @@
 from htsrl_aio.config import ConfigError, TrainConfig
 from htsrl_aio.envs.async_env import AsyncEnv
 from htsrl_aio.errors import EnvError, HtsrlError
-from htsrl_aio.train import train, train_async
+from htsrl_aio.train import resume, resume_async, train, train_async
 from htsrl_aio.trainer import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "TrainConfig", "Trainer", "__version__",
-           "train", "train_async"]
+           "resume", "resume_async", "train", "train_async"]

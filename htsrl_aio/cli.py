@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an agent")
     train.add_argument("--config", type=Path, default=None,
                        help="TOML file of TrainConfig fields (e.g. num_envs = 16); flags given here win")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR|CHECKPOINT",
+                       help="continue a stopped run to its total steps, from the run directory's newest "
+                            "checkpoint or the checkpoint file given (only execution flags such as "
+                            "--workers may be given with it)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         _add_field(train, f, hints[f.name])
@@ -76,12 +80,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
-        values = load_config_file(args.config) if args.config else {}
-        values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                       if hasattr(args, f.name)})
-        if isinstance(values.get("hidden"), list):
-            values["hidden"] = tuple(values["hidden"])
-        summary = run_event_loop(_train_until_signalled(TrainConfig(**values)))
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if hasattr(args, f.name)}
+        if args.resume is not None:
+            if args.config is not None:
+                raise ConfigError("--config cannot be combined with --resume: the run continues as "
+                                  "configured.")
+            summary = run_event_loop(_train_until_signalled(None, args.resume, flags))
+        else:
+            values = {**(load_config_file(args.config) if args.config else {}), **flags}
+            if isinstance(values.get("hidden"), list):
+                values["hidden"] = tuple(values["hidden"])
+            summary = run_event_loop(_train_until_signalled(TrainConfig(**values)))
     except ConfigError as exc:
         parser.exit(2, f"htsrl-aio: error: {exc}\n")
     except HtsrlError as exc:
@@ -104,9 +114,11 @@ class _Terminated(Exception):
     """SIGTERM arrived; the run was cancelled and cleaned up."""
 
 
-async def _train_until_signalled(config: TrainConfig) -> dict[str, Any]:
-    """Train; SIGTERM cancels the run like Ctrl-C does, so cleanup runs instead of a hard exit."""
-    from htsrl_aio.train import train_async
+async def _train_until_signalled(config: TrainConfig | None, resume: Path | None = None,
+                                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `config`, or resume from `resume`; SIGTERM cancels the run like Ctrl-C does, so cleanup
+    runs instead of a hard exit."""
+    from htsrl_aio.train import resume_async, train_async
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -120,7 +132,10 @@ async def _train_until_signalled(config: TrainConfig) -> dict[str, Any]:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        return await train_async(config)
+        if config is not None:
+            return await train_async(config)
+        assert resume is not None
+        return await resume_async(resume, **(overrides or {}))
     except asyncio.CancelledError:
         if terminated:
             raise _Terminated from None

@@ -1,9 +1,11 @@
-"""Training entry points: `train(config)` from plain code, `await train_async(config)` from a loop."""
+"""Training entry points: `train(config)` from plain code, `await train_async(config)` from a loop,
+and `resume(path)` / `await resume_async(path)` to continue a run from its checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from htsrl_aio.config import TrainConfig
@@ -20,6 +22,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
 async def train_async(config: TrainConfig) -> dict[str, Any]:
     """Train to the end inside the running event loop; return the summary (also in summary.json)."""
     async with Trainer(config) as trainer:
+        return await trainer.run()
+
+
+def resume(path: str | Path, **overrides: Any) -> dict[str, Any]:
+    """Continue the run in run directory `path` (or from checkpoint file `path`) to its total steps."""
+    return run_event_loop(resume_async(path, **overrides))
+
+
+async def resume_async(path: str | Path, **overrides: Any) -> dict[str, Any]:
+    async with Trainer.resume(path, **overrides) as trainer:
         return await trainer.run()
 
 

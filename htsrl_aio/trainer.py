@@ -9,6 +9,9 @@ It wires the pieces together (env backend, shared memory, storages, inference, l
 run directory) and guarantees that however the run ends (finished, failed, cancelled), no worker
 process and no shared-memory block outlives it. Cancelling the task that runs it stops training,
 writes a checkpoint of the last completed update, and re-raises CancelledError.
+
+`Trainer.resume(path)` continues the run of a run directory (or from one checkpoint file) to its
+configured total steps; see checkpoint.py for what each kind of checkpoint restores.
 """
 
 from __future__ import annotations
@@ -24,36 +27,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from htsrl_aio import checkpoint
 from htsrl_aio.config import ConfigError, TrainConfig
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.loop_pool import LoopEnvPool
 from htsrl_aio.envs.pool import EnvPool
-from htsrl_aio.envs.replica import EnvBackend
+from htsrl_aio.envs.replica import EnvBackend, TrackerState
 from htsrl_aio.envs.shm import SharedArray
-from htsrl_aio.errors import HtsrlError
+from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, SUMMARY, RunDirectory, default_logdir
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
-from htsrl_aio.runtime.scheduler import RolloutScheduler
+from htsrl_aio.runtime.scheduler import RolloutScheduler, StartPoint
 from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
 from htsrl_aio.runtime.tickets import TicketSampler
 from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
+# Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
+RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints")
+# Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
+SETTLE_TIMEOUT_S = 30.0
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, *, resume_from: dict[str, Any] | None = None) -> None:
+        """Use `Trainer.resume(path)` to continue a run; `resume_from` is a loaded checkpoint."""
         self.config = config
+        self._resume = resume_from
         self.summary: dict[str, Any] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._last: dict[str, Any] = {}
         self._last_params: dict[str, torch.Tensor] | None = None  # as of the last completed update
+        self._failure: HtsrlError | None = None
+        self._resume_note: dict[str, Any] = {}
 
     async def __aenter__(self) -> Trainer:
         try:
@@ -63,35 +75,85 @@ class Trainer:
             raise
         return self
 
+    @classmethod
+    def resume(cls, path: str | Path, **overrides: Any) -> Trainer:
+        """A Trainer that continues the run in run directory `path` (from its newest resumable
+        checkpoint) or from the checkpoint file `path`, to its configured total steps.
+
+        `overrides` may change only settings that leave results unchanged (RESUME_OVERRIDABLE).
+        """
+        path = Path(path)
+        file = path if path.is_file() else checkpoint.newest(path, resumable=True)
+        state = checkpoint.load(file)
+        if state.get("optimizer") is None:
+            raise ConfigError(f"{file} holds parameters only (the run diverged or its learner failed), so it "
+                              "cannot be resumed; resume from a checkpoint in checkpoints/ instead.")
+        for key in overrides:
+            if key not in RESUME_OVERRIDABLE:
+                raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming (the run continues "
+                                  f"as configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
+        values = dict(state["config"])
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        run_dir = file.parent.parent if file.parent.name == checkpoint.CHECKPOINT_DIR else file.parent
+        config = TrainConfig(**{**values, **overrides, "logdir": str(run_dir)})
+        return cls(config, resume_from=state)
+
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-            if self.summary is None and self._last_params is not None:
-                # Stopped early: keep what was learned up to the last completed update.
-                self.run_dir.save_checkpoint({"model": self._last_params, "update": self._last["update"],
-                                              "interrupted": True, "config": self.cfg.to_json_dict()})
+            if self.summary is None and hasattr(self, "_scheduler"):
+                await self._save_stop_checkpoint()
         finally:
             await asyncio.shield(self._stack.aclose())
 
+    async def _save_stop_checkpoint(self) -> None:
+        """Stopped early: keep what was learned up to the last completed update."""
+        diverged = isinstance(self._failure, TrainingDiverged)
+        state: dict[str, Any] = {"kind": "stop", "interrupted": True, "config": self.cfg.to_json_dict(),
+                                 "schedule": _schedule_dict(self._scheduler.snapshot())}
+        try:
+            if diverged:
+                raise self._failure  # the parameters may hold NaN: keep the last good ones
+            # An update still running in the learner finishes (bounded), so parameters and optimizer agree.
+            await asyncio.wait_for(self.learner.settle(), SETTLE_TIMEOUT_S)
+            state.update(model=self.learner.model.state_dict(), update=self.learner.version,
+                         optimizer=await self.learner.optimizer_state())
+        except (HtsrlError, asyncio.TimeoutError):
+            if self._last_params is None:
+                return
+            state.update(model=self._last_params, update=self._last["update"], optimizer=None)
+        self.run_dir.save_checkpoint(state)
+
     async def _setup(self) -> None:
         cfg = self.cfg = self.config.resolved()
-        factory = resolve_env(cfg.env)
+        factory = resolve_env(cfg.env, cfg)
         spec = self.spec = await probe_env(factory)
         device = _resolve_device(cfg.device)
-        logdir = Path(cfg.logdir or default_logdir(factory.name, cfg.algo, cfg.mode, cfg.seed))
-        self.run_dir = RunDirectory.create(logdir)
+        resume = self._resume
+        if resume is None:
+            logdir = Path(cfg.logdir or default_logdir(factory.name, cfg.algo, cfg.mode, cfg.seed))
+            self.run_dir = RunDirectory.create(logdir)
+        else:
+            logdir = Path(cfg.logdir)
+            self.run_dir = RunDirectory.reopen(logdir, resume["update"])
         self._stack.callback(self.run_dir.close)
         self.run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
                                          "env_runs": "in the event loop (AsyncEnv)" if spec.in_loop
                                          else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                          "determinism": _determinism_note(cfg, device)})
         self._stack.enter_context(_torch_settings(cfg))
-        model = build_model(spec, cfg).to(device)
+        model = build_model(spec, cfg)
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+        model = model.to(device)
         # Every copy starts from the same parameters (the released code's third bug).
         inference_model, behaviour = copy.deepcopy(model), copy.deepcopy(model)
+        if resume is not None and resume["kind"] == "swap":
+            behaviour.load_state_dict(resume["behaviour"])
         self.inference = BatchedInference(
             inference_model, TicketSampler(cfg.seed, cfg.num_envs, cfg.rollout), cfg.max_batch,
             spec.obs_shape, spec.obs_dtype, block=cfg.inference_block if cfg.deterministic else None,
@@ -109,6 +171,9 @@ class Trainer:
             learner = ProcessLearner(cfg, model, behaviour, specs)
         else:
             learner = ThreadLearner(Learner(cfg, model, behaviour, device))
+        if resume is not None:
+            learner.restore(resume["update"], resume.get("behaviour_version", resume["update"]),
+                            resume["optimizer"])
         pool: EnvBackend
         if spec.in_loop:
             pool = LoopEnvPool(factory, cfg.num_envs, cfg.seed, [s.obs for s in storages],
@@ -117,14 +182,76 @@ class Trainer:
             pool = EnvPool(factory, cfg.num_envs, cfg.workers, cfg.seed,
                            [arrays["obs"] for arrays in storage_arrays], final_obs["final_obs"])
         self.learner = learner
+        self.pool = pool
         self._stack.push_async_callback(pool.aclose)
         self._stack.push_async_callback(learner.aclose)
         await asyncio.gather(pool.start(), learner.start())
-        self._progress = ProgressLine(cfg.num_rollouts * cfg.num_envs * cfg.rollout, cfg.progress,
-                                      f"{cfg.mode}/{cfg.algo}")
+        start = StartPoint() if resume is None else await self._restore(resume, storages)
+        steps_per_rollout = cfg.num_envs * cfg.rollout
+        self._progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress,
+                                      f"{cfg.mode}/{cfg.algo}", initial=start.rollout * steps_per_rollout)
         self._stack.callback(self._progress.close)
         self._scheduler = RolloutScheduler(cfg, pool, storages, final_obs["final_obs"].array,
-                                           self.inference, learner, self._record)
+                                           self.inference, learner, self._record, start=start,
+                                           checkpoint=self._save_swap_checkpoint,
+                                           checkpoint_every=cfg.checkpoint_every)
+
+    async def _restore(self, state: dict[str, Any], storages: tuple[RolloutStorage, ...]) -> StartPoint:
+        """Put the checkpoint's rollout and env replicas back; return where the schedule continues."""
+        schedule = state["schedule"]
+        update = state["update"]
+        start = StartPoint(update, episodes=schedule["episodes"],
+                           episode_returns=list(schedule["episode_returns"]),
+                           episode_lengths=list(schedule["episode_lengths"]),
+                           wall_time_s=schedule["wall_time_s"])
+        envs = state.get("envs")
+        if state["kind"] == "swap":
+            start.rollout, start.learn_first = update + 1, True
+            storage = storages[update % 2]
+            for name, tensor in state["rollout"].items():
+                getattr(storage, name)[...] = tensor.numpy()
+            storage.begin(update)
+            storage.truncated_obs = {(int(t), int(i)): obs.numpy() for (t, i), obs
+                                     in zip(state["truncated_slots"].tolist(), state["truncated_obs"])}
+        if envs is None:
+            # No env states: every env starts again, with seeds no episode of this run has used.
+            trackers = [TrackerState(0, 0.0, 0, (1, update))] * self.cfg.num_envs
+            blobs: list[bytes | None] = [None] * self.cfg.num_envs
+        else:
+            trackers = [TrackerState(*e["tracker"][:3], tuple(e["tracker"][3])) for e in envs]
+            blobs = [None if e["state"] is None else checkpoint.bytes_of_tensor(e["state"]) for e in envs]
+        reasons = await asyncio.gather(*(self.pool.set_state(i, blob, tracker)
+                                         for i, (blob, tracker) in enumerate(zip(blobs, trackers))),
+                                       return_exceptions=True)
+        problems = [str(r) for r in reasons if r is not None]
+        start.envs_restored = start.learn_first and not problems
+        if envs is None:
+            problems = ["the checkpoint was taken mid-rollout (the run was stopped), so it has no env states"]
+        self._resume_note = {"resumed_from_update": update,
+                             "resume_envs": "restored" if start.envs_restored
+                             else f"restarted with new derived seeds: {problems[0]}"}
+        return start
+
+    async def _save_swap_checkpoint(self, generation: int) -> None:
+        """Inside swap `generation`: everything is paused, so this state resumes exactly."""
+        learner, scheduler = self.learner, self._scheduler
+        envs = await asyncio.gather(*(self.pool.get_state(i) for i in range(self.cfg.num_envs)))
+        storage = scheduler.storages[generation % 2]
+        slots = sorted(storage.truncated_obs)
+        state = {
+            "kind": "swap", "interrupted": False, "config": self.cfg.to_json_dict(),
+            "update": learner.version, "model": learner.model.state_dict(),
+            "behaviour": learner.behaviour.state_dict(), "behaviour_version": learner.behaviour_version,
+            "optimizer": await learner.optimizer_state(),
+            "rollout": {name: torch.from_numpy(getattr(storage, name).copy()) for name in storage.ARRAYS},
+            "truncated_slots": torch.tensor(slots, dtype=torch.int64).reshape(-1, 2),
+            "truncated_obs": [torch.from_numpy(storage.truncated_obs[s].copy()) for s in slots],
+            "envs": [{"state": None if blob is None else checkpoint.tensor_of_bytes(blob),
+                      "tracker": [*tracker[:3], list(tracker[3])]} for blob, tracker in envs],
+            "schedule": _schedule_dict(scheduler.snapshot()),
+        }
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.run_dir.save_periodic, state, generation, self.cfg.keep_checkpoints)
 
     def _shared_arrays(self, layout: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, SharedArray]:
         arrays = {}
@@ -134,6 +261,9 @@ class Trainer:
         return arrays
 
     def _record(self, metrics: dict[str, Any]) -> None:
+        if self._resume_note:
+            metrics.update(self._resume_note)  # the first update after a resume says how it resumed
+            self._resume_note = {}
         self._last = metrics
         # The learner is idle between finishing an update and the next swap: a consistent snapshot.
         self._last_params = {k: v.detach().clone() for k, v in self.learner.model.state_dict().items()}
@@ -143,10 +273,12 @@ class Trainer:
 
     async def _train(self) -> dict[str, Any]:
         start = time.perf_counter()
+        steps_before = self._scheduler.start.rollout * self.cfg.num_envs * self.cfg.rollout
         try:
             await self._scheduler.run()
             optimizer_state = await self.learner.optimizer_state()
         except HtsrlError as exc:
+            self._failure = exc
             # The terminal gets one sentence; the details (a worker's traceback) go to the run directory.
             self.run_dir.write_text(ERROR_LOG, f"{exc}\n\n{exc.details}")
             raise
@@ -158,14 +290,17 @@ class Trainer:
             "global_step": last.get("global_step", 0),
             "updates": self.learner.version,
             "wall_time_s": wall,
-            "sps": last.get("global_step", 0) / wall,
+            "sps": (last.get("global_step", 0) - steps_before) / wall,
             "episode_return_mean": last.get("episode_return_mean"),
             "episodes": last.get("episodes", 0),
             "final_params_sha256": params_sha256(self.learner.model),
             "logdir": str(self.run_dir.path),
         }
-        self.run_dir.save_checkpoint({"model": self.learner.model.state_dict(), "optimizer": optimizer_state,
-                                      "update": self.learner.version, "config": self.cfg.to_json_dict()})
+        self.run_dir.save_checkpoint({"kind": "final", "interrupted": False,
+                                      "model": self.learner.model.state_dict(), "optimizer": optimizer_state,
+                                      "update": self.learner.version,
+                                      "config": self.cfg.to_json_dict(),
+                                      "schedule": _schedule_dict(self._scheduler.snapshot())})
         self.run_dir.write_json(SUMMARY, summary)
         self.summary = summary
         return summary
@@ -197,6 +332,11 @@ class Trainer:
             return int(logits[0].argmax())
         probs = np.exp(logits[0] - logits[0].max())
         return int(self._act_rng.choice(len(probs), p=probs / probs.sum()))
+
+
+def _schedule_dict(start: StartPoint) -> dict[str, Any]:
+    return {"episodes": start.episodes, "episode_returns": start.episode_returns,
+            "episode_lengths": start.episode_lengths, "wall_time_s": start.wall_time_s}
 
 
 def _resolve_device(name: str) -> torch.device:

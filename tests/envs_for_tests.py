@@ -141,3 +141,17 @@ def _nan_reward(result):
 
 def nan_reward_cartpole() -> gym.Env:
     return _SpoiledAfter(gym.make("CartPole-v1"), 40, _nan_reward)
+
+
+class _HoldsALock(gym.Wrapper):
+    """An env with a live OS handle, like a socket to a simulator: it cannot be pickled."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+def unpicklable_cartpole() -> gym.Env:
+    return _HoldsALock(gym.make("CartPole-v1"))

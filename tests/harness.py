@@ -1,8 +1,9 @@
-"""Build a RolloutScheduler around a FakePool, recording what the learner saw at each update."""
+"""Test helpers: a RolloutScheduler around a FakePool (recording what the learner saw), and polling."""
 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,3 +65,11 @@ def make_harness(**overrides: Any) -> Harness:
     harness.scheduler = RolloutScheduler(cfg, pool, storages, final_obs, inference, ThreadLearner(learner),
                                          harness.metrics.append)
     return harness
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from harness import wait_until
 
 from htsrl_aio.envs.shm import SHM_PREFIX
 
@@ -29,14 +29,6 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in state  # a zombie has exited; only its exit status is left
 
 
-def _wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
     run = tmp_path / "run"
@@ -45,7 +37,7 @@ def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         metrics = run / "metrics.jsonl"
-        _wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120,
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120,
                     "the first updates")
         children = _children(proc.pid)
         assert len(children) >= 3  # two env workers and the learner (and the resource tracker)
@@ -56,7 +48,7 @@ def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
     assert proc.returncode == exit_code, stderr
     assert "workers stopped and shared memory freed" in stderr
     assert "Traceback" not in stderr
-    _wait_until(lambda: not any(_alive(c) for c in children), 30, "child processes to exit")
+    wait_until(lambda: not any(_alive(c) for c in children), 30, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] >= 2

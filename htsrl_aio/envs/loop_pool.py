@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from htsrl_aio.envs import state as env_state
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.factory import EnvFactory
-from htsrl_aio.envs.replica import EpisodeTracker, StepResult
+from htsrl_aio.envs.replica import EpisodeTracker, StepResult, TrackerState
 from htsrl_aio.errors import EnvError
 
 
@@ -45,6 +46,22 @@ class LoopEnvPool:
 
     def step(self, env_id: int, action: int, buf: int, t: int) -> asyncio.Future:
         return self._spawn(env_id, self._step, action, buf, t)
+
+    def get_state(self, env_id: int) -> asyncio.Future:
+        return self._spawn(env_id, self._get_state)
+
+    def set_state(self, env_id: int, blob: bytes | None, tracker: TrackerState) -> asyncio.Future:
+        return self._spawn(env_id, self._set_state, blob, tracker)
+
+    async def _get_state(self, env_id: int) -> tuple[bytes | None, TrackerState]:
+        return env_state.capture(self._envs[env_id]), self._trackers[env_id].state()
+
+    async def _set_state(self, env_id: int, blob: bytes | None, tracker: TrackerState) -> str | None:
+        self._trackers[env_id].load(tracker)
+        if blob is None:
+            return "the env's state could not be saved"
+        self._envs[env_id] = env_state.restore(blob, self._envs[env_id])
+        return None
 
     def _spawn(self, env_id: int, work: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task:
         task = asyncio.ensure_future(self._named_errors(env_id, work, *args))

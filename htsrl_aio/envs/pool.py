@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from htsrl_aio.envs.factory import EnvFactory
-from htsrl_aio.envs.replica import StepResult
+from htsrl_aio.envs.replica import StepResult, TrackerState
 from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.envs.worker import WorkerArgs, worker_main
 from htsrl_aio.errors import EnvError
 from htsrl_aio.procs import WatchedChild, close_children
+
+_REPLIES: dict[str, Callable[[tuple], Any]] = {
+    "reset": lambda _: None,
+    "step": lambda fields: StepResult(*fields),
+    "state": lambda fields: (fields[0], TrackerState(*fields[1])),
+    "state_set": lambda fields: fields[0],
+}
 
 
 class EnvPool:
@@ -62,6 +71,14 @@ class EnvPool:
         """Step env `env_id`; its next observation lands in obs buffer `buf` at row `t`."""
         return self._send(env_id, ("step", env_id, action, buf, t))
 
+    def get_state(self, env_id: int) -> asyncio.Future:
+        """Resolves to (signed env state or None, TrackerState) of an idle env."""
+        return self._send(env_id, ("get_state", env_id))
+
+    def set_state(self, env_id: int, blob: bytes | None, tracker: TrackerState) -> asyncio.Future:
+        """Load a checkpointed replica; resolves to None, or the reason its env state was not loaded."""
+        return self._send(env_id, ("set_state", env_id, blob, tuple(tracker)))
+
     def _send(self, env_id: int, cmd: tuple) -> asyncio.Future:
         assert self._loop is not None, "EnvPool.start() was not awaited"
         future = self._loop.create_future()
@@ -85,7 +102,7 @@ class EnvPool:
         else:
             future = self._pending.pop(msg[1])
             if not future.done():  # a collector cancelled while waiting has cancelled its future
-                future.set_result(None if kind == "reset" else StepResult(*msg[2:]))
+                future.set_result(_REPLIES[kind](msg[2:]))
 
     def _on_exit(self, where: str, exitcode: int | None) -> None:
         self._fail(EnvError(f"{where} died unexpectedly (exit code {exitcode}); the run cannot "

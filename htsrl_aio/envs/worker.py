@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from htsrl_aio.envs import state as env_state
 from htsrl_aio.envs.factory import EnvFactory
-from htsrl_aio.envs.replica import EpisodeTracker
+from htsrl_aio.envs.replica import EpisodeTracker, TrackerState
 from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
 
 
@@ -51,7 +52,11 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
                 return
             env_id = cmd[1]
             try:
-                conn.send(_handle(cmd, replicas[env_id], buffers, final_obs.array))
+                if cmd[0] == "set_state":
+                    replicas[env_id], reply = _set_state(args.factory, replicas[env_id], *cmd[2:])
+                    conn.send(reply)
+                else:
+                    conn.send(_handle(cmd, replicas[env_id], buffers, final_obs.array))
             except Exception as exc:
                 conn.send(("error", env_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     except Exception as exc:  # env construction failed, or the parent went away
@@ -65,9 +70,24 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             array.close()
 
 
+def _set_state(factory: EnvFactory, replica: _Replica, blob: bytes | None,
+               tracker: TrackerState) -> tuple[_Replica, tuple]:
+    """Load a checkpointed replica; the reply says why the env state was not restored, if it was not."""
+    replica.tracker.load(TrackerState(*tracker))
+    if blob is None:
+        return replica, ("state_set", replica.tracker.env_id, "the env's state could not be saved")
+    env = env_state.restore(blob, replica.env)
+    if env is not replica.env:
+        with contextlib.suppress(Exception):
+            replica.env.close()
+    return _Replica(env, replica.tracker), ("state_set", replica.tracker.env_id, None)
+
+
 def _handle(cmd: tuple, replica: _Replica, buffers: list[SharedArray], final_obs: np.ndarray) -> tuple:
     kind, env_id, *rest = cmd
     env, tracker = replica
+    if kind == "get_state":
+        return ("state", env_id, env_state.capture(env), tracker.state())
     if kind == "reset":
         buf, t = rest
         obs, _info = env.reset(seed=tracker.next_reset_seed())

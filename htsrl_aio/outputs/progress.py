@@ -8,10 +8,11 @@ from tqdm import tqdm
 
 
 class ProgressLine:
-    def __init__(self, total_steps: int, enabled: bool, label: str) -> None:
-        self._bar = tqdm(total=total_steps, disable=not enabled, unit="step", unit_scale=True,
-                         desc=label, dynamic_ncols=True, smoothing=0.1)
-        self._step = 0
+    def __init__(self, total_steps: int, enabled: bool, label: str, initial: int = 0) -> None:
+        """`initial`: steps already done (a resumed run)."""
+        self._bar = tqdm(total=total_steps, initial=initial, disable=not enabled, unit="step",
+                         unit_scale=True, desc=label, dynamic_ncols=True, smoothing=0.1)
+        self._step = initial
 
     def update(self, metrics: dict[str, Any]) -> None:
         ret = metrics["episode_return_mean"]

@@ -1,4 +1,4 @@
-"""The run directory: config.json, metrics.jsonl (one row per update), summary.json, checkpoint.pt.
+"""The run directory: config.json, metrics.jsonl (one row per update), summary.json, checkpoints.
 
 Everything that is replaced (config, summary, checkpoint) is written to a temporary file and renamed
 into place, so a crash never leaves a half-written file behind.
@@ -17,13 +17,18 @@ from typing import Any
 
 import torch
 
+from htsrl_aio import checkpoint
 from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import HtsrlError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
-CHECKPOINT = "checkpoint.pt"
 ERROR_LOG = "error.log"
+
+
+class CheckpointWriteError(HtsrlError):
+    """A checkpoint could not be written (disk full, no permission); earlier checkpoints are intact."""
 
 
 def default_logdir(env_name: str, algo: str, mode: str, seed: int) -> Path:
@@ -49,6 +54,20 @@ class RunDirectory:
         run._metrics = open(path / METRICS, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
         return run
 
+    @classmethod
+    def reopen(cls, path: Path, updates: int) -> RunDirectory:
+        """Continue a run: metrics rows after update `updates` (written after the checkpoint) are dropped."""
+        if (path / SUMMARY).exists():
+            raise ConfigError(f"the run in {path} already finished (summary.json exists); nothing to resume.")
+        run = cls(path)
+        rows = []
+        if (path / METRICS).exists():
+            with open(path / METRICS, encoding="utf-8") as f:
+                rows = [line for line in f if line.strip() and json.loads(line)["update"] <= updates]
+        run.write_text(METRICS, "".join(rows))
+        run._metrics = open(path / METRICS, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        return run
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         self.write_text(name, json.dumps(data, indent=2, default=str))
 
@@ -59,8 +78,22 @@ class RunDirectory:
         assert self._metrics is not None
         self._metrics.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self._atomic_write(CHECKPOINT, lambda f: torch.save(state, f))
+    def save_checkpoint(self, state: dict[str, Any], name: str = checkpoint.FINAL) -> None:
+        """Write a checkpoint atomically; on failure raise one sentence and leave older ones untouched."""
+        state = {"format": checkpoint.FORMAT, **state}
+        try:
+            (self.path / name).parent.mkdir(exist_ok=True)
+            self._atomic_write(name, lambda f: torch.save(state, f))
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"could not write checkpoint {self.path / name}: {exc.strerror or exc}; free disk space or "
+                "make the run directory writable (earlier checkpoints are intact).") from exc
+
+    def save_periodic(self, state: dict[str, Any], update: int, keep: int) -> None:
+        """Write checkpoints/update-<update>.pt, then delete all but the newest `keep` of them."""
+        self.save_checkpoint(state, checkpoint.periodic_name(update))
+        for old in checkpoint.periodic_checkpoints(self.path)[:-keep]:
+            old.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -68,13 +101,14 @@ class RunDirectory:
             self._metrics = None
 
     def _atomic_write(self, name: str, write: Any) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        target = self.path / name
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path / name)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -2,6 +2,7 @@
 
 A cyclic barrier for a fixed number of parties. The last party to arrive runs `on_swap` (exchange the
 storages, publish parameters) before anyone is released, so no party can observe a half-done swap.
+`on_swap` may return an awaitable (a checkpoint): everyone stays paused until it is done.
 Nothing spins: waiters await a future. If the run stops early, `abort` wakes every waiter with
 `BarrierAborted` so nobody is left waiting forever.
 """
@@ -9,7 +10,8 @@ Nothing spins: waiters await a future. If the run stops early, `abort` wakes eve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 
 class BarrierAborted(RuntimeError):
@@ -17,12 +19,14 @@ class BarrierAborted(RuntimeError):
 
 
 class SwapBarrier:
-    def __init__(self, parties: int, on_swap: Callable[[int], None] | None = None) -> None:
+    def __init__(self, parties: int, on_swap: Callable[[int], Awaitable[None] | None] | None = None,
+                 generation: int = 0) -> None:
+        """`generation`: the index of the first swap (a run resumed after swap g starts at g + 1)."""
         if parties < 1:
             raise ValueError("a barrier needs at least one party")
         self.parties = parties
         self._on_swap = on_swap
-        self._generation = 0
+        self._generation = generation
         self._waiters: list[asyncio.Future[int]] = []
         self._aborted: BaseException | None = None
 
@@ -41,9 +45,9 @@ class SwapBarrier:
             raise BarrierAborted("barrier aborted") from self._aborted
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
-        if len(self._waiters) == self.parties:
-            self._release()
         try:
+            if len(self._waiters) == self.parties:
+                await self._release()
             return await future
         except asyncio.CancelledError:
             # A party that leaves can never arrive again: everyone else must not wait for it.
@@ -51,16 +55,22 @@ class SwapBarrier:
                 self.abort()
             raise
 
-    def _release(self) -> None:
-        waiters, self._waiters = self._waiters, []
+    async def _release(self) -> None:
+        waiters = self._waiters
         generation = self._generation
         try:
             if self._on_swap is not None:
-                self._on_swap(generation)
-        except BaseException as exc:
-            self._waiters = waiters
+                pending = self._on_swap(generation)
+                if inspect.isawaitable(pending):
+                    await pending
+        except Exception as exc:
+            # The party that ran on_swap raises the failure itself; the others see BarrierAborted.
+            self._waiters.remove(self._waiters[-1])
             self.abort(exc)
+            raise
+        if self._aborted is not None:  # aborted from elsewhere while on_swap was running
             return
+        self._waiters = []
         self._generation += 1
         for future in waiters:
             if not future.done():

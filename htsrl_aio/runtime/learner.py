@@ -45,6 +45,11 @@ class Learner:
         self.version = 0  # updates applied to `model` so far
         self.behaviour_version = 0  # version of the parameters held in `behaviour`
 
+    def restore(self, version: int, optimizer_state: dict) -> None:
+        """Continue from a checkpoint: the update count (it keys minibatch order and the lr) and optimizer."""
+        self.version = version
+        self.optimizer.load_state_dict(optimizer_state)
+
     @torch.no_grad()
     def load_behaviour(self, source: nn.Module, version: int) -> None:
         """Record the parameters that collected the rollout about to be learned."""
@@ -153,12 +158,17 @@ class LearnerHandle(Protocol):
     """What the scheduler needs from a learner, wherever it runs."""
 
     model: nn.Module  # the current parameters; read only at a swap, while the learner is idle
+    behaviour: nn.Module  # the parameters that collected the rollout being learned
 
     @property
     def version(self) -> int: ...
 
     @property
     def behaviour_version(self) -> int: ...
+
+    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
+        """Continue from a checkpoint (before start); the parameters are already in `model`."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -167,6 +177,10 @@ class LearnerHandle(Protocol):
     async def update(self, storage: RolloutStorage) -> dict[str, float]: ...
 
     async def optimizer_state(self) -> dict: ...
+
+    async def settle(self) -> None:
+        """Wait for an update still running after its caller was cancelled, so state is consistent."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -182,14 +196,23 @@ class ThreadLearner:
     def __init__(self, learner: Learner) -> None:
         self.learner = learner
         self.model = learner.model
+        self.behaviour = learner.behaviour
         # torch's thread count is per OS thread: unset, the first ops in a new thread run with another
         # count and differ in the last bits, which breaks determinism (tests/test_train.py caught it).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="htsrl-learner",
                                             initializer=torch.set_num_threads,
                                             initargs=(learner.config.torch_threads,))
+        self._running: asyncio.Future | None = None
+
+    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
+        self.learner.restore(version, optimizer_state)
+        self.learner.behaviour_version = behaviour_version
 
     async def start(self) -> None:
         return None
+
+    async def settle(self) -> None:
+        await wait_settled(self._running)
 
     @property
     def version(self) -> int:
@@ -205,13 +228,22 @@ class ThreadLearner:
     async def update(self, storage: RolloutStorage) -> dict[str, float]:
         """Run one update in the learner thread; the loop keeps stepping envs meanwhile."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.learner.update, storage)
+        self._running = loop.run_in_executor(self._executor, self.learner.update, storage)
+        return await asyncio.shield(self._running)
 
     async def optimizer_state(self) -> dict:
         return self.learner.optimizer.state_dict()
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+
+async def wait_settled(future: asyncio.Future | None) -> None:
+    """Wait for `future` whatever its outcome; its exception (already reported) is consumed."""
+    if future is not None:
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

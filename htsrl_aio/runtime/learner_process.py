@@ -23,7 +23,7 @@ from htsrl_aio.config import TrainConfig
 from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.procs import WatchedChild, close_children
-from htsrl_aio.runtime.learner import Learner
+from htsrl_aio.runtime.learner import Learner, wait_settled
 from htsrl_aio.runtime.storage import RolloutStorage
 
 StorageSpecs = list[dict[str, SharedArraySpec]]
@@ -41,17 +41,25 @@ class ProcessLearner:
         self.model = model.share_memory()
         self.behaviour = behaviour.share_memory()
         self._storage_specs = storage_specs
-        self.version = 0
+        self.version = 0  # updates the child has completed, counted as it reports them
         self.behaviour_version = 0
+        self._optimizer_state: dict | None = None
         self._child: WatchedChild | None = None
         self._reply: asyncio.Future | None = None
         self._failure: LearnerError | None = None
 
+    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
+        """Continue from a checkpoint (call before start); the parameters are already in `model`."""
+        self.version, self.behaviour_version = version, behaviour_version
+        self._optimizer_state = optimizer_state
+
     async def start(self) -> None:
         self._reply = asyncio.get_running_loop().create_future()
         self._child = WatchedChild("htsrl-learner", learner_main,
-                                   (self.config, self.model, self.behaviour, self._storage_specs),
+                                   (self.config, self.model, self.behaviour, self._storage_specs,
+                                    self.version, self._optimizer_state),
                                    self._on_message, self._on_exit)
+        self._optimizer_state = None
         await self._reply
 
     @torch.no_grad()
@@ -61,12 +69,14 @@ class ProcessLearner:
         self.behaviour_version = version
 
     async def update(self, storage: RolloutStorage) -> dict[str, float]:
-        stats = await self._call(("update", storage.index, dict(storage.truncated_obs)))
-        self.version += 1
-        return stats
+        return await self._call(("update", storage.index, dict(storage.truncated_obs)))
 
     async def optimizer_state(self) -> dict:
         return await self._call(("optimizer",))
+
+    async def settle(self) -> None:
+        """Wait until the child has finished what it was asked, even if the asker was cancelled."""
+        await wait_settled(self._reply)
 
     async def _call(self, message: tuple) -> Any:
         if self._failure is not None:
@@ -74,7 +84,8 @@ class ProcessLearner:
         assert self._child is not None, "ProcessLearner.start() was not awaited"
         self._reply = asyncio.get_running_loop().create_future()
         self._child.send(message)
-        return await self._reply
+        # Shielded: a cancelled caller leaves the reply to be collected by settle().
+        return await asyncio.shield(self._reply)
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
@@ -82,7 +93,10 @@ class ProcessLearner:
             error = LearnerError(message[1])
             error.details = message[2]
             self._fail(error)
-        elif self._reply is not None and not self._reply.done():
+            return
+        if kind == "done":
+            self.version += 1
+        if self._reply is not None and not self._reply.done():
             self._reply.set_result(message[1])
 
     def _on_exit(self, exitcode: int | None) -> None:
@@ -101,7 +115,7 @@ class ProcessLearner:
 
 
 def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 storage_specs: StorageSpecs) -> None:
+                 storage_specs: StorageSpecs, version: int, optimizer_state: dict | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the learner stops
     torch.set_num_threads(config.torch_threads)
     torch.use_deterministic_algorithms(config.deterministic)
@@ -109,6 +123,8 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
     storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                 for i, arrays in enumerate(shared)]
     learner = Learner(config, model, behaviour)
+    if optimizer_state is not None:
+        learner.restore(version, optimizer_state)
     try:
         conn.send(("ready", None))
         while True:

@@ -9,6 +9,10 @@ was collected with theta_{g-1}) then run together: exactly one update of lag, wh
 
 sync mode (the baseline): the same coroutines, plus a barrier after every env step, and collection
 waits for the learner (a second barrier, where parameters are published) before the next rollout.
+
+Checkpoints that resume exactly are taken inside a swap, where nothing moves: every env has finished
+rollout g, the learner is idle, rollout g waits in its storage to be learned. A run resumed from one
+starts right after that swap (`StartPoint.learn_first`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,10 +59,28 @@ class BusyClock:
         return self._total + running
 
 
+@dataclass
+class StartPoint:
+    """Where the schedule begins: rollout 0 of a fresh run, or the place a checkpoint was taken."""
+
+    rollout: int = 0  # the first rollout to collect
+    # Resumed inside swap `rollout - 1`: that rollout is in its storage and is learned first, and the
+    # envs continue from their saved states; otherwise envs reset into the first storage.
+    learn_first: bool = False
+    envs_restored: bool = False
+    episodes: int = 0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
 class RolloutScheduler:
     def __init__(self, config: TrainConfig, pool: EnvBackend, storages: tuple[RolloutStorage, RolloutStorage],
                  final_obs: np.ndarray, inference: BatchedInference, learner: LearnerHandle,
-                 on_update: Callable[[dict[str, Any]], None]) -> None:
+                 on_update: Callable[[dict[str, Any]], None], start: StartPoint | None = None,
+                 checkpoint: Callable[[int], Awaitable[None]] | None = None,
+                 checkpoint_every: int = 0) -> None:
+        """`checkpoint(g)` runs inside swap g (everything paused) every `checkpoint_every` updates."""
         self.cfg = config
         self.pool = pool
         self.storages = storages
@@ -66,14 +89,20 @@ class RolloutScheduler:
         self.learner = learner
         self.on_update = on_update
         self.sync = config.mode == "sync"
+        self.start = start = start or StartPoint()
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
         n = config.num_envs
-        self.swap = SwapBarrier(n + 1, on_swap=self._on_swap)
+        # Swap g closes rollout g; publish g follows update g. A resumed run already passed swap rollout-1.
+        self.swap = SwapBarrier(n + 1, on_swap=self._on_swap, generation=start.rollout)
         self.step_barrier = SwapBarrier(n) if self.sync else None
-        self.publish_barrier = SwapBarrier(n + 1, on_swap=self._on_publish) if self.sync else None
-        self.inference_version = 0
-        self.episode_returns: deque[float] = deque(maxlen=EPISODE_WINDOW)
-        self.episode_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
-        self.episodes = 0
+        self.publish_barrier = (SwapBarrier(n + 1, on_swap=self._on_publish,
+                                            generation=start.rollout - start.learn_first)
+                                if self.sync else None)
+        self.inference_version = learner.version
+        self.episode_returns: deque[float] = deque(start.episode_returns, maxlen=EPISODE_WINDOW)
+        self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
+        self.episodes = start.episodes
         self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
         self._envs_collecting = 0
         self.collector_clock = BusyClock()
@@ -83,12 +112,16 @@ class RolloutScheduler:
 
     async def run(self) -> None:
         """Collect and learn `num_rollouts` rollouts; on any failure stop every coroutine and re-raise."""
-        self._start = time.perf_counter()
-        self._window = (self._start, 0.0, 0.0, 0, 0)
-        first = self.storages[0]
-        first.begin(0)
-        await asyncio.gather(*(self.pool.reset(i, first.index, 0) for i in range(self.cfg.num_envs)))
-        self._begin_collection()
+        self._start = time.perf_counter() - self.start.wall_time_s
+        self._window = (time.perf_counter(), 0.0, 0.0, 0, 0)
+        first = self.storages[self.start.rollout % 2]
+        if self.start.learn_first:
+            first.continue_from(self.storages[(self.start.rollout - 1) % 2])
+        first.begin(self.start.rollout)
+        if not self.start.envs_restored:
+            await asyncio.gather(*(self.pool.reset(i, first.index, 0) for i in range(self.cfg.num_envs)))
+        if not (self.sync and self.start.learn_first):  # sync: collection waits for the next publish
+            self._begin_collection()
         tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.cfg.num_envs)]
         tasks.append(asyncio.ensure_future(self._learn()))
         try:
@@ -105,9 +138,19 @@ class RolloutScheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def snapshot(self) -> StartPoint:
+        """Where a run resumed from the swap now in progress begins (call it inside that swap)."""
+        wall = time.perf_counter() - self._start if self._start else self.start.wall_time_s
+        return StartPoint(self.swap.generation + 1, learn_first=True, envs_restored=True,
+                          episodes=self.episodes, episode_returns=list(self.episode_returns),
+                          episode_lengths=list(self.episode_lengths), wall_time_s=wall)
+
     async def _collect(self, env: int) -> None:
         cfg = self.cfg
-        for rollout in range(cfg.num_rollouts):
+        resumed_in_sync = self.start.learn_first and self.publish_barrier is not None
+        if resumed_in_sync and self.start.rollout < cfg.num_rollouts:
+            await self.publish_barrier.wait()
+        for rollout in range(self.start.rollout, cfg.num_rollouts):
             storage = self.storages[rollout % 2]
             for step in range(cfg.rollout):
                 act = await self.inference.act(StepTicket(rollout, env, step), storage.obs[step, env])
@@ -126,8 +169,10 @@ class RolloutScheduler:
                 await self.publish_barrier.wait()
 
     async def _learn(self) -> None:
-        for update in range(self.cfg.num_rollouts):
-            await self.swap.wait()
+        first = self.start.rollout - self.start.learn_first
+        for update in range(first, self.cfg.num_rollouts):
+            if not (self.start.learn_first and update == first):  # resumed: that swap is behind us
+                await self.swap.wait()
             storage = self.storages[update % 2]
             lag = self.learner.version - self.learner.behaviour_version
             self.learner_clock.start()
@@ -137,7 +182,7 @@ class RolloutScheduler:
             if self.publish_barrier is not None and update + 1 < self.cfg.num_rollouts:
                 await self.publish_barrier.wait()
 
-    def _on_swap(self, generation: int) -> None:
+    def _on_swap(self, generation: int) -> Awaitable[None] | None:
         finished = self.storages[generation % 2]
         for _, _, ret, length in sorted(self._rollout_episodes):  # ticket order, not arrival order
             self.episode_returns.append(ret)
@@ -151,6 +196,10 @@ class RolloutScheduler:
             upcoming.begin(generation + 1)
         if not self.sync:
             self._on_publish(generation)
+        if self.checkpoint is not None and self.checkpoint_every and generation % self.checkpoint_every == 0 \
+                and generation > 0:
+            return self.checkpoint(generation)
+        return None
 
     def _on_publish(self, generation: int) -> None:
         self.inference.publish(self.learner.model)

@@ -31,6 +31,8 @@ def storage_layout(num_envs: int, rollout_len: int, obs_shape: tuple[int, ...],
 
 
 class RolloutStorage:
+    ARRAYS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated")
+
     def __init__(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
         self.index = index  # which of the two storages; workers and the learner address it by this
         self.obs = arrays["obs"]  # (T + 1, N, *obs_shape)

@@ -1,0 +1,95 @@
+"""Checkpoints: what they hold, where they live in a run directory, and loading them safely.
+
+Kinds (the "kind" key):
+- "swap": taken inside swap g every --checkpoint-every updates (checkpoints/update-<g>.pt, the last
+  --keep-checkpoints kept). It holds the learner (current and behaviour parameters, optimizer, update
+  count), rollout g waiting to be learned, every env replica's state where it can be saved, and the
+  episode statistics, so a run resumed from it ends bit-identical to one never stopped.
+- "stop": written when a run is interrupted or fails (checkpoint.pt): the parameters and optimizer of
+  the last completed update. Resuming from it restarts the envs with fresh derived seeds.
+- "final": the end of a finished run (checkpoint.pt).
+Every random stream of a run is derived from (seed, purpose, ids), so the update count and the episode
+counts stored per env are the whole random state.
+
+Everything is tensors and plain values, loaded with `torch.load(weights_only=True)`: a checkpoint from
+elsewhere cannot run code. Env states are pickled bytes and only unpickled if signed on this machine
+(see envs/state.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from htsrl_aio.config import ConfigError
+
+FORMAT = "htsrl-aio checkpoint v1"
+CHECKPOINT_DIR = "checkpoints"
+FINAL = "checkpoint.pt"
+_PERIODIC = re.compile(r"update-(\d+)\.pt$")
+
+
+def periodic_name(update: int) -> str:
+    return f"{CHECKPOINT_DIR}/update-{update:07d}.pt"
+
+
+def periodic_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's swap checkpoints, oldest first."""
+    found = [p for p in (run_dir / CHECKPOINT_DIR).glob("update-*.pt") if _PERIODIC.search(p.name)]
+    return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load a checkpoint made by htsrl-aio; anything else is refused in one sentence, never executed."""
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path} is not a readable checkpoint (corrupt, truncated, or not a torch file).")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long; the line naming the refused object is what matters.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ConfigError(f"{path} holds objects other than tensors and plain values{what}, so it was not "
+                          "loaded and nothing in it was executed.") from None
+    except Exception as exc:  # truncated zip, random bytes, a file from another program
+        raise ConfigError(f"{path} is not a readable checkpoint (corrupt or not a torch file: "
+                          f"{type(exc).__name__}: {exc}).") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is a torch file but not an htsrl-aio checkpoint.")
+    return data
+
+
+def newest(run_dir: Path, resumable: bool) -> Path:
+    """The checkpoint to continue (resumable) or evaluate from: the one with the most updates.
+
+    On a tie a swap checkpoint wins, as it resumes exactly.
+    """
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist.")
+    candidates: list[tuple[int, int, Path]] = []
+    for path in periodic_checkpoints(run_dir):
+        candidates.append((int(_PERIODIC.search(path.name).group(1)), 1, path))
+    final = run_dir / FINAL
+    if final.exists():
+        data = load(final)
+        if not resumable or data.get("optimizer") is not None:
+            candidates.append((int(data["update"]), 0, final))
+    if not candidates:
+        what = "resumable checkpoint" if resumable else "checkpoint"
+        raise ConfigError(f"{run_dir} holds no {what} (checkpoint.pt or checkpoints/update-*.pt).")
+    return max(candidates)[2]
+
+
+def tensor_of_bytes(blob: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+
+
+def bytes_of_tensor(tensor: torch.Tensor) -> bytes:
+    return tensor.numpy().tobytes()

@@ -1,0 +1,144 @@
+"""Checkpoints and --resume: a resumed run ends exactly where an uninterrupted one would."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from envs_for_tests import unpicklable_cartpole
+from harness import wait_until
+
+from htsrl_aio import ConfigError, TrainConfig, resume, train
+from htsrl_aio.checkpoint import load
+from htsrl_aio.cli import main as cli_main
+from htsrl_aio.envs import state as env_state
+
+
+def config(run_dir: Path, **overrides) -> TrainConfig:
+    base = {"env": "CartPole-v1", "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 10, "workers": 2,
+            "logdir": str(run_dir), "progress": False, "checkpoint_every": 3, "keep_checkpoints": 2}
+    return TrainConfig(**{**base, **overrides})
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:
+    """The run directory a crash (power cut, OOM kill) would have left: no summary, no final checkpoint."""
+    shutil.copytree(run_dir, copy)
+    (copy / "summary.json").unlink()
+    (copy / "checkpoint.pt").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("algo,mode", [("ppo", "hts"), ("ppo", "sync"), ("a2c", "hts")])
+def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, algo, mode):
+    full = train(config(tmp_path / "full", algo=algo, mode=mode))
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert kept == ["update-0000006.pt", "update-0000009.pt"]  # every 3 updates, the newest 2 kept
+
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    # Execution settings may change on resume without changing a bit.
+    resumed = resume(crashed / "checkpoints" / "update-0000006.pt", workers=1, learner="thread")
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert resumed["updates"] == full["updates"] == 10
+    full_rows, resumed_rows = rows(tmp_path / "full"), rows(crashed)
+    assert [r["update"] for r in resumed_rows] == list(range(1, 11))
+    assert [r["actions_sha256"] for r in resumed_rows] == [r["actions_sha256"] for r in full_rows]
+    assert resumed_rows[6]["resumed_from_update"] == 6 and resumed_rows[6]["resume_envs"] == "restored"
+    assert resumed_rows[-1]["episodes"] == full_rows[-1]["episodes"]
+    assert resumed_rows[-1]["episode_return_mean"] == full_rows[-1]["episode_return_mean"]
+
+
+def test_resume_without_env_states_restarts_envs_and_says_so(tmp_path, no_leaks):
+    run = tmp_path / "full"
+    train(config(run, env=unpicklable_cartpole, workers=1))
+    crashed = as_if_crashed_after(run, tmp_path / "crashed")
+    summary = resume(crashed)  # the directory: its newest resumable checkpoint (update 9)
+    assert summary["updates"] == 10
+    row = rows(crashed)[9]
+    assert row["resumed_from_update"] == 9
+    assert row["resume_envs"] == ("restarted with new derived seeds: the env's state could not be saved")
+
+
+def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4", "--rollout", "16",
+            "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, 120, "three updates")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    stopped = load(run / "checkpoint.pt")
+    assert stopped["kind"] == "stop" and stopped["optimizer"] is not None
+    stop_update = stopped["update"]
+    assert stop_update < 400
+
+    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+    done = rows(run)
+    updates = [r["update"] for r in done]
+    assert updates == sorted(updates) and updates[-1] == 400
+    first_after = next(r for r in done if r["update"] > stop_update)
+    assert first_after["resumed_from_update"] == stop_update
+    assert "restarted with new derived seeds" in first_after["resume_envs"]
+    assert json.loads((run / "summary.json").read_text())["updates"] == 400
+
+
+def test_resume_refuses_finished_runs_and_changed_settings(tmp_path, no_leaks):
+    run = tmp_path / "full"
+    train(config(run, total_steps=4 * 16 * 5))
+    with pytest.raises(ConfigError, match="already finished"):
+        resume(run)
+    crashed = as_if_crashed_after(run, tmp_path / "crashed")
+    with pytest.raises(ConfigError, match="--lr cannot change when resuming"):
+        resume(crashed, lr=0.1)
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused_without_running_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": _Exploit(str(marker))}, foreign)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    for path, message in [(garbage, "not a readable checkpoint"),
+                          (foreign, "holds objects other than tensors"),
+                          (plain, "not an htsrl-aio checkpoint")]:
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["train", "--resume", str(path)])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_env_state_signed_elsewhere_is_not_unpickled():
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    env.reset(seed=1)
+    blob = env_state.capture(env)
+    assert blob is not None
+    assert env_state.restore(blob, None).unwrapped.state.tolist() == env.unwrapped.state.tolist()
+    forged = bytes(32) + blob[32:]
+    with pytest.raises(ValueError, match="not written on this machine"):
+        env_state.restore(forged, None)
