@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-env", help="check an env (gymnasium or AsyncEnv) in full")
     check.add_argument("env", help="gymnasium id or 'package.module:factory'")
     check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
+    evaluate = commands.add_parser("eval", help="play a trained agent and report its mean return")
+    evaluate.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
+                          help="a run directory (its newest checkpoint) or a checkpoint file")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
+    evaluate.add_argument("--deterministic", action="store_true",
+                          help="take the most likely action instead of sampling")
+    evaluate.add_argument("--video", type=Path, default=None, metavar="OUT.mp4",
+                          help="record the episodes (needs the video extra)")
+    evaluate.add_argument("--seed", type=int, default=None, help="episode seeds (default: the run's seed)")
     plot = commands.add_parser("plot", help="plot learning curves and runtime health of runs")
     plot.add_argument("runs", type=Path, nargs="+", help="run directories")
     plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
@@ -77,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_env(args.env, args.steps)
     if args.command == "plot":
         return _plot(parser, args.runs, args.output)
+    if args.command == "eval":
+        return _eval(parser, args)
     from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
@@ -162,6 +173,20 @@ def _check_env(env: str, steps: int) -> int:
     where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
     print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs_shape} {spec.obs_dtype}, "
           f"{spec.num_actions} actions; runs {where}).")
+    return 0
+
+
+def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from htsrl_aio.evaluate import evaluate, format_result
+    from htsrl_aio.train import run_event_loop
+
+    try:
+        result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))
+    except ConfigError as exc:
+        parser.exit(2, f"htsrl-aio: error: {exc}\n")
+    print(format_result(result))
+    if args.video is not None:
+        print(f"wrote {args.video}")
     return 0
 
 

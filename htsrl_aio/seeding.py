@@ -20,6 +20,8 @@ class Stream(enum.IntEnum):
     INIT = 3
     MINIBATCH = 4
     HOST_ACT = 5  # Trainer.act for the host app: never shared with training
+    EVAL_RESET = 6  # htsrl-aio eval: episode seeds
+    EVAL_ACT = 7  # htsrl-aio eval: sampled actions
 
 
 def derive_seed(run_seed: int, stream: Stream, *ids: int) -> int:

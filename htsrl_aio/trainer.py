@@ -38,6 +38,7 @@ from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, SUMMARY, RunDirectory, default_logdir
+from htsrl_aio.outputs.tensorboard import ScalarLog
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
@@ -141,7 +142,11 @@ class Trainer:
             logdir = Path(cfg.logdir)
             self.run_dir = RunDirectory.reopen(logdir, resume["update"])
         self._stack.callback(self.run_dir.close)
+        resume_step = None if resume is None else resume["update"] * cfg.num_envs * cfg.rollout + 1
+        self._scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
+        self._stack.callback(self._scalars.close)
         self.run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
+                                         "tensorboard": self._scalars.status,
                                          "env_runs": "in the event loop (AsyncEnv)" if spec.in_loop
                                          else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                          "determinism": _determinism_note(cfg, device)})
@@ -268,6 +273,7 @@ class Trainer:
         # The learner is idle between finishing an update and the next swap: a consistent snapshot.
         self._last_params = {k: v.detach().clone() for k, v in self.learner.model.state_dict().items()}
         self.run_dir.append_metrics(metrics)
+        self._scalars.write(metrics)
         self._progress.update(metrics)
         self._queue.put_nowait(metrics)
 

@@ -1,0 +1,152 @@
+"""`htsrl-aio eval`: play a trained agent for N episodes and report the return, optionally to video.
+
+Episodes run one after another in this process, seeded from the run seed on a stream training never
+uses, so an evaluation is repeatable and independent of how the run was scheduled. Returns are the
+game's own (an env's `info["raw_reward"]` when it trains on clipped rewards), and with episodic life
+an episode is a whole game.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from htsrl_aio import checkpoint
+from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.envs import probe_env, resolve_env
+from htsrl_aio.envs.async_env import close_env
+from htsrl_aio.envs.factory import EnvFactory
+from htsrl_aio.models import build_model
+from htsrl_aio.seeding import Stream, derive_seed, generator
+
+VIDEO_FPS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    checkpoint: str
+    update: int
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+
+async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False,
+                   video: str | Path | None = None, seed: int | None = None) -> EvalResult:
+    """Play the policy of checkpoint `path` (or a run directory's newest) for `episodes` episodes."""
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be a positive integer, got {episodes}.")
+    writer = _video_writer(video) if video is not None else None
+    path = Path(path)
+    file = path if path.is_file() else checkpoint.newest(path, resumable=False)
+    state = checkpoint.load(file)
+    cfg = _config(state["config"], file)
+    factory = resolve_env(cfg.env, cfg)
+    spec = await probe_env(factory)
+    model = build_model(spec, cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"the parameters in {file} do not fit the network of its config: "
+                          f"{str(exc).splitlines()[0]}") from None
+    model.eval()
+    seed = cfg.seed if seed is None else seed
+    rng = generator(seed, Stream.EVAL_ACT)
+    env = _make_env(factory, rendered=writer is not None)
+    returns, lengths = [], []
+    try:
+        for episode in range(episodes):
+            ret, length = await _play(env, model, derive_seed(seed, Stream.EVAL_RESET, episode),
+                                      deterministic, rng, writer)
+            returns.append(ret)
+            lengths.append(length)
+    finally:
+        await close_env(env)
+        if writer is not None:
+            writer.close()
+    return EvalResult(str(file), int(state["update"]), returns, lengths)
+
+
+async def _play(env: Any, model: torch.nn.Module, seed: int, deterministic: bool, rng: np.random.Generator,
+                writer: Any) -> tuple[float, int]:
+    obs, _ = await _maybe_await(env.reset(seed=seed))
+    total, length = 0.0, 0
+    while True:
+        if writer is not None:
+            writer.append_data(_frame(env, obs))
+        with torch.no_grad():
+            logits, _ = model(torch.as_tensor(np.asarray(obs))[None])
+        probs = torch.softmax(logits[0].double(), -1).numpy()
+        action = int(probs.argmax()) if deterministic else int(rng.choice(len(probs), p=probs / probs.sum()))
+        obs, reward, terminated, truncated, info = await _maybe_await(env.step(action))
+        total += float(info.get("raw_reward", reward))
+        length += 1
+        # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
+        if truncated or (terminated and info.get("game_over", True)):
+            return total, length
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _config(values: dict[str, Any], file: Path) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in values.items() if k in fields}
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    try:
+        return TrainConfig(**{**values, "progress": False}).resolved()
+    except (TypeError, ConfigError) as exc:
+        raise ConfigError(f"the config stored in {file} is not usable: {exc}") from None
+
+
+def _make_env(factory: EnvFactory, rendered: bool) -> Any:
+    # Plain gymnasium ids can render; Atari's C++ preprocessing cannot, its frames come from observations.
+    if rendered and factory.env_id in gym.registry and not factory.env_id.startswith("ALE/"):
+        return gym.make(factory.env_id, render_mode="rgb_array")
+    return factory()
+
+
+def _frame(env: Any, obs: Any) -> np.ndarray:
+    """An RGB frame: the env's render, or the newest frame of an image observation (Atari's 84x84)."""
+    if getattr(env, "render_mode", None) == "rgb_array":
+        return np.asarray(env.render())
+    obs = np.asarray(obs)
+    if obs.ndim == 3 and obs.dtype == np.uint8:
+        gray = obs[-1]
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    raise ConfigError("--video needs frames: this env has no rgb_array rendering and its observations are "
+                      "not images.")
+
+
+def _video_writer(path: str | Path) -> Any:
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise ConfigError("--video needs the video extra: pip install 'htsrl-aio[video]'.") from None
+    try:
+        return imageio.get_writer(str(path), fps=VIDEO_FPS, macro_block_size=1)
+    except Exception as exc:  # no ffmpeg backend, unwritable path
+        raise ConfigError(f"cannot write video {path}: {exc}") from None
+
+
+def format_result(result: EvalResult) -> str:
+    sem = result.std / math.sqrt(len(result.returns))
+    return (f"{len(result.returns)} episodes from {result.checkpoint} (update {result.update}): "
+            f"return {result.mean:.2f} +- {result.std:.2f} (std; standard error {sem:.2f}), "
+            f"mean length {np.mean(result.lengths):.1f}")
