@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -182,10 +183,11 @@ class Trainer:
         pool: EnvBackend
         if spec.in_loop:
             pool = LoopEnvPool(factory, cfg.num_envs, cfg.seed, [s.obs for s in storages],
-                               final_obs["final_obs"].array)
+                               final_obs["final_obs"].array, cfg.on_env_error, self._log_restart)
         else:
             pool = EnvPool(factory, cfg.num_envs, cfg.workers, cfg.seed,
-                           [arrays["obs"] for arrays in storage_arrays], final_obs["final_obs"])
+                           [arrays["obs"] for arrays in storage_arrays], final_obs["final_obs"],
+                           cfg.on_env_error, self._log_restart)
         self.learner = learner
         self.pool = pool
         self._stack.push_async_callback(pool.aclose)
@@ -257,6 +259,11 @@ class Trainer:
         }
         await asyncio.get_running_loop().run_in_executor(
             None, self.run_dir.save_periodic, state, generation, self.cfg.keep_checkpoints)
+
+    def _log_restart(self, message: str, details: str) -> None:
+        """The terminal gets one line per restart; error.log gets the traceback too."""
+        self.run_dir.append_text(ERROR_LOG, f"{message}\n{details}\n")
+        print(f"htsrl-aio: {message}", file=sys.stderr)
 
     def _shared_arrays(self, layout: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, SharedArray]:
         arrays = {}

@@ -155,3 +155,29 @@ class _HoldsALock(gym.Wrapper):
 
 def unpicklable_cartpole() -> gym.Env:
     return _HoldsALock(gym.make("CartPole-v1"))
+
+
+def always_raising_cartpole() -> gym.Env:
+    """Fails from its second step on: it passes the one-step check every run makes, then never works."""
+    return _SpoiledAfter(gym.make("CartPole-v1"), 1, _lose_connection)
+
+
+class _DiesOnce(gym.Wrapper):
+    """Kills its worker process at its 50th step, once per test: the first env to get there wins."""
+
+    def step(self, action):
+        import os
+
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 50:
+            try:
+                os.close(os.open(os.environ["HTSRL_TEST_DEATH_MARKER"], os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(9)
+        return super().step(action)
+
+
+def dies_once_cartpole() -> gym.Env:
+    return _DiesOnce(gym.make("CartPole-v1"))

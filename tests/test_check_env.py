@@ -39,6 +39,8 @@ class FaultyEnv(gym.Env):
 
     def step(self, action):
         self.t += 1
+        if self.fault == "raises":
+            raise ConnectionError("simulator unreachable")
         done = self.t >= 10
         if self.fault == "four_tuple":
             return self._obs(), 1.0, done, {}
@@ -79,6 +81,7 @@ async def problems_of(env) -> list[str]:
     ("four_tuple", r"step\(\) returned 4 values, the old gym API \(obs, reward, done, info\)"),
     ("reward_array", r"step\(\) returned a reward of type ndarray; return a float"),
     ("int_flag", r"step\(\) returned terminated of type int; return a bool"),
+    ("raises", r"step\(\) raised ConnectionError: simulator unreachable\.$"),
 ])
 async def test_each_problem_gets_one_sentence(fault, message):
     problems = await problems_of(functools.partial(faulty, fault))

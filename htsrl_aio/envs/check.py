@@ -99,12 +99,18 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s
     actions = np.random.default_rng(0)
     needs_reset = True
     for _ in range(max(steps, 1)):
-        if needs_reset:
-            result = await call.run(env.reset(seed=0), "reset()") if call else env.reset(seed=0)
-            if not _check_reset(result, spec, report.problems):
-                break
-        action = int(actions.integers(spec.num_actions))
-        result = await call.run(env.step(action), "step()") if call else env.step(action)
+        what = "reset()" if needs_reset else "step()"
+        try:
+            if needs_reset:
+                result = await call.run(env.reset(seed=0), "reset()") if call else env.reset(seed=0)
+                if not _check_reset(result, spec, report.problems):
+                    break
+            what = "step()"
+            action = int(actions.integers(spec.num_actions))
+            result = await call.run(env.step(action), "step()") if call else env.step(action)
+        except Exception as exc:
+            report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
+            break
         report.steps += 1
         if not _check_step(result, spec, report.problems):
             break

@@ -18,14 +18,20 @@ import numpy as np
 from htsrl_aio.envs import state as env_state
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.factory import EnvFactory
+from htsrl_aio.envs.pool import MAX_RESTARTS_PER_ENV
 from htsrl_aio.envs.replica import EpisodeTracker, StepResult, TrackerState
 from htsrl_aio.errors import EnvError
 
 
 class LoopEnvPool:
     def __init__(self, factory: EnvFactory, num_envs: int, run_seed: int, obs_buffers: list[np.ndarray],
-                 final_obs: np.ndarray) -> None:
+                 final_obs: np.ndarray, on_env_error: str = "stop",
+                 on_restart: Callable[[str, str], None] | None = None) -> None:
         self.factory = factory
+        self.restart = on_env_error == "restart"
+        self._on_restart = on_restart or (lambda message, details: None)
+        self.restarts = 0
+        self._restarts_of_env = [0] * num_envs
         self.num_envs = num_envs
         self.obs_buffers = obs_buffers
         self.final_obs = final_obs
@@ -74,9 +80,28 @@ class LoopEnvPool:
         try:
             return await work(env_id, *args)
         except Exception as exc:
-            error = EnvError(f"env {env_id} of {self.factory.name!r} failed: {type(exc).__name__}: {exc}")
-            error.details = traceback.format_exc()
+            message, details = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            if self.restart and work in (self._step, self._reset) \
+                    and self._restarts_of_env[env_id] < MAX_RESTARTS_PER_ENV - 1:
+                self._restarts_of_env[env_id] += 1
+                self.restarts += 1
+                what = f"env {env_id} of {self.factory.name!r} failed and was re-created: {message}"
+                self._on_restart(what, details)
+                return await self._start_over(env_id, *args[-2:], lost_step=work == self._step)
+            error = EnvError(f"env {env_id} of {self.factory.name!r} failed: {message}")
+            error.details = details
             raise error from exc
+
+    async def _start_over(self, env_id: int, buf: int, t: int, lost_step: bool) -> StepResult | None:
+        """Like the worker's: a new env and episode; the lost step is a truncation with reward 0."""
+        with contextlib.suppress(Exception):
+            await close_env(self._envs[env_id])
+        self._envs[env_id] = self.factory()
+        await self._reset(env_id, buf, t)
+        if not lost_step:
+            return None
+        self.final_obs[env_id] = self.obs_buffers[buf][t - 1, env_id]
+        return StepResult(0.0, False, True, None)
 
     async def _reset(self, env_id: int, buf: int, t: int) -> None:
         tracker = self._trackers[env_id]

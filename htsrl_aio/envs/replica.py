@@ -18,6 +18,8 @@ from htsrl_aio.seeding import Stream, derive_seed
 class EnvBackend(Protocol):
     """Steps env replicas by id: worker processes (EnvPool) or the event loop (LoopEnvPool)."""
 
+    restarts: int  # envs re-created after a failure (--on-env-error restart)
+
     async def start(self) -> None: ...
 
     def reset(self, env_id: int, buf: int, t: int) -> asyncio.Future:

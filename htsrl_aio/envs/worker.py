@@ -33,6 +33,8 @@ class WorkerArgs:
     obs_buffers: tuple[SharedArraySpec, ...]
     final_obs: SharedArraySpec
     run_seed: int
+    restart_on_error: bool = False  # --on-env-error restart: re-create a failed env instead of stopping
+    lineage: tuple[int, ...] = ()  # a worker started again after its predecessor died: fresh seeds
 
 
 def worker_main(conn: Connection, args: WorkerArgs) -> None:
@@ -44,7 +46,9 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
     replicas: dict[int, _Replica] = {}
     try:
         for env_id in args.env_ids:
-            replicas[env_id] = _Replica(args.factory(), EpisodeTracker(env_id, args.run_seed, obs_shape))
+            tracker = EpisodeTracker(env_id, args.run_seed, obs_shape)
+            tracker.lineage = args.lineage
+            replicas[env_id] = _Replica(args.factory(), tracker)
         conn.send(("ready", None))
         while True:
             cmd = conn.recv()
@@ -58,7 +62,18 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
                 else:
                     conn.send(_handle(cmd, replicas[env_id], buffers, final_obs.array))
             except Exception as exc:
-                conn.send(("error", env_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+                failure = (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                if args.restart_on_error and cmd[0] in ("reset", "step", "restart"):
+                    try:
+                        replicas[env_id] = _Replica(_recreate(args.factory, replicas[env_id].env),
+                                                    replicas[env_id].tracker)
+                        result = _start_over(cmd, replicas[env_id], buffers, final_obs.array)
+                        conn.send(("restarted", env_id, *failure, result))
+                        continue
+                    except Exception as again:
+                        failure = (f"{type(again).__name__}: {again} (while restarting after {failure[0]})",
+                                   traceback.format_exc())
+                conn.send(("error", env_id, *failure))
     except Exception as exc:  # env construction failed, or the parent went away
         with contextlib.suppress(OSError):
             conn.send(("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
@@ -83,11 +98,36 @@ def _set_state(factory: EnvFactory, replica: _Replica, blob: bytes | None,
     return _Replica(env, replica.tracker), ("state_set", replica.tracker.env_id, None)
 
 
+def _recreate(factory: EnvFactory, broken: Any) -> Any:
+    with contextlib.suppress(Exception):
+        broken.close()
+    return factory()
+
+
+def _start_over(cmd: tuple, replica: _Replica, buffers: list[SharedArray],
+                final_obs: np.ndarray) -> tuple | None:
+    """A new episode in place of the step that could not happen; its result fields (None for a reset).
+
+    The lost step counts as a time-limit truncation with reward 0 at the observation it acted on, so
+    the learner bootstraps there instead of learning a false terminal state.
+    """
+    kind, env_id, *rest = cmd
+    buf, t = rest[-2:]
+    obs, _info = replica.env.reset(seed=replica.tracker.next_reset_seed())
+    replica.tracker.write_obs(buffers[buf].array[t, env_id], obs, "reset()")
+    if kind == "reset":
+        return None
+    final_obs[env_id] = buffers[buf].array[t - 1, env_id]
+    return (0.0, False, True, None)
+
+
 def _handle(cmd: tuple, replica: _Replica, buffers: list[SharedArray], final_obs: np.ndarray) -> tuple:
     kind, env_id, *rest = cmd
     env, tracker = replica
     if kind == "get_state":
         return ("state", env_id, env_state.capture(env), tracker.state())
+    if kind == "restart":  # its worker died: this env is new, and the step asked of the old one is lost
+        return ("step", env_id, *_start_over(cmd, replica, buffers, final_obs))
     if kind == "reset":
         buf, t = rest
         obs, _info = env.reset(seed=tracker.next_reset_seed())

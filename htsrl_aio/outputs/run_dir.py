@@ -74,6 +74,11 @@ class RunDirectory:
     def write_text(self, name: str, text: str) -> None:
         self._atomic_write(name, lambda f: f.write(text.encode()))
 
+    def append_text(self, name: str, text: str) -> None:
+        """Append to a log file (error.log); a log line is not worth an atomic rewrite."""
+        with open(self.path / name, "a", encoding="utf-8") as f:
+            f.write(text)
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics is not None
         self._metrics.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")

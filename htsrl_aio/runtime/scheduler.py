@@ -232,6 +232,7 @@ class RolloutScheduler:
             "learner_busy_frac": (learn - last_learn) / span,
             "collector_busy_frac": (collect - last_collect) / span,
             "inference_batch_mean": (rows - last_rows) / max(passes - last_passes, 1),
+            "env_restarts": self.pool.restarts,
             "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
         }
         metrics.update(stats)

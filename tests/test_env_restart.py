@@ -1,0 +1,57 @@
+"""--on-env-error restart: a failed env, or a dead worker, is re-created and the run goes on."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from htsrl_aio import EnvError, TrainConfig, train
+from htsrl_aio.envs.pool import MAX_RESTARTS_PER_ENV
+
+
+def restarting(run_dir: Path, env: str, **overrides) -> TrainConfig:
+    base = {"env": env, "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 20, "workers": 2,
+            "logdir": str(run_dir), "progress": False, "on_env_error": "restart"}
+    return TrainConfig(**{**base, **overrides})
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_env_that_raises_is_recreated_and_counted(run_dir, no_leaks, capsys):
+    # raising_cartpole fails on its 101st step and on every one after: each env makes 320 step calls,
+    # so each fails at calls 101, 202 and 303 of its successive incarnations: 3 restarts x 4 envs.
+    summary = train(restarting(run_dir, "envs_for_tests:raising_cartpole"))
+    assert summary["updates"] == 20
+    assert rows(run_dir)[-1]["env_restarts"] == 12
+    assert [r["env_restarts"] for r in rows(run_dir)] == sorted(r["env_restarts"] for r in rows(run_dir))
+    log = (run_dir / "error.log").read_text()
+    assert log.count('raise RuntimeError("simulator lost its connection")') == 12
+    err = capsys.readouterr().err
+    assert err.count("failed and was re-created: RuntimeError: simulator lost its connection") == 12
+
+
+def test_restarts_are_as_reproducible_as_the_rest(tmp_path, no_leaks):
+    a = train(restarting(tmp_path / "a", "envs_for_tests:raising_cartpole", workers=1))
+    b = train(restarting(tmp_path / "b", "envs_for_tests:raising_cartpole", workers=2, max_batch=2))
+    assert a["final_params_sha256"] == b["final_params_sha256"]
+
+
+def test_a_dead_worker_is_spawned_again_with_its_envs(run_dir, tmp_path, monkeypatch, no_leaks):
+    monkeypatch.setenv("HTSRL_TEST_DEATH_MARKER", str(tmp_path / "died"))
+    summary = train(restarting(run_dir, "envs_for_tests:dies_once_cartpole"))
+    assert summary["updates"] == 20
+    assert rows(run_dir)[-1]["env_restarts"] == 2  # the worker hosted 2 of the 4 envs: both start again
+    assert "died (exit code 9); started again" in (run_dir / "error.log").read_text()
+
+
+def test_an_env_that_always_fails_still_stops_the_run(run_dir, no_leaks):
+    with pytest.raises(EnvError, match=f"restarted {MAX_RESTARTS_PER_ENV} times"):
+        train(restarting(run_dir, "envs_for_tests:always_raising_cartpole"))
+
+
+def test_in_loop_async_env_is_recreated_too(run_dir, no_leaks):
+    summary = train(restarting(run_dir, "envs_for_tests:failing_async_cartpole"))
+    assert summary["updates"] == 20
+    assert rows(run_dir)[-1]["env_restarts"] > 0
