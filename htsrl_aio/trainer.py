@@ -38,7 +38,14 @@ from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
-from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, SUMMARY, RunDirectory, default_logdir
+from htsrl_aio.outputs.run_dir import (
+    CONFIG,
+    ERROR_LOG,
+    SUMMARY,
+    CheckpointWriteError,
+    RunDirectory,
+    default_logdir,
+)
 from htsrl_aio.outputs.tensorboard import ScalarLog
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
@@ -108,7 +115,12 @@ class Trainer:
                 with contextlib.suppress(BaseException):
                     await self._task
             if self.summary is None and hasattr(self, "_scheduler"):
-                await self._save_stop_checkpoint()
+                try:
+                    await self._save_stop_checkpoint()
+                except CheckpointWriteError:
+                    if self._failure is None:
+                        raise
+                    # Already failing (perhaps for the same full disk): that failure is the one to report.
         finally:
             await asyncio.shield(self._stack.aclose())
 
@@ -172,7 +184,8 @@ class Trainer:
         storages = tuple(RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                          for i, arrays in enumerate(storage_arrays))
         learner: LearnerHandle
-        if cfg.learner == "process":
+        # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
+        if cfg.learner == "process" and device.type == "cpu":
             specs = [{name: a.spec for name, a in arrays.items()} for arrays in storage_arrays]
             learner = ProcessLearner(cfg, model, behaviour, specs)
         else:

@@ -142,3 +142,29 @@ def test_env_state_signed_elsewhere_is_not_unpickled():
     forged = bytes(32) + blob[32:]
     with pytest.raises(ValueError, match="not written on this machine"):
         env_state.restore(forged, None)
+
+
+async def test_an_unwritable_checkpoint_is_one_sentence_and_the_previous_survives(run_dir, no_leaks):
+    import resource
+
+    from htsrl_aio import Trainer
+    from htsrl_aio.outputs.run_dir import CheckpointWriteError
+
+    cfg = config(run_dir, checkpoint_every=2, keep_checkpoints=5, total_steps=4 * 16 * 8)
+    first = run_dir / "checkpoints" / "update-0000002.pt"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*update-0000004\.pt: "
+                                                       r"File too large; free disk space"):
+            async with Trainer(cfg) as trainer:
+                async for metrics in trainer.updates():
+                    if metrics["update"] == 3:  # update-2 was written inside swap 2, before update 3
+                        # From now on no file of this process may grow past half a checkpoint: the
+                        # disk is "full" for the next checkpoint (the kernel refuses with EFBIG).
+                        resource.setrlimit(resource.RLIMIT_FSIZE, (first.stat().st_size // 2, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert load(first)["kind"] == "swap" and load(first)["update"] == 2  # intact and loadable
+    # No temporary file is left behind.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update-0000002.pt"]
+    assert "could not write checkpoint" in (run_dir / "error.log").read_text()

@@ -6,6 +6,7 @@ into place, so a crash never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -85,10 +86,13 @@ class RunDirectory:
 
     def save_checkpoint(self, state: dict[str, Any], name: str = checkpoint.FINAL) -> None:
         """Write a checkpoint atomically; on failure raise one sentence and leave older ones untouched."""
-        state = {"format": checkpoint.FORMAT, **state}
+        # Serialised in memory first: torch's zip writer turns a failed write (disk full) into an
+        # unrelated-looking RuntimeError, while a plain file write reports the OSError itself.
+        buffer = io.BytesIO()
+        torch.save({"format": checkpoint.FORMAT, **state}, buffer)
         try:
             (self.path / name).parent.mkdir(exist_ok=True)
-            self._atomic_write(name, lambda f: torch.save(state, f))
+            self._atomic_write(name, lambda f: f.write(buffer.getbuffer()))
         except OSError as exc:
             raise CheckpointWriteError(
                 f"could not write checkpoint {self.path / name}: {exc.strerror or exc}; free disk space or "
