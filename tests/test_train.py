@@ -107,6 +107,9 @@ def test_env_returning_the_wrong_shape_is_named(run_dir, no_leaks):
     ({"env": lambda: gym.make("CartPole-v1")}, r"cannot be sent to worker processes"),
     ({"env": lambda: None}, r"returned NoneType, which is neither a gymnasium env nor an AsyncEnv"),
     ({"algo": "dqn"}, r"unknown --algo 'dqn'"),
+    ({"preset": "atari-pp"}, r"unknown --preset 'atari-pp'; did you mean 'atari-ppo'\?"),
+    ({"on_env_error": "ignore"}, r"unknown --on-env-error 'ignore'; choose 'stop' or 'restart'"),
+    ({"checkpoint_every": -1}, r"--checkpoint-every must be 0 or a positive integer"),
 ])
 def test_bad_config_is_one_sentence_before_any_process_starts(run_dir, no_leaks, overrides, message):
     with pytest.raises(ConfigError, match=message):
