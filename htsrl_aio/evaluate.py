@@ -105,14 +105,8 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def _config(values: dict[str, Any], file: Path) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in values.items() if k in fields}
-    if "hidden" in values:
-        values["hidden"] = tuple(values["hidden"])
-    try:
-        return TrainConfig(**{**values, "progress": False}).resolved()
-    except (TypeError, ConfigError) as exc:
-        raise ConfigError(f"the config stored in {file} is not usable: {exc}") from None
+    config = TrainConfig.from_json_dict(values, str(file))
+    return dataclasses.replace(config, progress=False).resolved()
 
 
 def _make_env(factory: EnvFactory, rendered: bool) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -101,11 +102,9 @@ class Trainer:
             if key not in RESUME_OVERRIDABLE:
                 raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming (the run continues "
                                   f"as configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
-        values = dict(state["config"])
-        if "hidden" in values:
-            values["hidden"] = tuple(values["hidden"])
         run_dir = file.parent.parent if file.parent.name == checkpoint.CHECKPOINT_DIR else file.parent
-        config = TrainConfig(**{**values, **overrides, "logdir": str(run_dir)})
+        stored = TrainConfig.from_json_dict(state["config"], str(file))
+        config = dataclasses.replace(stored, **overrides, logdir=str(run_dir))
         return cls(config, resume_from=state)
 
     async def __aexit__(self, *exc_info: object) -> None:
