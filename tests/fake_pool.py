@@ -27,6 +27,7 @@ class FakePool:
         self.total: dict[int, int] = {}
         self.episodes: dict[int, int] = {}
         self.actions: dict[tuple[int, int], int] = {}  # (env, env step) -> action received
+        self.restarts = 0  # it never fails
 
     def _obs(self, env: int) -> np.ndarray:
         return np.array([env, self.in_episode[env], self.total[env], 0], dtype=np.float32)
