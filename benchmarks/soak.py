@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -98,9 +99,12 @@ def main() -> None:
     finally:
         shutil.rmtree(logdir.parent, ignore_errors=True)
     samples = result["samples"]
-    warm = [s for s in samples if s[0] >= args.warmup_frac * args.minutes]
-    base, end = warm[0][1], warm[-1][1]
-    peak = max(s[1] for s in warm)
+    warm = [s[1] for s in samples if s[0] >= args.warmup_frac * args.minutes]
+    # Medians of the first and last tenth: a sample taken while a killed worker is down is a dip, not
+    # a change in what the run holds.
+    window = max(1, len(warm) // 10)
+    base, end = statistics.median(warm[:window]), statistics.median(warm[-window:])
+    peak = max(warm)
     growth = 100 * (end - base) / base
     print("\n| minutes | workers killed | env restarts | RSS after warm-up | RSS at end | peak | growth "
           "| shm segments after stop |\n|---|---|---|---|---|---|---|---|")

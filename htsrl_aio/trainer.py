@@ -72,6 +72,7 @@ class Trainer:
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._streaming = False  # updates() is being consumed: only then are metrics queued for it
         self._last: dict[str, Any] = {}
         self._last_params: dict[str, torch.Tensor] | None = None  # as of the last completed update
         self._failure: HtsrlError | None = None
@@ -294,7 +295,8 @@ class Trainer:
         self.run_dir.append_metrics(metrics)
         self._scalars.write(metrics)
         self._progress.update(metrics)
-        self._queue.put_nowait(metrics)
+        if self._streaming:  # run() alone would otherwise keep every update's metrics forever
+            self._queue.put_nowait(metrics)
 
     async def _train(self) -> dict[str, Any]:
         start = time.perf_counter()
@@ -337,6 +339,7 @@ class Trainer:
 
     async def updates(self) -> AsyncIterator[dict[str, Any]]:
         """Train, yielding each update's metrics (the keys of metrics.jsonl) as it completes."""
+        self._streaming = True
         task = self._start()
         while (item := await self._queue.get()) is not _DONE:
             yield item
