@@ -1,5 +1,6 @@
 """Checkpoints and --resume: a resumed run ends exactly where an uninterrupted one would."""
 
+import itertools
 import json
 import shutil
 import signal
@@ -112,11 +113,11 @@ def test_corrupt_or_foreign_checkpoints_are_refused_without_running_code(tmp_pat
     torch.save({"model": _Exploit(str(marker))}, foreign)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(3)}, plain)
-    for path, message in [(garbage, "not a readable checkpoint"),
-                          (foreign, "holds objects other than tensors"),
-                          (plain, "not an htsrl-aio checkpoint")]:
+    cases = [(garbage, "not a readable checkpoint"), (foreign, "holds objects other than tensors"),
+             (plain, "not an htsrl-aio checkpoint")]
+    for (path, message), command in itertools.product(cases, (["train", "--resume"], ["eval"])):
         with pytest.raises(SystemExit) as exited:
-            cli_main(["train", "--resume", str(path)])
+            cli_main([*command, str(path)])
         assert exited.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
