@@ -56,7 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3.43e-4, "optimizer": "adam", "anneal_lr": True,
     },
     # Atari (any ALE/... id): CleanRL's PPO and the reference A2C. bf16 autocast of the CNN trunk is
-    # 2.4x faster per learner pass on this CPU and learns Pong as well (docs/benchmarks.md).
+    # 2.3-2.7x faster per learner pass on a CPU with AVX-512 bf16; the Pong learning check runs with it
+    # (docs/benchmarks.md).
     "atari-ppo": {
         "algo": "ppo", "num_envs": 8, "rollout": 128, "epochs": 4, "minibatches": 4, "lr": 2.5e-4,
         "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
@@ -123,6 +124,12 @@ class TrainConfig:
         "Atari: a lost life ends the training episode (logged returns stay whole games)", default=False)
     atari_fire_reset: bool = _opt("Atari: press FIRE after a reset in games that need it", default=True)
     atari_noop_max: int = _opt("Atari: at most this many no-op actions after a reset", default=30)
+    football_representation: Literal["simple115v2", "extracted"] = _opt(
+        "GFootball: simple115v2 (115 floats, MLP) or extracted (72x96 super-mini-map, 4 frames stacked, "
+        "CNN)", default="simple115v2")
+    football_rewards: Literal["scoring", "scoring,checkpoints"] = _opt(
+        "GFootball: scoring (+1/-1 per goal: the return is the paper's score) or scoring,checkpoints "
+        "(plus the shaping reward for carrying the ball towards goal)", default="scoring")
 
     learner: Literal["process", "thread"] = _opt(
         "where the learner runs: its own process (no GIL contention with the event loop; best on CPU) "
@@ -204,6 +211,11 @@ class TrainConfig:
             raise ConfigError(f"--atari-sticky is a probability in [0, 1], got {self.atari_sticky}.")
         if self.atari_noop_max < 0:
             raise ConfigError(f"--atari-noop-max must be 0 or more, got {self.atari_noop_max}.")
+        for name, choices in (("football_representation", ("simple115v2", "extracted")),
+                              ("football_rewards", ("scoring", "scoring,checkpoints"))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown --{_flag(name)} {getattr(self, name)!r}; choose "
+                                  f"{' or '.join(map(repr, choices))}.")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden sizes must be positive, got {self.hidden}.")
 

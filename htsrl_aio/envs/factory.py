@@ -18,7 +18,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.envs.atari import AtariOptions, PreprocessedAtariEnv, is_atari_id
+from htsrl_aio.envs.football import (
+    FootballEnv,
+    FootballSpec,
+    is_football_id,
+    parse_football_id,
+    require_gfootball,
+)
 
 
 @dataclass(frozen=True)
@@ -27,9 +35,15 @@ class EnvFactory:
 
     env_id: str | None = None
     factory: Callable[[], Any] | None = None
+    atari: AtariOptions | None = None  # ALE ids: preprocessing options
+    football: FootballSpec | None = None  # gfootball/<scenario> ids: scenario and options
 
     def __call__(self) -> gym.Env:
         if self.env_id is not None:
+            if is_atari_id(self.env_id):
+                return PreprocessedAtariEnv(self.env_id, self.atari)
+            if is_football_id(self.env_id):
+                return FootballEnv(self.football or parse_football_id(self.env_id))
             _register_optional_envs(self.env_id)
             return gym.make(self.env_id)
         assert self.factory is not None
@@ -52,20 +66,42 @@ class EnvSpec:
     in_loop: bool = False  # an AsyncEnv, stepped on the event loop rather than in worker processes
 
 
-def resolve_env(env: str | Callable[[], Any]) -> EnvFactory:
-    """Validate `env` and return the factory workers will use; raise ConfigError with a fix."""
+def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
+    """Validate `env` and return the factory workers will use; raise ConfigError with a fix.
+
+    `config` supplies env-family options (the `--atari-*` flags); without it they take their defaults.
+    """
     if callable(env):
         return EnvFactory(factory=env)
     if not isinstance(env, str) or not env:
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
     if ":" in env:
         return EnvFactory(factory=_import_factory(env))
+    if is_football_id(env):
+        spec = _football_spec(env, config)
+        require_gfootball()
+        return EnvFactory(env_id=env, football=spec)
     _register_optional_envs(env)
     if env not in gym.registry:
         close = difflib.get_close_matches(env, list(gym.registry), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown env id {env!r}: it is not a registered gymnasium id.{hint}")
+    if is_atari_id(env):
+        return EnvFactory(env_id=env, atari=_atari_options(config))
     return EnvFactory(env_id=env)
+
+
+def _atari_options(config: TrainConfig | None) -> AtariOptions:
+    if config is None:
+        return AtariOptions()
+    return AtariOptions(sticky=config.atari_sticky, episodic_life=config.atari_episodic_life,
+                        fire_reset=config.atari_fire_reset, noop_max=config.atari_noop_max)
+
+
+def _football_spec(env_id: str, config: TrainConfig | None) -> FootballSpec:
+    if config is None:
+        return parse_football_id(env_id)
+    return parse_football_id(env_id, config.football_representation, config.football_rewards)
 
 
 def _import_factory(target: str) -> Callable[[], Any]:

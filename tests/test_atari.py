@@ -1,0 +1,146 @@
+"""Atari end to end: the C++-preprocessed adapter, the Nature CNN, the presets, determinism."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from htsrl_aio import ConfigError, TrainConfig, train
+from htsrl_aio.cli import main as cli_main
+from htsrl_aio.config import PRESETS
+from htsrl_aio.envs import EnvSpec, resolve_env
+from htsrl_aio.envs.atari import AtariOptions, PreprocessedAtariEnv
+from htsrl_aio.envs.replica import EpisodeTracker
+from htsrl_aio.models import build_model
+from htsrl_aio.models.cnn import NatureCNNActorCritic
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def random_game(env: PreprocessedAtariEnv, seed: int, actions_seed: int = 0) -> list[tuple]:
+    """(obs, reward, terminated, truncated, info) of every step of one whole game, random actions."""
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(actions_seed)
+    steps = [(obs, 0.0, False, False, {})]
+    while True:
+        step = env.step(int(rng.integers(env.action_space.n)))
+        steps.append(step)
+        if (step[2] and step[4].get("game_over", True)) or step[3]:
+            return steps
+
+
+def test_adapter_gives_stacked_uint8_frames_and_replays_a_seed_exactly():
+    env = PreprocessedAtariEnv("ALE/Breakout-v5")
+    assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
+    first = random_game(env, seed=7)
+    # A reset right after an episode end must replay like a fresh env: ALE's own autoreset never runs.
+    second = random_game(env, seed=7)
+    fresh = random_game(PreprocessedAtariEnv("ALE/Breakout-v5"), seed=7)
+    other = random_game(env, seed=8)
+    assert first[0][0].dtype == np.uint8 and first[0][0].shape == (4, 84, 84)
+    for a, b in ((first, second), (first, fresh)):
+        assert len(a) == len(b) and all(np.array_equal(x[0], y[0]) for x, y in zip(a, b))
+    assert len(other) != len(first) or not all(np.array_equal(x[0], y[0]) for x, y in zip(first, other))
+
+
+def test_clipped_rewards_are_trained_and_whole_game_raw_returns_are_logged():
+    """Space Invaders scores 5-30 per alien; with episodic life a lost life ends only the training episode."""
+    env = PreprocessedAtariEnv("ALE/SpaceInvaders-v5", AtariOptions(episodic_life=True))
+    tracker = EpisodeTracker(0, run_seed=1, obs_shape=(4, 84, 84))
+    game = random_game(env, seed=tracker.next_reset_seed())
+    final_obs = np.zeros((4, 84, 84), np.uint8)
+    outcomes = [tracker.on_step(step, final_obs) for step in game[1:]]
+    raw = [info["raw_reward"] for _, _, _, _, info in game[1:]]
+    trained = [outcome.result.reward for outcome in outcomes]
+    assert max(raw) > 1 and trained == [float(np.sign(r)) for r in raw]
+    lives_lost = [o.result.terminated for o in outcomes[:-1]]
+    assert sum(lives_lost) >= 1  # terminations that cut bootstrapping, without ending the game
+    episodes = [o.result.episode for o in outcomes if o.result.episode is not None]
+    assert episodes == [(sum(raw), len(raw))]  # one logged episode: the whole game, in game points
+
+
+@pytest.mark.parametrize("mode,preset,learner",
+                         [("hts", "atari-ppo", "process"), ("sync", "atari-a2c", "thread")])
+def test_pong_smoke_run_with_the_presets(run_dir, no_leaks, mode, preset, learner):
+    num_envs, rollout = 4, (16 if preset == "atari-ppo" else 5)
+    summary = train(TrainConfig(env="ALE/Pong-v5", preset=preset, mode=mode, num_envs=num_envs,
+                                rollout=rollout, total_steps=num_envs * rollout * 3, workers=1,
+                                learner=learner, logdir=str(run_dir), progress=False))
+    rows = read_metrics(run_dir)
+    assert [r["policy_lag"] for r in rows] == ([0, 1, 1] if mode == "hts" else [0, 0, 0])
+    assert summary["global_step"] == num_envs * rollout * 3
+    config = json.loads((run_dir / "config.json").read_text())
+    # Explicit flags win over the preset; the rest comes from it.
+    assert (config["num_envs"], config["rollout"]) == (num_envs, rollout)
+    expected = {k: v for k, v in PRESETS[preset].items() if k not in ("num_envs", "rollout")}
+    assert {k: config[k] for k in expected} == expected
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)  # the Nature CNN
+
+
+def test_atari_runs_are_bit_identical_across_worker_counts(tmp_path, no_leaks):
+    """Breakout with episodic life: lost lives, game overs and seeded resets all happen in 3 updates.
+
+    The second run also moves the learner from its own process to a thread; bf16 autocast (the
+    preset's) stays bit-identical through all of it.
+    """
+    runs = []
+    for workers, max_batch, learner in ((1, 2, "process"), (2, 1, "thread")):
+        run = tmp_path / f"w{workers}"
+        summary = train(TrainConfig(env="ALE/Breakout-v5", preset="atari-ppo", num_envs=2, rollout=128,
+                                    total_steps=2 * 128 * 3, workers=workers, max_batch=max_batch,
+                                    learner=learner,
+                                    atari_episodic_life=True, logdir=str(run), progress=False))
+        runs.append((summary, read_metrics(run)))
+    (a, rows_a), (b, rows_b) = runs
+    assert a["final_params_sha256"] == b["final_params_sha256"]
+    assert [r["actions_sha256"] for r in rows_a] == [r["actions_sha256"] for r in rows_b]
+    assert a["episodes"] == b["episodes"] >= 1
+    # Whole games are logged (a Breakout game is 5 lives, about 50 steps each), not single lives.
+    assert rows_a[-1]["episode_length_mean"] == rows_b[-1]["episode_length_mean"] > 100
+
+
+def test_mlp_on_image_observations_is_one_sentence_before_any_process(tmp_path, capsys, no_leaks):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--env", "ALE/Pong-v5", "--model", "mlp", "--logdir", str(tmp_path / "r"),
+                  "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["htsrl-aio: error: --model mlp cannot learn from image observations of shape "
+                   "(4, 84, 84); use --model cnn (or auto)."]
+
+
+def test_cnn_needs_images_and_auto_picks_by_observation_shape():
+    cfg = TrainConfig(model="cnn").resolved()
+    with pytest.raises(ConfigError, match=r"^--model cnn needs \(channels, height, width\) images"):
+        build_model(EnvSpec((4,), np.dtype(np.float32), 2), cfg)
+    auto = TrainConfig().resolved()
+    assert isinstance(build_model(EnvSpec((4, 84, 84), np.dtype(np.uint8), 6), auto), NatureCNNActorCritic)
+    assert not isinstance(build_model(EnvSpec((4,), np.dtype(np.float32), 2), auto), NatureCNNActorCritic)
+
+
+def test_atari_flags_reach_the_env():
+    factory = resolve_env("ALE/Breakout-v5", TrainConfig(atari_sticky=0.0, atari_episodic_life=True,
+                                                         atari_fire_reset=False, atari_noop_max=0))
+    assert factory.atari == AtariOptions(sticky=0.0, episodic_life=True, fire_reset=False, noop_max=0)
+    env = factory()
+    assert env.options == factory.atari and isinstance(env, PreprocessedAtariEnv)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cnn_rows_do_not_depend_on_the_other_rows_of_a_block(precision):
+    """What deterministic inference relies on: in a fixed-shape block, a row's outputs are its own."""
+    torch.manual_seed(0)
+    model = NatureCNNActorCritic((4, 84, 84), 6, precision).eval()
+    rng = np.random.default_rng(0)
+    block = torch.from_numpy(rng.integers(0, 256, (8, 4, 84, 84), dtype=np.uint8))
+    other = block.clone()
+    other[1:] = torch.from_numpy(rng.integers(0, 256, (7, 4, 84, 84), dtype=np.uint8))
+    with torch.no_grad():
+        (logits_a, value_a), (logits_b, value_b) = model(block), model(other)
+    assert logits_a.dtype == torch.float32
+    assert torch.equal(logits_a[0], logits_b[0]) and torch.equal(value_a[0], value_b[0])
