@@ -1,0 +1,152 @@
+"""Google Research Football as a gymnasium env: `--env gfootball/<scenario>`.
+
+gfootball speaks the old gym API (`reset() -> obs`, `step() -> 4-tuple`) and needs gym 0.25.2; this
+adapter imports it lazily, inside the process that builds the env, and presents gymnasium's 5-tuple,
+so the user's own gym/gymnasium are never touched. Options are TrainConfig fields, like Atari's:
+
+    --football-representation simple115v2   115-float vector (MLP); the default
+    --football-representation extracted     SMM 4x72x96, 4 frames stacked -> uint8 (16, 72, 96) (CNN)
+    --football-rewards scoring,checkpoints  + the checkpoint shaping reward (default: scoring)
+
+Determinism: every reset seeds the game engine (`game_engine_random_seed`) from the runtime's reset
+seed, which derives from (run seed, env, episode), so an episode's play depends on nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from htsrl_aio.config import ConfigError
+
+PREFIX = "gfootball/"
+INSTALL_HINT = ("install it with scripts/install-football.sh (it builds gfootball 2.10.2 from source "
+                "and pins gym==0.25.2; `pip install -e '.[football]'` alone lacks the engine's system "
+                "libraries)")
+
+ACADEMY_SCENARIOS = (
+    "academy_empty_goal_close", "academy_empty_goal", "academy_run_to_score",
+    "academy_run_to_score_with_keeper", "academy_pass_and_shoot_with_keeper",
+    "academy_run_pass_and_shoot_with_keeper", "academy_3_vs_1_with_keeper", "academy_corner",
+    "academy_counterattack_easy", "academy_counterattack_hard", "academy_single_goal_versus_lazy",
+)
+FULL_GAME_SCENARIOS = (
+    "11_vs_11_stochastic", "11_vs_11_easy_stochastic", "11_vs_11_hard_stochastic",
+    "11_vs_11_competition", "11_vs_11_kaggle",
+)
+SCENARIOS = ACADEMY_SCENARIOS + FULL_GAME_SCENARIOS
+REPRESENTATIONS = ("simple115v2", "extracted")
+REWARDS = ("scoring", "scoring,checkpoints")
+NUM_STACKED = 4  # frames stacked for `extracted`, as in the paper
+MAX_ENGINE_SEED = 2_000_000_000  # gfootball draws its own engine seeds from [0, 2e9]
+
+
+@dataclass(frozen=True)
+class FootballSpec:
+    """One game to build: a scenario and the options of `--football-representation/-rewards`."""
+
+    scenario: str
+    representation: str = "simple115v2"
+    rewards: str = "scoring"
+
+
+def is_football_id(env_id: str) -> bool:
+    return env_id.startswith(PREFIX)
+
+
+def parse_football_id(env_id: str, representation: str = "simple115v2", rewards: str = "scoring"
+                      ) -> FootballSpec:
+    """`gfootball/<scenario>` and the options -> FootballSpec; ConfigError (one sentence) if wrong."""
+    scenario = env_id[len(PREFIX):]
+    if "/" in scenario:
+        raise ConfigError(
+            f"--env {env_id!r}: a gfootball id is gfootball/<scenario>; choose the representation and "
+            f"rewards with --football-representation ({' or '.join(REPRESENTATIONS)}) and "
+            f"--football-rewards ({' or '.join(REWARDS)}).")
+    if scenario not in SCENARIOS:
+        close = difflib.get_close_matches(scenario, SCENARIOS, n=1, cutoff=0.5)
+        hint = f"did you mean {PREFIX}{close[0]}?" if close else f"choose one of {', '.join(SCENARIOS)}."
+        raise ConfigError(f"unknown gfootball scenario {scenario!r} in --env {env_id!r}; {hint}")
+    if representation not in REPRESENTATIONS:
+        raise ConfigError(f"unknown --football-representation {representation!r}; choose "
+                          f"{' or '.join(REPRESENTATIONS)}.")
+    if rewards not in REWARDS:
+        raise ConfigError(f"unknown --football-rewards {rewards!r}; choose {' or '.join(REWARDS)}.")
+    return FootballSpec(scenario, representation, rewards)
+
+
+def import_gfootball() -> Any:
+    """`gfootball.env`, imported without gym 0.25.2's notices (we pin that gym on purpose) and without
+    letting old gym install its global `simplefilter("once", DeprecationWarning)` in the user's process."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        import gfootball.env
+    return gfootball.env
+
+
+def require_gfootball() -> None:
+    """Raise ConfigError, in one sentence, when gfootball (or the gym it needs) cannot be imported."""
+    try:
+        import_gfootball()
+    except Exception as exc:
+        raise ConfigError(f"--env gfootball/... needs Google Research Football, which cannot be imported "
+                          f"here ({type(exc).__name__}: {exc}); {INSTALL_HINT}.") from None
+
+
+class FootballEnv(gym.Env):
+    """One gfootball game, single agent (the left team's active player), render=False, gymnasium API."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, spec: FootballSpec) -> None:
+        self.football = spec
+        football_env = import_gfootball()
+        with warnings.catch_warnings():  # old gym's notes on its own old step API: that is why we adapt
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._env = football_env.create_environment(
+                env_name=spec.scenario, representation=spec.representation,
+                stacked=spec.representation == "extracted", rewards=spec.rewards, render=False,
+                write_goal_dumps=False, write_full_episode_dumps=False, write_video=False, logdir="",
+                number_of_left_players_agent_controls=1)
+        self._config = self._env.unwrapped._config
+        self.action_space = gym.spaces.Discrete(int(self._env.action_space.n))
+        old = self._env.observation_space
+        if spec.representation == "extracted":
+            height, width, channels = old.shape
+            self.observation_space = gym.spaces.Box(0, 255, (channels, height, width), np.uint8)
+        else:
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, old.shape, np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        # Unseeded resets continue this env's own generator, so they do not replay the last seed.
+        if seed is not None:
+            engine_seed = seed % MAX_ENGINE_SEED
+        else:
+            engine_seed = int(self.np_random.integers(MAX_ENGINE_SEED))
+        # Read by gfootball's scenario builder at the next reset; both kept in the config's base values,
+        # so every episode uses what we set rather than a draw from Python's global `random`.
+        self._config["game_engine_random_seed"] = engine_seed
+        self._config["reverse_team_processing"] = bool(engine_seed % 2)
+        return self._convert(self._env.reset()), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, done, info = self._env.step(int(action))
+        # Every gfootball episode end (a goal, a lost ball, the scenario's time limit) is part of the
+        # task as the paper trains it, so it is a termination, not a truncation.
+        return self._convert(obs), float(reward), bool(done), False, info
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _convert(self, obs: np.ndarray) -> np.ndarray:
+        if self.football.representation == "extracted":
+            return np.ascontiguousarray(np.transpose(obs, (2, 0, 1)), dtype=np.uint8)
+        return np.asarray(obs, dtype=np.float32)
