@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,10 @@ class WatchedChild:
         self._closing = False
         self._loop.add_reader(self.conn.fileno(), self._readable)
         self._loop.add_reader(self.process.sentinel, self._exited)
+        # uvloop makes a watched fd non-blocking, but Connection.recv() reads a message in several
+        # reads: one larger than the pipe buffer (an env state, an optimizer state) would then fail
+        # half-read with BlockingIOError. Readable means a message has started; the rest follows.
+        os.set_blocking(self.conn.fileno(), True)
 
     def send(self, message: Any) -> None:
         self.conn.send(message)

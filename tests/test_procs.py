@@ -1,0 +1,42 @@
+"""WatchedChild: messages larger than the pipe buffer arrive whole (env states, optimizer states)."""
+
+import asyncio
+import os
+
+import uvloop
+
+from htsrl_aio.procs import WatchedChild, close_children
+
+MESSAGES, SIZE = 10, 3_000_000  # far above the 64 KiB a pipe holds
+
+
+def send_blobs(conn) -> None:
+    for i in range(MESSAGES):
+        conn.send((i, os.urandom(SIZE)))
+    conn.recv()  # until told to close
+
+
+async def receive_all() -> list[tuple[int, int]]:
+    received: list[tuple[int, int]] = []
+    done = asyncio.get_running_loop().create_future()
+
+    def on_message(message) -> None:
+        received.append((message[0], len(message[1])))
+        if len(received) == MESSAGES:
+            done.set_result(None)
+
+    def on_exit(code) -> None:
+        if not done.done():
+            done.set_exception(AssertionError(f"child reported dead (exit code {code}) mid-message"))
+
+    child = WatchedChild("big-sender", send_blobs, (), on_message, on_exit)
+    try:
+        await done
+    finally:
+        await close_children([child])
+    return received
+
+
+def test_large_messages_arrive_whole_on_uvloop(no_leaks):
+    # uvloop makes watched fds non-blocking; a half-read message used to look like a dead child.
+    assert uvloop.run(receive_all()) == [(i, SIZE) for i in range(MESSAGES)]
