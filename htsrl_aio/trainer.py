@@ -241,8 +241,7 @@ class Trainer:
             trackers = [TrackerState(*e["tracker"][:3], tuple(e["tracker"][3])) for e in envs]
             blobs = [None if e["state"] is None else checkpoint.bytes_of_tensor(e["state"]) for e in envs]
         reasons = await asyncio.gather(*(self.pool.set_state(i, blob, tracker)
-                                         for i, (blob, tracker) in enumerate(zip(blobs, trackers))),
-                                       return_exceptions=True)
+                                         for i, (blob, tracker) in enumerate(zip(blobs, trackers))))
         problems = [str(r) for r in reasons if r is not None]
         start.envs_restored = start.learn_first and not problems
         if envs is None:

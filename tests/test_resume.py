@@ -169,3 +169,17 @@ async def test_an_unwritable_checkpoint_is_one_sentence_and_the_previous_survive
     # No temporary file is left behind.
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update-0000002.pt"]
     assert "could not write checkpoint" in (run_dir / "error.log").read_text()
+
+
+def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs(tmp_path, no_leaks):
+    train(config(tmp_path / "full"))
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    path = crashed / "checkpoints" / "update-0000009.pt"
+    state = torch.load(path, weights_only=True)
+    for env in state["envs"]:
+        env["state"][:32] = 0  # a signature this machine's key did not make
+    torch.save(state, path)
+    summary = resume(path)
+    assert summary["updates"] == 10
+    assert rows(crashed)[9]["resume_envs"].startswith(
+        "restarted with new derived seeds: the saved env state was not written on this machine")

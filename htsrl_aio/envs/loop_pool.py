@@ -66,7 +66,10 @@ class LoopEnvPool:
         self._trackers[env_id].load(tracker)
         if blob is None:
             return "the env's state could not be saved"
-        self._envs[env_id] = env_state.restore(blob, self._envs[env_id])
+        try:
+            self._envs[env_id] = env_state.restore(blob, self._envs[env_id])
+        except env_state.ForeignState as exc:
+            return str(exc)
         return None
 
     def _spawn(self, env_id: int, work: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task:

@@ -24,6 +24,10 @@ from gymnasium.utils import EzPickle
 _KEY_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "htsrl-aio" / "env-state.key"
 
 
+class ForeignState(ValueError):
+    """A saved env state whose signature does not verify: it is not unpickled, the env restarts."""
+
+
 def capture(env: Any) -> bytes | None:
     """The env's state as signed bytes, or None when it cannot be saved faithfully."""
     if callable(getattr(env, "get_state", None)) and callable(getattr(env, "set_state", None)):
@@ -43,7 +47,7 @@ def restore(blob: bytes, fresh_env: Any) -> Any:
     """The env `blob` was captured from; `fresh_env` receives a custom state or is replaced."""
     mac, data = blob[:32], blob[32:]
     if not hmac.compare_digest(mac, _mac(data)):
-        raise ValueError("the saved env state was not written on this machine (its signature does not "
+        raise ForeignState("the saved env state was not written on this machine (its signature does not "
                          "match), so it is not loaded")
     kind, value = pickle.loads(data)
     if kind == "custom":

@@ -91,7 +91,10 @@ def _set_state(factory: EnvFactory, replica: _Replica, blob: bytes | None,
     replica.tracker.load(TrackerState(*tracker))
     if blob is None:
         return replica, ("state_set", replica.tracker.env_id, "the env's state could not be saved")
-    env = env_state.restore(blob, replica.env)
+    try:
+        env = env_state.restore(blob, replica.env)
+    except env_state.ForeignState as exc:
+        return replica, ("state_set", replica.tracker.env_id, str(exc))
     if env is not replica.env:
         with contextlib.suppress(Exception):
             replica.env.close()
