@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -163,7 +164,7 @@ class Trainer:
                                          "env_runs": "in the event loop (AsyncEnv)" if spec.in_loop
                                          else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                          "determinism": _determinism_note(cfg, device)})
-        self._stack.enter_context(_torch_settings(cfg))
+        self._stack.enter_context(_torch_settings(cfg, device))
         model = build_model(spec, cfg)
         if resume is not None:
             model.load_state_dict(resume["model"])
@@ -385,9 +386,13 @@ def _determinism_note(cfg: TrainConfig, device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _torch_settings(cfg: TrainConfig) -> Iterator[None]:
+def _torch_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
     """Apply the run's torch thread count and determinism, restoring the caller's afterwards."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic and device.type == "cuda":
+        # Deterministic cuBLAS needs a fixed workspace, read when the first handle is made; without
+        # it torch refuses every matrix product under use_deterministic_algorithms.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(cfg.torch_threads)
     torch.use_deterministic_algorithms(cfg.deterministic)
     try:

@@ -1,10 +1,13 @@
-"""Test helpers: a RolloutScheduler around a FakePool (recording what the learner saw), and polling."""
+"""Test helpers: a RolloutScheduler around a FakePool (recording what the learner saw), polling, and a
+crashed run directory."""
 
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,3 +76,11 @@ def wait_until(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:
+    """The run directory a crash (power cut, OOM kill) would have left: no summary, no final checkpoint."""
+    shutil.copytree(run_dir, copy)
+    (copy / "summary.json").unlink()
+    (copy / "checkpoint.pt").unlink()
+    return copy

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import as_if_crashed_after
 
-from htsrl_aio import ConfigError, TrainConfig, train
+from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.envs import resolve_env
 from htsrl_aio.envs.football import (
@@ -152,6 +153,35 @@ def test_unseeded_resets_do_not_replay_the_last_seed():
 
 
 @needs_gfootball
+@pytest.mark.parametrize("spec", [FootballSpec("academy_3_vs_1_with_keeper", rewards="scoring,checkpoints"),
+                                  FootballSpec("academy_empty_goal_close", "extracted")])
+def test_a_saved_game_plays_on_exactly_in_another_env(spec):
+    """States saved at the start, the middle and one step before the end of an episode restore into
+    another env (the first never reset) and play on identically; gfootball alone crashes on the last."""
+    source, target = FootballEnv(spec), FootballEnv(spec)
+    try:
+        source.reset(seed=5)
+        states, steps = [], []
+        for t in range(400):
+            states.append(source.get_state())
+            obs, reward, terminated, *_ = source.step((5 * t + 3) % source.action_space.n)
+            steps.append((obs.copy(), reward, terminated))
+            if terminated:
+                break
+        assert terminated and len(steps) > 2
+        for start in (len(steps) - 1, 0, len(steps) // 2):
+            target.set_state(states[start])
+            replay = []
+            for t in range(start, len(steps)):
+                obs, reward, terminated, *_ = target.step((5 * t + 3) % target.action_space.n)
+                replay.append((obs.copy(), reward, terminated))
+            assert same(replay, steps[start:]), f"restored at step {start}"
+    finally:
+        source.close()
+        target.close()
+
+
+@needs_gfootball
 def test_extracted_is_stacked_channel_first_uint8():
     env = FootballEnv(FootballSpec("academy_empty_goal_close", "extracted"))
     try:
@@ -166,8 +196,7 @@ def test_extracted_is_stacked_channel_first_uint8():
 def small(logdir: Path, **overrides) -> TrainConfig:
     base = {"env": "gfootball/academy_empty_goal_close", "preset": "football-ppo", "num_envs": 4,
             "rollout": 32, "minibatches": 4, "total_steps": 4 * 32 * 3, "workers": 2,
-            "logdir": str(logdir), "progress": False,
-            "checkpoint_every": 1}  # every update: gfootball games are not saveable, and that must not matter
+            "logdir": str(logdir), "progress": False, "checkpoint_every": 1}
     return TrainConfig(**{**base, **overrides})
 
 
@@ -184,6 +213,16 @@ def test_same_seed_same_bits_with_one_or_two_workers(tmp_path, no_leaks, mode):
     assert a["final_params_sha256"] == b["final_params_sha256"]
     assert trace(tmp_path / "a") == trace(tmp_path / "b")
     assert a["global_step"] == 384 and a["episodes"] > 0  # episodes ended and reset with derived seeds
+
+
+@needs_gfootball
+def test_a_run_resumes_from_a_periodic_checkpoint_bit_for_bit(tmp_path, no_leaks):
+    full = train(small(tmp_path / "full", total_steps=4 * 32 * 4))
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    resumed = resume(crashed / "checkpoints" / "update-0000002.pt", workers=1)
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert trace(crashed) == trace(tmp_path / "full")
+    assert json.loads((crashed / "metrics.jsonl").read_text().splitlines()[2])["resume_envs"] == "restored"
 
 
 @needs_gfootball

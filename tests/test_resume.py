@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from envs_for_tests import unpicklable_cartpole
-from harness import wait_until
+from harness import as_if_crashed_after, wait_until
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.checkpoint import load
@@ -28,14 +27,6 @@ def config(run_dir: Path, **overrides) -> TrainConfig:
 
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:
-    """The run directory a crash (power cut, OOM kill) would have left: no summary, no final checkpoint."""
-    shutil.copytree(run_dir, copy)
-    (copy / "summary.json").unlink()
-    (copy / "checkpoint.pt").unlink()
-    return copy
 
 
 @pytest.mark.parametrize("algo,mode", [("ppo", "hts"), ("ppo", "sync"), ("a2c", "hts")])

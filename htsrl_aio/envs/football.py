@@ -10,6 +10,8 @@ so the user's own gym/gymnasium are never touched. Options are TrainConfig field
 
 Determinism: every reset seeds the game engine (`game_engine_random_seed`) from the runtime's reset
 seed, which derives from (run seed, env, episode), so an episode's play depends on nothing else.
+Games are saveable (`get_state`/`set_state`, through gfootball's own snapshots), so a run resumes from a
+periodic checkpoint bit for bit.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class FootballEnv(gym.Env):
                 write_goal_dumps=False, write_full_episode_dumps=False, write_video=False, logdir="",
                 number_of_left_players_agent_controls=1)
         self._config = self._env.unwrapped._config
+        self._started = False
         self.action_space = gym.spaces.Discrete(int(self._env.action_space.n))
         old = self._env.observation_space
         if spec.representation == "extracted":
@@ -135,6 +138,7 @@ class FootballEnv(gym.Env):
         # so every episode uses what we set rather than a draw from Python's global `random`.
         self._config["game_engine_random_seed"] = engine_seed
         self._config["reverse_team_processing"] = bool(engine_seed % 2)
+        self._started = True
         return self._convert(self._env.reset()), {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -142,6 +146,25 @@ class FootballEnv(gym.Env):
         # Every gfootball episode end (a goal, a lost ball, the scenario's time limit) is part of the
         # task as the paper trains it, so it is a termination, not a truncation.
         return self._convert(obs), float(reward), bool(done), False, info
+
+    def get_state(self) -> dict[str, Any]:
+        """The game mid-episode (engine, checkpoint rewards, frame stack) and this adapter's generator,
+        so a checkpoint resumes the game exactly (htsrl_aio.envs.state)."""
+        return {"game": self._env.get_state(), "step_count": self._core._step_count,
+                "np_random": self.np_random.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not self._started:  # gfootball restores only into a game that has been reset
+            self.reset()
+        self._env.set_state(state["game"])
+        # Not in gfootball's snapshot, yet its step() acts on it: on the first step of an episode it
+        # opens a dump, which crashes if that step also ends the episode.
+        self._core._step_count = state["step_count"]
+        self.np_random.bit_generator.state = state["np_random"]
+
+    @property
+    def _core(self) -> Any:
+        return self._env.unwrapped._env  # gfootball's FootballEnvCore: the engine and its bookkeeping
 
     def close(self) -> None:
         self._env.close()
