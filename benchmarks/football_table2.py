@@ -23,11 +23,16 @@ from plotting import pyplot, save
 from htsrl_aio import TrainConfig, Trainer
 from htsrl_aio.train import run_event_loop
 
+# "hts-behaviour": hts with --ppo-trust-region behaviour (the released code's PPO; the default is current).
+MODES = {"hts": ("hts", "current"), "sync": ("sync", "current"), "hts-behaviour": ("hts", "behaviour")}
+COLORS = {"hts": "tab:blue", "sync": "tab:gray", "hts-behaviour": "tab:orange"}
+
 
 async def run_until_score(args: argparse.Namespace, mode: str, seed: int, logdir: Path) -> dict:
-    cfg = TrainConfig(env=f"gfootball/{args.scenario}", preset="football-ppo", mode=mode, seed=seed,
+    schedule, trust_region = MODES[mode]
+    cfg = TrainConfig(env=f"gfootball/{args.scenario}", preset="football-ppo", mode=schedule, seed=seed,
                       num_envs=args.num_envs, total_steps=args.max_steps, workers=args.workers,
-                      logdir=str(logdir), progress=False)
+                      logdir=str(logdir), progress=False, ppo_trust_region=trust_region)
     reached: dict[str, list[float] | None] = {str(t): None for t in args.targets}
     curve = []
     async with Trainer(cfg) as trainer:
@@ -48,7 +53,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="academy_empty_goal_close")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--modes", nargs="+", default=["hts", "sync"], choices=["hts", "sync"])
+    parser.add_argument("--modes", nargs="+", default=["hts", "sync"], choices=list(MODES))
     parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.8])
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None)
@@ -78,9 +83,9 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
     print(f"\n{args.scenario}, football-ppo ({runs[0]['num_envs']} envs): wall-clock minutes to reach each "
           f"score (mean of last 100 episodes); '>' = not reached within the cap")
     targets = list(runs[0]["reached"])
-    print(f"{'mode':<6}{'seed':>5}" + "".join(f"{'score ' + t:>12}{'steps':>10}" for t in targets))
+    print(f"{'mode':<12}{'seed':>5}" + "".join(f"{'score ' + t:>12}{'steps':>10}" for t in targets))
     medians: dict[tuple[str, str], float] = {}
-    for mode in ("hts", "sync"):
+    for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
         for r in mine:
             cells = ""
@@ -88,7 +93,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
                 hit = r["reached"][t]
                 cells += (f"{hit[0]:>12.1f}{hit[1]:>10}" if hit else
                           f"{'>' + format(r['curve'][-1][0], '.1f'):>12}{'>' + str(r['curve'][-1][1]):>10}")
-            print(f"{mode:<6}{r['seed']:>5}{cells}")
+            print(f"{mode:<12}{r['seed']:>5}{cells}")
         for t in targets:
             hits = [r["reached"][t][0] for r in mine if r["reached"][t]]
             if mine and len(hits) == len(mine):
@@ -106,7 +111,7 @@ def _plot(runs: list[dict], args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for r in runs:
         pts = [(m, steps, s) for m, steps, s in r["curve"] if s is not None]
-        style = {"color": "tab:blue" if r["mode"] == "hts" else "tab:gray", "lw": 1.2,
+        style = {"color": COLORS[r["mode"]], "lw": 1.2,
                  "label": f"{r['mode']} seed {r['seed']}"}
         axes[0].plot([p[0] for p in pts], [p[2] for p in pts], **style)
         axes[1].plot([p[1] / 1000 for p in pts], [p[2] for p in pts], **style)

@@ -1,7 +1,7 @@
 """Train PPO on Atari Pong with HTS-RL: the whole recipe a researcher needs, in one screen.
 
     python examples/atari_pong.py                      # 10M frames, the usual Pong budget
-    python examples/atari_pong.py --total-steps 500000  # 2M frames: Pong starts to be won
+    python examples/atari_pong.py --total-steps 500000  # 2M frames: the learning check's budget
 
 The same run from the command line:
 
@@ -12,6 +12,7 @@ What happens: `ALE/Pong-v5` is stepped by ale-py's C++ AtariVectorEnv inside the
 0.25). The agent trains on clipped rewards; `episode_return_mean` is the game score (-21..21).
 The `atari-ppo` preset is CleanRL's PPO: 8 envs x 128 steps, 4 epochs of 4 minibatches, Adam 2.5e-4
 decayed linearly, clip 0.1, entropy 0.01, and the Nature CNN under bf16 autocast.
+At 2M frames Pong is usually not won yet (docs/benchmarks.md, learning check): budget 10M.
 """
 
 import argparse

@@ -105,6 +105,11 @@ class TrainConfig:
     minibatches: int | None = _opt("minibatches per epoch (PPO); must divide num_envs*rollout",
                                    default=None)
     clip_coef: float | None = _opt("PPO surrogate clip range", default=None)
+    ppo_trust_region: Literal["current", "behaviour"] = _opt(
+        "hts PPO learns data one update old: 'current' clips around the parameters the update starts "
+        "from and importance-weights the lag (decoupled PPO); 'behaviour' clips the ratio against the "
+        "policy that acted, as the released HTS-RL code does; sync mode is the same either way",
+        default="current")
     clip_vloss: bool = _opt("clip the PPO value loss with the same range", default=True)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)
     ent_coef: float | None = _opt("entropy bonus coefficient", default=None)
@@ -211,7 +216,8 @@ class TrainConfig:
             raise ConfigError(f"--atari-sticky is a probability in [0, 1], got {self.atari_sticky}.")
         if self.atari_noop_max < 0:
             raise ConfigError(f"--atari-noop-max must be 0 or more, got {self.atari_noop_max}.")
-        for name, choices in (("football_representation", ("simple115v2", "extracted")),
+        for name, choices in (("ppo_trust_region", ("current", "behaviour")),
+                              ("football_representation", ("simple115v2", "extracted")),
                               ("football_rewards", ("scoring", "scoring,checkpoints"))):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown --{_flag(name)} {getattr(self, name)!r}; choose "

@@ -147,3 +147,65 @@ def test_bootstrap_values_come_from_the_behaviour_parameters():
     # Truncated step bootstraps from the final observation; the trace is cut there.
     assert adv[3, 0].item() == pytest.approx(
         storage.rewards[3, 0] + 0.99 * v_final.item() - storage.values[3, 0], rel=1e-5)
+
+
+
+def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[MLPActorCritic, Learner, dict]:
+    """One SGD step of PPO on behaviour data by a learner `lag` updates ahead of the behaviour; returns
+    the starting parameters, the learner after the step, and the batch it learned."""
+    cfg = TrainConfig(num_envs=3, rollout=5, total_steps=15, minibatches=1, epochs=1, clip_coef=0.05,
+                      vf_coef=0.0, ent_coef=0.0, norm_adv=False, max_grad_norm=1e9, anneal_lr=False,
+                      ppo_trust_region=trust_region).resolved()
+    torch.manual_seed(0)
+    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
+    storage = _storage(3)
+    with torch.no_grad():  # a behaviour policy visibly older, and the log-probs it stored when it acted
+        for param in behaviour.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+        logits = behaviour(torch.from_numpy(storage.obs[:-1].reshape(15, 4)))[0]
+        storage.logprobs[:] = torch.distributions.Categorical(logits=logits).log_prob(
+            torch.from_numpy(storage.actions.reshape(15))).numpy().reshape(5, 3)
+    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour))
+    learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
+    learner.version, learner.behaviour_version = lag, 0
+    batch = learner._batch(storage)
+    learner.update(storage)
+    return current, learner, batch
+
+
+def _sgd_step(model: MLPActorCritic, batch: dict, old_logprobs: torch.Tensor,
+              advantages: torch.Tensor) -> list[torch.Tensor]:
+    """The parameters after one SGD step (lr 0.1) on the PPO surrogate alone."""
+    params = list(model.parameters())
+    logits, value = model(batch["obs"])
+    dist = torch.distributions.Categorical(logits=logits)
+    loss, _ = ppo_loss(dist.log_prob(batch["actions"]), old_logprobs, advantages, value, batch["values"],
+                       batch["returns"], dist.entropy(), 0.05, True, 0.0, 0.0)
+    return [p.detach() - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params))]
+
+
+def test_hts_ppo_clips_around_the_policy_its_trust_region_names():
+    """One update of lag: 'behaviour' takes the PPO ratio against the policy that acted (the released
+    HTS-RL code); 'current' centres it on the update's starting parameters and weights each sample by
+    pi_current / pi_behaviour (decoupled PPO)."""
+    current, learner, batch = _lagged_ppo_step("behaviour", lag=1)
+    with torch.no_grad():
+        start = torch.distributions.Categorical(logits=current(batch["obs"])[0]).log_prob(batch["actions"])
+    assert (((start - batch["logprobs"]).exp() - 1).abs() > 0.05).any()  # the lag alone exceeds the clip
+    against_behaviour = _sgd_step(current, batch, batch["logprobs"], batch["advantages"])
+    for after, want in zip(learner.model.parameters(), against_behaviour):
+        torch.testing.assert_close(after.detach(), want)
+
+    current, learner, batch = _lagged_ppo_step("current", lag=1)
+    weights = (start - batch["logprobs"]).exp()
+    around_current = _sgd_step(current, batch, start, batch["advantages"] * weights)
+    for after, want in zip(learner.model.parameters(), around_current):
+        torch.testing.assert_close(after.detach(), want)
+    assert any(not torch.allclose(a, b) for a, b in zip(against_behaviour, around_current))
+
+
+def test_without_lag_both_trust_regions_are_the_same_update():
+    """Sync mode (behaviour = current parameters): 'current' changes nothing, bit for bit."""
+    behaviour_run = _lagged_ppo_step("behaviour", lag=0)[1].model.state_dict()
+    current_run = _lagged_ppo_step("current", lag=0)[1].model.state_dict()
+    assert all(torch.equal(behaviour_run[k], current_run[k]) for k in behaviour_run)

@@ -111,6 +111,16 @@ class Learner:
         size = batch["actions"].shape[0]
         mb_size = size // cfg.minibatches
         order = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.MINIBATCH, self.version))
+        old_logprobs, lag_weights = batch["logprobs"], None
+        if cfg.ppo_trust_region == "current" and self.behaviour_version != self.version:
+            # Decoupled PPO (Hilton et al. 2021): the clip range is centred on the parameters this
+            # update starts from, so the previous update does not use up the trust region; the
+            # one-update lag is corrected by importance weights current/behaviour instead.
+            with torch.no_grad():
+                proximal = torch.cat([
+                    Categorical(logits=self.model(obs)[0]).log_prob(actions)
+                    for obs, actions in zip(batch["obs"].split(mb_size), batch["actions"].split(mb_size))])
+            old_logprobs, lag_weights = proximal, (proximal - batch["logprobs"]).exp()
         totals: dict[str, float] = {}
         for _ in range(cfg.epochs):
             perm = torch.randperm(size, generator=order).to(self.device)
@@ -120,7 +130,9 @@ class Learner:
                 advantages = batch["advantages"][mb]
                 if cfg.norm_adv:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                loss, stats = ppo_loss(dist.log_prob(batch["actions"][mb]), batch["logprobs"][mb],
+                if lag_weights is not None:
+                    advantages = advantages * lag_weights[mb]
+                loss, stats = ppo_loss(dist.log_prob(batch["actions"][mb]), old_logprobs[mb],
                                        advantages, value, batch["values"][mb], batch["returns"][mb],
                                        dist.entropy(), cfg.clip_coef, cfg.clip_vloss, cfg.vf_coef,
                                        cfg.ent_coef)

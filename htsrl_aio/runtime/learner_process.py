@@ -69,7 +69,9 @@ class ProcessLearner:
         self.behaviour_version = version
 
     async def update(self, storage: RolloutStorage) -> dict[str, float]:
-        return await self._call(("update", storage.index, dict(storage.truncated_obs)))
+        # The child's Learner needs the behaviour version too: PPO's trust region depends on the lag.
+        return await self._call(("update", storage.index, dict(storage.truncated_obs),
+                                 self.behaviour_version))
 
     async def optimizer_state(self) -> dict:
         return await self._call(("optimizer",))
@@ -135,7 +137,7 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
                 if message[0] == "optimizer":
                     conn.send(("optimizer", learner.optimizer.state_dict()))
                     continue
-                _, index, truncated_obs = message
+                _, index, truncated_obs, learner.behaviour_version = message
                 storage = storages[index]
                 storage.truncated_obs = {k: np.asarray(v) for k, v in truncated_obs.items()}
                 conn.send(("done", learner.update(storage)))
