@@ -8,8 +8,10 @@ and which are published to inference at the swap. `behaviour` carries the parame
 the rollout being learned (theta_{j-1} in hts mode, theta_j in sync mode); it is refreshed from
 inference at every swap.
 
-- PPO runs from the current parameters; its ratio against the stored behaviour log-probs absorbs the
-  one update of lag (as in the released HTS-RL code).
+- PPO runs from the current parameters. By default (`ppo_trust_region="current"`) its clip range is
+  centred on them and each sample is weighted by pi_current / pi_behaviour (decoupled PPO); with
+  "behaviour" the ratio is taken against the stored behaviour log-probs, as in the released HTS-RL
+  code, where the previous update's step eats into the clip range (docs/benchmarks.md, GFootball).
 - A2C follows the paper's eq. 6: theta_{j+1} = theta_j - lr * grad L(theta_{j-1}; D_{theta_{j-1}}).
   The gradient is taken on `behaviour`, then applied to `model` by the optimizer.
 Bootstrap values come from `behaviour`, like the values stored during collection.
