@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,3 +85,9 @@ def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:
     (copy / "summary.json").unlink()
     (copy / "checkpoint.pt").unlink()
     return copy
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn: let the child take Ctrl-C even when the test runner ignores SIGINT (a shell
+    starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

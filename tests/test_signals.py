@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import wait_until
+from harness import default_sigint, wait_until
 
 from htsrl_aio.envs.shm import SHM_PREFIX
 
@@ -34,7 +34,8 @@ def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "htsrl_aio.cli", "train", "--total-steps", "100000000",
                              "--workers", "2", "--logdir", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         metrics = run / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120,
