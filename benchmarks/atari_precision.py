@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from htsrl_aio import TrainConfig, train
-from htsrl_aio.checkpoint import load, periodic_checkpoints
+from htsrl_aio.checkpoint import load, periodic_checkpoints, truncated_obs
 from htsrl_aio.models.cnn import NatureCNNActorCritic
 from htsrl_aio.runtime.learner import Learner
 from htsrl_aio.runtime.storage import RolloutStorage
@@ -65,8 +65,7 @@ def compare(path: Path, orders: int) -> dict[str, float]:
     arrays = {name: tensor.numpy() for name, tensor in state["rollout"].items()}
     storage = RolloutStorage(0, arrays)
     storage.begin(state["update"])
-    storage.truncated_obs = {(int(t), int(i)): o.numpy() for (t, i), o
-                             in zip(state["truncated_slots"].tolist(), state["truncated_obs"])}
+    storage.truncated_obs = truncated_obs(state)
     obs = torch.from_numpy(storage.obs[:-1].reshape(-1, *storage.obs.shape[2:]))
 
     def after(**changes: object) -> torch.Tensor:

@@ -44,6 +44,12 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))
 
 
+def truncated_obs(state: dict[str, Any]) -> dict[tuple[int, int], Any]:
+    """A swap checkpoint's final observations of truncated steps, keyed by (step, env) as in storage."""
+    return {(int(t), int(i)): obs.numpy()
+            for (t, i), obs in zip(state["truncated_slots"].tolist(), state["truncated_obs"])}
+
+
 def load(path: Path) -> dict[str, Any]:
     """Load a checkpoint made by htsrl-aio; anything else is refused in one sentence, never executed."""
     if not path.exists():

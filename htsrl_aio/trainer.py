@@ -232,8 +232,7 @@ class Trainer:
             for name, tensor in state["rollout"].items():
                 getattr(storage, name)[...] = tensor.numpy()
             storage.begin(update)
-            storage.truncated_obs = {(int(t), int(i)): obs.numpy() for (t, i), obs
-                                     in zip(state["truncated_slots"].tolist(), state["truncated_obs"])}
+            storage.truncated_obs = checkpoint.truncated_obs(state)
         if envs is None:
             # No env states: every env starts again, with seeds no episode of this run has used.
             trackers = [TrackerState(0, 0.0, 0, (1, update))] * self.cfg.num_envs
