@@ -13,22 +13,28 @@ import argparse
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import torch
 from plotting import pyplot, save
 
-from htsrl_aio.models.cnn import NatureCNNActorCritic
+from htsrl_aio import TrainConfig
+from htsrl_aio.envs import EnvSpec
+from htsrl_aio.models import build_model
+
+PONG = EnvSpec.from_spaces(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6))
 
 
 def measure(precision: str, channels_last: bool, batch: int, block: int, repeats: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = NatureCNNActorCritic((4, 84, 84), 6, precision)
+    model = build_model(PONG, TrainConfig(precision=precision).resolved())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
     obs = torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8).contiguous(memory_format=fmt)
 
     def learn() -> None:
-        logits, value = model(obs)
+        logits, value = model({"obs": obs})
         (logits.logsumexp(-1).mean() + value.square().mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -40,10 +46,10 @@ def measure(precision: str, channels_last: bool, batch: int, block: int, repeats
     learner = batch * repeats / (time.perf_counter() - start)
     rows = obs[:block].clone().contiguous(memory_format=fmt)
     with torch.no_grad():
-        model(rows)
+        model({"obs": rows})
         start = time.perf_counter()
         for _ in range(repeats * 10):
-            model(rows)
+            model({"obs": rows})
         inference = block * repeats * 10 / (time.perf_counter() - start)
     return learner, inference
 

@@ -24,24 +24,33 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from htsrl_aio import TrainConfig, train
-from htsrl_aio.checkpoint import load, periodic_checkpoints, truncated_obs
-from htsrl_aio.models.cnn import NatureCNNActorCritic
+from htsrl_aio.checkpoint import load, periodic_checkpoints
+from htsrl_aio.distributions import make_distribution
+from htsrl_aio.envs import EnvSpec
+from htsrl_aio.models import ActorCritic, build_model
 from htsrl_aio.runtime.learner import Learner
 from htsrl_aio.runtime.storage import RolloutStorage
 
 
-def learn_once(state: dict, cfg: TrainConfig, storage: RolloutStorage) -> NatureCNNActorCritic:
+def atari_spec(obs: torch.Tensor, state_dict: dict) -> EnvSpec:
+    """The spaces of the checkpoint's game: uint8 frames and as many actions as the policy head has."""
+    num_actions = state_dict["actor.0.weight"].shape[0]
+    return EnvSpec.from_spaces(gym.spaces.Box(0, 255, tuple(obs.shape[1:]), np.uint8),
+                               gym.spaces.Discrete(num_actions))
+
+
+def learn_once(state: dict, cfg: TrainConfig, storage: RolloutStorage, spec: EnvSpec) -> ActorCritic:
     """The parameters after the checkpoint's next update, learned under `cfg`."""
-    obs_shape, num_actions = storage.obs.shape[2:], state["model"]["actor.weight"].shape[0]
-    model, behaviour = (NatureCNNActorCritic(obs_shape, num_actions, cfg.precision) for _ in range(2))
+    model, behaviour = build_model(spec, cfg), build_model(spec, cfg)
     model.load_state_dict(state["model"])
     behaviour.load_state_dict(state["behaviour"])
-    learner = Learner(cfg, model, behaviour)
+    learner = Learner(cfg, model, behaviour, make_distribution(spec.action))
     learner.restore(state["update"], state["optimizer"])
     learner.behaviour_version = state["behaviour_version"]
     learner.update(storage)
@@ -49,10 +58,10 @@ def learn_once(state: dict, cfg: TrainConfig, storage: RolloutStorage) -> Nature
 
 
 @torch.no_grad()
-def log_policy(state_dict: dict, obs: torch.Tensor) -> torch.Tensor:
-    model = NatureCNNActorCritic(obs.shape[1:], state_dict["actor.weight"].shape[0], "fp32")
+def log_policy(state_dict: dict, obs: torch.Tensor, spec: EnvSpec, cfg: TrainConfig) -> torch.Tensor:
+    model = build_model(spec, dataclasses.replace(cfg, precision="fp32"))
     model.load_state_dict(state_dict)
-    return F.log_softmax(model(obs)[0], dim=-1)
+    return F.log_softmax(model({"obs": obs})[0], dim=-1)
 
 
 def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
@@ -64,14 +73,15 @@ def compare(path: Path, orders: int) -> dict[str, float]:
     cfg = TrainConfig.from_json_dict(state["config"], str(path)).resolved()
     arrays = {name: tensor.numpy() for name, tensor in state["rollout"].items()}
     storage = RolloutStorage(0, arrays)
-    storage.begin(state["update"])
-    storage.truncated_obs = truncated_obs(state)
-    obs = torch.from_numpy(storage.obs[:-1].reshape(-1, *storage.obs.shape[2:]))
+    frames = storage.obs["obs"]
+    obs = torch.from_numpy(frames[:-1].reshape(-1, *frames.shape[2:]))
+    spec = atari_spec(obs, state["model"])
 
     def after(**changes: object) -> torch.Tensor:
-        return log_policy(learn_once(state, dataclasses.replace(cfg, **changes), storage).state_dict(), obs)
+        learned = learn_once(state, dataclasses.replace(cfg, **changes), storage, spec)
+        return log_policy(learned.state_dict(), obs, spec, cfg)
 
-    before, fp32 = log_policy(state["model"], obs), after(precision="fp32")
+    before, fp32 = log_policy(state["model"], obs, spec, cfg), after(precision="fp32")
     bf16 = after(precision="bf16")
     order_noise = [kl(fp32, after(precision="fp32", seed=cfg.seed + 1 + k)) for k in range(orders)]
     return {"update": state["update"], "observations": len(obs), "kl_update": kl(before, fp32),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import signal
 import sys
 import types
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-env", help="check an env (gymnasium or AsyncEnv) in full")
     check.add_argument("env", help="gymnasium id or 'package.module:factory'")
     check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
+    check.add_argument("--env-kwargs", type=_key_value, nargs="+", default=[], metavar="KEY=VALUE",
+                       help="keyword arguments for the env, as for train")
     evaluate = commands.add_parser("eval", help="play a trained agent and report its mean return")
     evaluate.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
                           help="a run directory (its newest checkpoint) or a checkpoint file")
@@ -66,7 +69,9 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is typing.Literal:
+    if typing.get_origin(hint) is dict:
+        kwargs.update(type=_key_value, nargs="+", metavar="KEY=VALUE")
+    elif typing.get_origin(hint) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(hint))
     elif hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
@@ -77,13 +82,24 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     parser.add_argument(flag, **kwargs)
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE from the command line; VALUE is read as JSON (true, 3, [1, 2]) and else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (for example continuous=true)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "diff":
         return _diff(args.run_a, args.run_b)
     if args.command == "check-env":
-        return _check_env(args.env, args.steps)
+        return _check_env(args.env, args.steps, dict(args.env_kwargs))
     if args.command == "plot":
         return _plot(parser, args.runs, args.output)
     if args.command == "eval":
@@ -93,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if hasattr(args, f.name)}
+        if "env_kwargs" in flags:
+            flags["env_kwargs"] = dict(flags["env_kwargs"])
         if args.resume is not None:
             if args.config is not None:
                 raise ConfigError("--config cannot be combined with --resume: the run continues as "
@@ -155,12 +173,12 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _check_env(env: str, steps: int) -> int:
+def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.train import run_event_loop
 
     try:
-        report = run_event_loop(check_env(resolve_env(env), steps=steps))
+        report = run_event_loop(check_env(resolve_env(env, TrainConfig(env_kwargs=env_kwargs)), steps=steps))
     except ConfigError as exc:
         print(f"htsrl-aio: error: {exc}", file=sys.stderr)
         return 2
@@ -171,8 +189,8 @@ def _check_env(env: str, steps: int) -> int:
     spec = report.spec
     assert spec is not None
     where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
-    print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs_shape} {spec.obs_dtype}, "
-          f"{spec.num_actions} actions; runs {where}).")
+    print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs.describe()}, "
+          f"{spec.action.describe()}; runs {where}).")
     return 0
 
 

@@ -32,7 +32,7 @@ def _opt(help: str, **kwargs: Any) -> Any:
 # (5-step returns, RMSprop 7e-4). Atari and football get presets of their own.
 BASE_DEFAULTS: dict[str, Any] = {
     "algo": "ppo", "num_envs": 8, "gamma": 0.99, "clip_coef": 0.2, "vf_coef": 0.5, "max_grad_norm": 0.5,
-    "precision": "fp32",
+    "precision": "fp32", "normalize_obs": False, "normalize_reward": False,
 }
 
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,6 +63,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
         "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "precision": "bf16",
     },
+    # Continuous control (MuJoCo, Box2D, Pendulum): CleanRL's ppo_continuous_action (batch 2048,
+    # 32 minibatches, 10 epochs, lr 3e-4 decayed, running normalisation of observations and rewards),
+    # with the batch spread over 8 envs so that collection and learning have something to overlap.
+    "mujoco-ppo": {
+        "algo": "ppo", "num_envs": 8, "rollout": 256, "epochs": 10, "minibatches": 32, "lr": 3e-4,
+        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.2, "ent_coef": 0.0, "vf_coef": 0.5,
+        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "normalize_obs": True,
+        "normalize_reward": True,
+    },
+    # Image observations outside Atari (Procgen, MiniGrid pixels, ViZDoom, ...): CleanRL's Atari PPO
+    # settings without Atari's preprocessing; frames are shrunk with --frame-size.
+    "image-ppo": {
+        "algo": "ppo", "num_envs": 8, "rollout": 128, "epochs": 4, "minibatches": 4, "lr": 2.5e-4,
+        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
+        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5,
+    },
     "atari-a2c": {
         "algo": "a2c", "num_envs": 16, "rollout": 5, "lr": 7e-4, "optimizer": "rmsprop", "ent_coef": 0.01,
         "vf_coef": 0.5, "max_grad_norm": 0.5, "precision": "bf16",
@@ -76,6 +92,12 @@ class TrainConfig:
 
     env: str | Callable[[], Any] = _opt(
         "gymnasium id (CartPole-v1) or 'package.module:factory' returning an env", default="CartPole-v1")
+    env_kwargs: dict[str, Any] = _opt(
+        "keyword arguments for the env: KEY=VALUE ... on the command line (VALUE is JSON, else a string), "
+        "a table in a --config file", default_factory=dict)
+    env_backend: Literal["auto", "process", "loop"] = _opt(
+        "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or any "
+        "env for debugging); auto picks loop for an AsyncEnv and process otherwise", default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
@@ -116,12 +138,24 @@ class TrainConfig:
     vf_coef: float | None = _opt("value loss coefficient", default=None)
     max_grad_norm: float | None = _opt("gradient norm clip", default=None)
     hidden: tuple[int, ...] = _opt("MLP hidden layer sizes", default=(64, 64))
+    normalize_obs: bool | None = _opt(
+        "normalise non-image observations by running mean and std (updated by the learner once per "
+        "update, saved in checkpoints)", default=None)
+    normalize_reward: bool | None = _opt(
+        "scale rewards by the running std of the discounted return (gymnasium's NormalizeReward)",
+        default=None)
     model: Literal["auto", "mlp", "cnn"] = _opt(
-        "network: auto takes the Nature CNN for (C, H, W) image observations and the MLP otherwise",
+        "network: auto reads image observations of at least 36x36 with a Nature CNN and the rest with an "
+        "MLP; cnn insists on a CNN; mlp flattens everything",
         default="auto")
     precision: Literal["fp32", "bf16"] | None = _opt(
         "arithmetic of the CNN trunk (inference and learning): bf16 autocast is much faster on CPUs "
         "with AVX-512 bf16 and on GPUs", default=None)
+    frame_size: tuple[int, ...] | None = _opt(
+        "image envs (not Atari, which has its own preprocessing): resize frames to HEIGHT WIDTH",
+        default=None)
+    grayscale: bool = _opt("image envs: convert RGB frames to one gray channel", default=False)
+    frame_stack: int = _opt("image envs: stack this many consecutive frames as channels", default=1)
     atari_sticky: float | None = _opt(
         "Atari: probability of repeating the previous action (default: the id's own, 0.25 for v5)",
         default=None)
@@ -173,6 +207,7 @@ class TrainConfig:
         if cfg.max_batch is None:
             cfg.max_batch = cfg.num_envs
         cfg.hidden = tuple(cfg.hidden)
+        cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
         cfg._validate()
         return cfg
 
@@ -191,6 +226,12 @@ class TrainConfig:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose 'hts' or 'sync'.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"unknown --device {self.device!r}; choose 'cpu', 'cuda' or 'auto'.")
+        if self.env_backend not in ("auto", "process", "loop"):
+            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process' or "
+                              "'loop'.")
+        if not isinstance(self.env_kwargs, dict):
+            raise ConfigError(f"--env-kwargs must be KEY=VALUE pairs (a table in TOML), got "
+                              f"{self.env_kwargs!r}.")
         if self.on_env_error not in ("stop", "restart"):
             raise ConfigError(f"unknown --on-env-error {self.on_env_error!r}; choose 'stop' or 'restart'.")
         if self.learner not in ("process", "thread"):
@@ -222,6 +263,11 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown --{_flag(name)} {getattr(self, name)!r}; choose "
                                   f"{' or '.join(map(repr, choices))}.")
+        if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
+            raise ConfigError(f"--frame-size takes HEIGHT WIDTH (two positive integers), got "
+                              f"{self.frame_size}.")
+        if not isinstance(self.frame_stack, int) or self.frame_stack < 1:
+            raise ConfigError(f"--frame-stack must be a positive integer, got {self.frame_stack!r}.")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden sizes must be positive, got {self.hidden}.")
 
@@ -293,5 +339,7 @@ def _fits(value: Any, hint: Any) -> bool:
         if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
             return True
         if option is bool and isinstance(value, bool):
+            return True
+        if typing.get_origin(option) is dict and isinstance(value, dict):
             return True
     return False

@@ -20,11 +20,12 @@ import torch
 
 from htsrl_aio import checkpoint
 from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.async_env import close_env
-from htsrl_aio.envs.factory import EnvFactory
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.models import build_model
-from htsrl_aio.seeding import Stream, derive_seed, generator
+from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 
 VIDEO_FPS = 30
 
@@ -65,13 +66,14 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
                           f"{str(exc).splitlines()[0]}") from None
     model.eval()
     seed = cfg.seed if seed is None else seed
-    rng = generator(seed, Stream.EVAL_ACT)
+    rng = None if deterministic else generator(seed, Stream.EVAL_ACT)
     env = _make_env(factory, rendered=writer is not None)
+    distribution = make_distribution(spec.action)
     returns, lengths = [], []
     try:
         for episode in range(episodes):
-            ret, length = await _play(env, model, derive_seed(seed, Stream.EVAL_RESET, episode),
-                                      deterministic, rng, writer)
+            episode_seed = derive_seed(seed, Stream.EVAL_RESET, episode) % ENV_SEED_BOUND
+            ret, length = await _play(env, spec, model, distribution, episode_seed, rng, writer)
             returns.append(ret)
             lengths.append(length)
     finally:
@@ -81,18 +83,18 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     return EvalResult(str(file), int(state["update"]), returns, lengths)
 
 
-async def _play(env: Any, model: torch.nn.Module, seed: int, deterministic: bool, rng: np.random.Generator,
-                writer: Any) -> tuple[float, int]:
+async def _play(env: Any, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution, seed: int,
+                rng: np.random.Generator | None, writer: Any) -> tuple[float, int]:
+    """One episode; actions are the mode when `rng` is None, else sampled with its noise."""
     obs, _ = await _maybe_await(env.reset(seed=seed))
     total, length = 0.0, 0
     while True:
         if writer is not None:
             writer.append_data(_frame(env, obs))
         with torch.no_grad():
-            logits, _ = model(torch.as_tensor(np.asarray(obs))[None])
-        probs = torch.softmax(logits[0].double(), -1).numpy()
-        action = int(probs.argmax()) if deterministic else int(rng.choice(len(probs), p=probs / probs.sum()))
-        obs, reward, terminated, truncated, info = await _maybe_await(env.step(action))
+            params, _ = model({key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()})
+            action = distribution.choose(params, rng)[0].numpy()
+        obs, reward, terminated, truncated, info = await _maybe_await(env.step(spec.action.to_env(action)))
         total += float(info.get("raw_reward", reward))
         length += 1
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
@@ -112,7 +114,7 @@ def _config(values: dict[str, Any], file: Path) -> TrainConfig:
 def _make_env(factory: EnvFactory, rendered: bool) -> Any:
     # Plain gymnasium ids can render; Atari's C++ preprocessing cannot, its frames come from observations.
     if rendered and factory.env_id in gym.registry and not factory.env_id.startswith("ALE/"):
-        return gym.make(factory.env_id, render_mode="rgb_array")
+        return gym.make(factory.env_id, render_mode="rgb_array", **dict(factory.kwargs))
     return factory()
 
 

@@ -30,5 +30,15 @@ def derive_seed(run_seed: int, stream: Stream, *ids: int) -> int:
     return int(seq.generate_state(2, np.uint32).view(np.uint64)[0] >> np.uint64(1))
 
 
+# Env seeds stay below 2**31: many envs seed legacy numpy (MinAtar refuses 2**32 and more) or an int32
+# engine (ALE).
+ENV_SEED_BOUND = 2**31
+
+
+def env_reset_seed(run_seed: int, *ids: int) -> int:
+    """The seed an env is reset with, for the episode named by `ids`; every env accepts it."""
+    return derive_seed(run_seed, Stream.ENV_RESET, *ids) % ENV_SEED_BOUND
+
+
 def generator(run_seed: int, stream: Stream, *ids: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(np.random.SeedSequence([run_seed, int(stream), *ids])))

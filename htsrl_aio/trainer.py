@@ -32,10 +32,11 @@ import torch
 
 from htsrl_aio import checkpoint
 from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.loop_pool import LoopEnvPool
-from htsrl_aio.envs.pool import EnvPool
-from htsrl_aio.envs.replica import EnvBackend, TrackerState
+from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
+from htsrl_aio.envs.backends import backend_name, make_backend
+from htsrl_aio.envs.replica import ReplicaState, TrackerState
 from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
@@ -53,8 +54,8 @@ from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
 from htsrl_aio.runtime.scheduler import RolloutScheduler, StartPoint
-from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
-from htsrl_aio.runtime.tickets import TicketSampler
+from htsrl_aio.runtime.storage import OBS_PREFIX, RolloutStorage, storage_layout
+from htsrl_aio.runtime.tickets import TicketNoise
 from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
@@ -147,6 +148,7 @@ class Trainer:
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
         spec = self.spec = await probe_env(factory)
+        backend = backend_name(cfg.env_backend, spec)
         device = _resolve_device(cfg.device)
         resume = self._resume
         if resume is None:
@@ -161,7 +163,7 @@ class Trainer:
         self._stack.callback(self._scalars.close)
         self.run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
                                          "tensorboard": self._scalars.status,
-                                         "env_runs": "in the event loop (AsyncEnv)" if spec.in_loop
+                                         "env_runs": "in the event loop" if backend == "loop"
                                          else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
                                          "determinism": _determinism_note(cfg, device)})
         self._stack.enter_context(_torch_settings(cfg, device))
@@ -173,35 +175,34 @@ class Trainer:
         inference_model, behaviour = copy.deepcopy(model), copy.deepcopy(model)
         if resume is not None and resume["kind"] == "swap":
             behaviour.load_state_dict(resume["behaviour"])
+        distribution = make_distribution(spec.action)
+        noise = TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout, distribution.noise_size, distribution.noise)
+        obs_arrays = spec.obs.arrays()
         self.inference = BatchedInference(
-            inference_model, TicketSampler(cfg.seed, cfg.num_envs, cfg.rollout), cfg.max_batch,
-            spec.obs_shape, spec.obs_dtype, block=cfg.inference_block if cfg.deterministic else None,
-            device=device)
+            inference_model, distribution, noise, cfg.max_batch, obs_arrays,
+            block=cfg.inference_block if cfg.deterministic else None, device=device)
         self._act_rng = generator(cfg.seed, Stream.HOST_ACT)
 
-        layout = storage_layout(cfg.num_envs, cfg.rollout, spec.obs_shape, spec.obs_dtype)
+        layout = storage_layout(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype)
         storage_arrays = [self._shared_arrays(layout) for _ in range(2)]
-        final_obs = self._shared_arrays({"final_obs": ((cfg.num_envs, *spec.obs_shape), spec.obs_dtype)})
+        final_obs = self._shared_arrays({key: ((cfg.num_envs, *shape), dtype)
+                                         for key, (shape, dtype) in obs_arrays.items()})
         storages = tuple(RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                          for i, arrays in enumerate(storage_arrays))
         learner: LearnerHandle
         # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
         if cfg.learner == "process" and device.type == "cpu":
             specs = [{name: a.spec for name, a in arrays.items()} for arrays in storage_arrays]
-            learner = ProcessLearner(cfg, model, behaviour, specs)
+            learner = ProcessLearner(cfg, model, behaviour, distribution, specs)
         else:
-            learner = ThreadLearner(Learner(cfg, model, behaviour, device))
+            learner = ThreadLearner(Learner(cfg, model, behaviour, distribution, device))
         if resume is not None:
             learner.restore(resume["update"], resume.get("behaviour_version", resume["update"]),
                             resume["optimizer"])
-        pool: EnvBackend
-        if spec.in_loop:
-            pool = LoopEnvPool(factory, cfg.num_envs, cfg.seed, [s.obs for s in storages],
-                               final_obs["final_obs"].array, cfg.on_env_error, self._log_restart)
-        else:
-            pool = EnvPool(factory, cfg.num_envs, cfg.workers, cfg.seed,
-                           [arrays["obs"] for arrays in storage_arrays], final_obs["final_obs"],
-                           cfg.on_env_error, self._log_restart)
+        buffers = ObsBuffers(tuple({key: arrays[OBS_PREFIX + key] for key in obs_arrays}
+                                   for arrays in storage_arrays), final_obs)
+        pool = make_backend(backend, BackendArgs(factory, spec, cfg.num_envs, cfg.seed, buffers, cfg.workers,
+                                                 cfg.on_env_error == "restart", self._log_restart))
         self.learner = learner
         self.pool = pool
         self._stack.push_async_callback(pool.aclose)
@@ -212,9 +213,9 @@ class Trainer:
         self._progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress,
                                       f"{cfg.mode}/{cfg.algo}", initial=start.rollout * steps_per_rollout)
         self._stack.callback(self._progress.close)
-        self._scheduler = RolloutScheduler(cfg, pool, storages, final_obs["final_obs"].array,
-                                           self.inference, learner, self._record, start=start,
-                                           checkpoint=self._save_swap_checkpoint,
+        final_arrays = {key: a.array for key, a in final_obs.items()}
+        self._scheduler = RolloutScheduler(cfg, pool, storages, final_arrays, self.inference, learner,
+                                           self._record, start=start, checkpoint=self._save_swap_checkpoint,
                                            checkpoint_every=cfg.checkpoint_every)
 
     async def _restore(self, state: dict[str, Any], storages: tuple[RolloutStorage, ...]) -> StartPoint:
@@ -229,10 +230,9 @@ class Trainer:
         if state["kind"] == "swap":
             start.rollout, start.learn_first = update + 1, True
             storage = storages[update % 2]
-            for name, tensor in state["rollout"].items():
-                getattr(storage, name)[...] = tensor.numpy()
             storage.begin(update)
-            storage.truncated_obs = checkpoint.truncated_obs(state)
+            for name, tensor in state["rollout"].items():
+                storage.arrays[name][...] = tensor.numpy()
         if envs is None:
             # No env states: every env starts again, with seeds no episode of this run has used.
             trackers = [TrackerState(0, 0.0, 0, (1, update))] * self.cfg.num_envs
@@ -240,7 +240,7 @@ class Trainer:
         else:
             trackers = [TrackerState(*e["tracker"][:3], tuple(e["tracker"][3])) for e in envs]
             blobs = [None if e["state"] is None else checkpoint.bytes_of_tensor(e["state"]) for e in envs]
-        reasons = await asyncio.gather(*(self.pool.set_state(i, blob, tracker)
+        reasons = await asyncio.gather(*(self.pool.set_state(i, ReplicaState(blob, tracker))
                                          for i, (blob, tracker) in enumerate(zip(blobs, trackers))))
         problems = [str(r) for r in reasons if r is not None]
         start.envs_restored = start.learn_first and not problems
@@ -256,15 +256,12 @@ class Trainer:
         learner, scheduler = self.learner, self._scheduler
         envs = await asyncio.gather(*(self.pool.get_state(i) for i in range(self.cfg.num_envs)))
         storage = scheduler.storages[generation % 2]
-        slots = sorted(storage.truncated_obs)
         state = {
             "kind": "swap", "interrupted": False, "config": self.cfg.to_json_dict(),
             "update": learner.version, "model": learner.model.state_dict(),
             "behaviour": learner.behaviour.state_dict(), "behaviour_version": learner.behaviour_version,
             "optimizer": await learner.optimizer_state(),
-            "rollout": {name: torch.from_numpy(getattr(storage, name).copy()) for name in storage.ARRAYS},
-            "truncated_slots": torch.tensor(slots, dtype=torch.int64).reshape(-1, 2),
-            "truncated_obs": [torch.from_numpy(storage.truncated_obs[s].copy()) for s in slots],
+            "rollout": {name: torch.from_numpy(array.copy()) for name, array in storage.arrays.items()},
             "envs": [{"state": None if blob is None else checkpoint.tensor_of_bytes(blob),
                       "tracker": [*tracker[:3], list(tracker[3])]} for blob, tracker in envs],
             "schedule": _schedule_dict(scheduler.snapshot()),
@@ -348,17 +345,17 @@ class Trainer:
         """Train to the end and return the summary (also written to summary.json)."""
         return await self._start()
 
-    async def act(self, obs: np.ndarray, deterministic: bool = False) -> int:
-        """The current policy's action for one observation, for the host application.
+    async def act(self, obs: Any, deterministic: bool = False) -> Any:
+        """The current policy's action for one observation, as `env.step` takes it (an int for a
+        Discrete space), for the host application.
 
         Uses the parameters collection currently acts with, and a random stream of its own, so
         calling it never changes the training run.
         """
-        logits, _ = self.inference.forward(np.asarray(obs, dtype=self.spec.obs_dtype)[None])
-        if deterministic:
-            return int(logits[0].argmax())
-        probs = np.exp(logits[0] - logits[0].max())
-        return int(self._act_rng.choice(len(probs), p=probs / probs.sum()))
+        encoded = self.spec.obs.encode(obs, "the observation given to act()")
+        params, _ = self.inference.forward({key: array[None] for key, array in encoded.items()})
+        action = self.inference.distribution.choose(params, None if deterministic else self._act_rng)
+        return self.spec.action.to_env(action[0].numpy())
 
 
 def _schedule_dict(start: StartPoint) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -57,13 +58,10 @@ def wrong_shape_cartpole() -> gym.Env:
     return _WrongShapeAfterReset(gym.make("CartPole-v1"))
 
 
-def dict_obs_env() -> gym.Env:
-    return gym.wrappers.TransformObservation(
-        gym.make("CartPole-v1"), lambda o: {"x": o}, gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (4,))}))
-
-
-def continuous_env() -> gym.Env:
-    return gym.make("Pendulum-v1")
+def dict_action_env() -> gym.Env:
+    """CartPole whose action is a Dict: a space the runtime cannot sample."""
+    return gym.wrappers.TransformAction(gym.make("CartPole-v1"), lambda a: int(a["push"]),
+                                        gym.spaces.Dict({"push": gym.spaces.Discrete(2)}))
 
 
 class _SuicidalCartPole(gym.Wrapper):
@@ -181,3 +179,48 @@ class _DiesOnce(gym.Wrapper):
 
 def dies_once_cartpole() -> gym.Env:
     return _DiesOnce(gym.make("CartPole-v1"))
+
+
+class ManySpacesEnv(gym.Env):
+    """Episodes of 9-15 steps over a Tuple observation (a Discrete, an HWC uint8 image, a float64 Box)
+    with the action space named by `actions`; steps take a random 0-1 ms, drawn outside every seed.
+
+    The env refuses an action its space does not contain, so the runtime's conversion of stored
+    action rows (Discrete start, Box clipping, MultiBinary dtype) is checked at every step.
+    """
+
+    ACTIONS: ClassVar[dict[str, gym.Space]] = {
+        "multi_discrete": gym.spaces.MultiDiscrete([3, 2], start=[-1, 0]),
+        "multi_binary": gym.spaces.MultiBinary(3),
+        "box": gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
+        "discrete": gym.spaces.Discrete(3, start=5),
+    }
+
+    def __init__(self, actions: str = "multi_discrete") -> None:
+        self.observation_space = gym.spaces.Tuple((
+            gym.spaces.Discrete(5, start=1),
+            gym.spaces.Box(0, 255, (36, 36, 3), np.uint8),
+            gym.spaces.Box(-1.0, 1.0, (3,), np.float64),
+        ))
+        self.action_space = self.ACTIONS[actions]
+        self._rng = np.random.default_rng(0)
+        self._t, self._limit = 0, 9
+
+    def _obs(self):
+        image = self._rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
+        return int(self._rng.integers(1, 6)), image, self._rng.uniform(-1, 1, 3)
+
+    def reset(self, *, seed=None, options=None):
+        self._rng = np.random.default_rng(seed)
+        self._t, self._limit = 0, int(self._rng.integers(9, 16))
+        return self._obs(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        time.sleep(_UNSEEDED.uniform(0.0, 0.001))
+        self._t += 1
+        reward = float(np.sum(np.asarray(action, np.float64))) * 0.1 + float(self._rng.normal()) * 0.01
+        ended = self._t >= self._limit
+        terminated = ended and self._t % 2 == 0
+        return self._obs(), reward, terminated, ended and not terminated, {}

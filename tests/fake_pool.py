@@ -1,4 +1,4 @@
-"""An in-process stand-in for EnvPool whose replies arrive after random delays, in shuffled order.
+"""An in-process stand-in for an env backend whose replies arrive after random delays, in shuffled order.
 
 Observations encode where they came from: [env id, step within episode, steps taken by this env],
 so a test can check that every storage slot holds exactly the transition its ticket names.
@@ -11,7 +11,9 @@ import random
 
 import numpy as np
 
+from htsrl_aio.envs.backend import obs_slot_of
 from htsrl_aio.envs.replica import StepResult
+from htsrl_aio.runtime.tickets import StepTicket
 
 EPISODE_LEN = 7  # every 7th step ends an episode: terminated on odd episodes, truncated on even ones
 
@@ -19,7 +21,7 @@ EPISODE_LEN = 7  # every 7th step ends an episode: terminated on odd episodes, t
 class FakePool:
     def __init__(self, obs_buffers: list[np.ndarray], final_obs: np.ndarray,
                  max_delay: float = 0.002) -> None:
-        self.obs_buffers = obs_buffers
+        self.obs_buffers = obs_buffers  # per storage: (T + 1, N, 4)
         self.final_obs = final_obs
         self.max_delay = max_delay
         self._noise = random.Random()  # unseeded on purpose: timing must not matter
@@ -32,13 +34,17 @@ class FakePool:
     def _obs(self, env: int) -> np.ndarray:
         return np.array([env, self.in_episode[env], self.total[env], 0], dtype=np.float32)
 
-    def reset(self, env: int, buf: int, t: int) -> asyncio.Future:
+    def reset(self, ticket: StepTicket) -> asyncio.Future:
+        env = ticket.env
+        buf, row = obs_slot_of(ticket)
         self.in_episode[env], self.total[env], self.episodes[env] = 0, 0, 0
-        self.obs_buffers[buf][t, env] = self._obs(env)
+        self.obs_buffers[buf][row, env] = self._obs(env)
         return self._later(None)
 
-    def step(self, env: int, action: int, buf: int, t: int) -> asyncio.Future:
-        self.actions[(env, self.total[env])] = action
+    def step(self, ticket: StepTicket, action: np.ndarray) -> asyncio.Future:
+        env = ticket.env
+        buf, row = obs_slot_of(ticket)
+        self.actions[(env, self.total[env])] = int(action)
         self.in_episode[env] += 1
         self.total[env] += 1
         episode = None
@@ -50,7 +56,7 @@ class FakePool:
             episode = (float(EPISODE_LEN), EPISODE_LEN)
             self.episodes[env] += 1
             self.in_episode[env] = 0
-        self.obs_buffers[buf][t, env] = self._obs(env)
+        self.obs_buffers[buf][row + 1, env] = self._obs(env)
         return self._later(StepResult(1.0, terminated, truncated, episode))
 
     def _later(self, value: object) -> asyncio.Future:

@@ -11,16 +11,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from fake_pool import FakePool
 
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.models import MLPActorCritic
+from htsrl_aio.distributions import make_distribution
+from htsrl_aio.envs.factory import EnvSpec
+from htsrl_aio.models import ActorCritic
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, ThreadLearner
 from htsrl_aio.runtime.scheduler import RolloutScheduler
-from htsrl_aio.runtime.storage import RolloutStorage
-from htsrl_aio.runtime.tickets import TicketSampler
+from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
+from htsrl_aio.runtime.tickets import TicketNoise
+
+
+def vector_spec(action_space: gym.Space) -> EnvSpec:
+    """Four float observations and the given actions."""
+    return EnvSpec.from_spaces(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), action_space)
+
+
+# Four float observations, two actions: the spaces of the tests' own envs and of the fake pool.
+VECTOR_SPEC = vector_spec(gym.spaces.Discrete(2))
+
+
+def small_model(spec: EnvSpec = VECTOR_SPEC, hidden: tuple[int, ...] = (8,)) -> ActorCritic:
+    return ActorCritic(spec.obs, make_distribution(spec.action), hidden)
+
+
+def storage_for(spec: EnvSpec, index: int, num_envs: int, rollout_len: int) -> RolloutStorage:
+    return RolloutStorage.zeros(index, storage_layout(num_envs, rollout_len, spec.obs.arrays(),
+                                                      spec.action.shape, spec.action.dtype))
 
 
 class RecordingLearner(Learner):
@@ -33,11 +54,11 @@ class RecordingLearner(Learner):
     def update(self, storage: RolloutStorage) -> dict[str, float]:
         self.seen.append({
             "rollout": storage.rollout,
-            "obs": storage.obs.copy(),
+            "obs": storage.obs["obs"].copy(),
             "actions": storage.actions.copy(),
             "terminated": storage.terminated.copy(),
             "truncated": storage.truncated.copy(),
-            "truncated_obs": dict(storage.truncated_obs),
+            "bootstrap_values": storage.bootstrap_values.copy(),
             "version": self.version,
             "behaviour_version": self.behaviour_version,
             "behaviour_params": copy.deepcopy(self.behaviour.state_dict()),
@@ -57,17 +78,18 @@ class Harness:
 def make_harness(**overrides: Any) -> Harness:
     cfg = TrainConfig(**{"num_envs": 4, "rollout": 5, "total_steps": 4 * 5 * 6, "minibatches": 2,
                          "epochs": 1, **overrides}).resolved()
-    model = MLPActorCritic(4, 2, (8,))
-    storages = (RolloutStorage.zeros(0, cfg.num_envs, cfg.rollout, (4,)),
-                RolloutStorage.zeros(1, cfg.num_envs, cfg.rollout, (4,)))
+    model = small_model()
+    storages = tuple(storage_for(VECTOR_SPEC, i, cfg.num_envs, cfg.rollout) for i in range(2))
     final_obs = np.zeros((cfg.num_envs, 4), np.float32)
-    pool = FakePool([s.obs for s in storages], final_obs)
-    learner = RecordingLearner(cfg, model, copy.deepcopy(model))
-    inference = BatchedInference(copy.deepcopy(model), TicketSampler(cfg.seed, cfg.num_envs, cfg.rollout),
-                                 cfg.max_batch, (4,), np.dtype(np.float32))
+    pool = FakePool([s.obs["obs"] for s in storages], final_obs)
+    distribution = make_distribution(VECTOR_SPEC.action)
+    learner = RecordingLearner(cfg, model, copy.deepcopy(model), distribution)
+    inference = BatchedInference(copy.deepcopy(model), distribution,
+                                 TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout), cfg.max_batch,
+                                 VECTOR_SPEC.obs.arrays())
     harness = Harness(None, pool, learner, inference)  # type: ignore[arg-type]
-    harness.scheduler = RolloutScheduler(cfg, pool, storages, final_obs, inference, ThreadLearner(learner),
-                                         harness.metrics.append)
+    harness.scheduler = RolloutScheduler(cfg, pool, storages, {"obs": final_obs}, inference,
+                                         ThreadLearner(learner), harness.metrics.append)
     return harness
 
 

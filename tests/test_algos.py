@@ -6,12 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from harness import VECTOR_SPEC, small_model, storage_for
 
-from htsrl_aio.algos import a2c_loss, gae, ppo_loss
+from htsrl_aio.algos import RolloutBatch, a2c_loss, gae, ppo_loss
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.models import MLPActorCritic
+from htsrl_aio.distributions import make_distribution
+from htsrl_aio.models import ActorCritic
 from htsrl_aio.runtime.learner import Learner
 from htsrl_aio.runtime.storage import RolloutStorage
+
+DIST = make_distribution(VECTOR_SPEC.action)
 
 B = torch.tensor
 
@@ -88,8 +92,8 @@ def test_a2c_loss_pieces():
 
 def _storage(seed: int) -> RolloutStorage:
     rng = np.random.default_rng(seed)
-    storage = RolloutStorage.zeros(0, num_envs=3, rollout_len=5, obs_shape=(4,))
-    storage.obs[:] = rng.standard_normal((6, 3, 4))
+    storage = storage_for(VECTOR_SPEC, 0, num_envs=3, rollout_len=5)
+    storage.obs["obs"][:] = rng.standard_normal((6, 3, 4))
     storage.actions[:] = rng.integers(0, 2, (5, 3))
     storage.rewards[:] = rng.standard_normal((5, 3))
     storage.values[:] = rng.standard_normal((5, 3))
@@ -100,17 +104,17 @@ def _storage(seed: int) -> RolloutStorage:
 def test_a2c_gradient_is_taken_at_the_behaviour_parameters():
     cfg = TrainConfig(algo="a2c", num_envs=3, rollout=5, total_steps=15, max_grad_norm=1e9).resolved()
     torch.manual_seed(0)
-    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
-    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour))
+    current, behaviour = small_model(), small_model()
+    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)  # so the step is readable
     storage = _storage(1)
 
     # The gradient the paper's eq. 6 asks for: at the behaviour parameters, on the behaviour data.
-    reference = Learner(cfg, copy.deepcopy(behaviour), copy.deepcopy(behaviour))
+    reference = Learner(cfg, copy.deepcopy(behaviour), copy.deepcopy(behaviour), DIST)
     batch = reference._batch(storage)
-    logits, value = reference.model(batch["obs"])
+    logits, value = reference.model(batch.obs)
     dist = torch.distributions.Categorical(logits=logits)
-    loss, _ = a2c_loss(dist.log_prob(batch["actions"]), batch["advantages"], value, batch["returns"],
+    loss, _ = a2c_loss(dist.log_prob(batch.actions), batch.advantages, value, batch.returns,
                        dist.entropy(), cfg.vf_coef, cfg.ent_coef)
     grads = torch.autograd.grad(loss, list(reference.model.parameters()))
 
@@ -124,48 +128,47 @@ def test_a2c_gradient_is_taken_at_the_behaviour_parameters():
 
 
 def _a2c_terms(model, batch):
-    logits, value = model(batch["obs"])
+    logits, value = model(batch.obs)
     dist = torch.distributions.Categorical(logits=logits)
-    return dist.log_prob(batch["actions"]), batch["advantages"], value, batch["returns"], dist.entropy()
+    return dist.log_prob(batch.actions), batch.advantages, value, batch.returns, dist.entropy()
 
 
 def test_bootstrap_values_come_from_the_behaviour_parameters():
     cfg = TrainConfig(num_envs=3, rollout=5, total_steps=15, minibatches=1).resolved()
     torch.manual_seed(0)
-    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
+    current, behaviour = small_model(), small_model()
     storage = _storage(2)
     storage.truncated[3, 0] = True
-    storage.truncated_obs[(3, 0)] = np.ones(4, np.float32)
-    batch = Learner(cfg, current, behaviour)._batch(storage)
+    storage.bootstrap_values[3, 0] = 7.5  # the final observation's value, recorded at collection
+    batch = Learner(cfg, current, behaviour, DIST)._batch(storage)
     with torch.no_grad():
-        v_boot = behaviour.value(torch.from_numpy(storage.obs[-1]))
-        v_final = behaviour.value(torch.ones(1, 4))[0]
-    adv = batch["advantages"].view(5, 3)
-    ret = batch["returns"].view(5, 3)
+        v_boot = behaviour.value({"obs": torch.from_numpy(storage.obs["obs"][-1])})
+    adv = batch.advantages.view(5, 3)
+    ret = batch.returns.view(5, 3)
     # Last step of env 2 (no episode end): return = r + gamma * V_behaviour(obs[T]).
-    assert ret[4, 2].item() == pytest.approx(storage.rewards[4, 2] + 0.99 * v_boot[2].item(), rel=1e-5)
-    # Truncated step bootstraps from the final observation; the trace is cut there.
+    assert ret[4, 2].item() == pytest.approx(storage.rewards[4, 2] + 0.99 * v_boot[2].item(), abs=1e-6)
+    # Truncated step bootstraps from the final observation's recorded value; the trace is cut there.
     assert adv[3, 0].item() == pytest.approx(
-        storage.rewards[3, 0] + 0.99 * v_final.item() - storage.values[3, 0], rel=1e-5)
+        storage.rewards[3, 0] + 0.99 * 7.5 - storage.values[3, 0], rel=1e-5)
 
 
 
-def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[MLPActorCritic, Learner, dict]:
+def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[ActorCritic, Learner, RolloutBatch]:
     """One SGD step of PPO on behaviour data by a learner `lag` updates ahead of the behaviour; returns
     the starting parameters, the learner after the step, and the batch it learned."""
     cfg = TrainConfig(num_envs=3, rollout=5, total_steps=15, minibatches=1, epochs=1, clip_coef=0.05,
                       vf_coef=0.0, ent_coef=0.0, norm_adv=False, max_grad_norm=1e9, anneal_lr=False,
                       ppo_trust_region=trust_region).resolved()
     torch.manual_seed(0)
-    current, behaviour = MLPActorCritic(4, 2, (8,)), MLPActorCritic(4, 2, (8,))
+    current, behaviour = small_model(), small_model()
     storage = _storage(3)
     with torch.no_grad():  # a behaviour policy visibly older, and the log-probs it stored when it acted
         for param in behaviour.parameters():
             param.add_(0.3 * torch.randn_like(param))
-        logits = behaviour(torch.from_numpy(storage.obs[:-1].reshape(15, 4)))[0]
+        logits = behaviour({"obs": torch.from_numpy(storage.obs["obs"][:-1].reshape(15, 4))})[0]
         storage.logprobs[:] = torch.distributions.Categorical(logits=logits).log_prob(
             torch.from_numpy(storage.actions.reshape(15))).numpy().reshape(5, 3)
-    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour))
+    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
     learner.version, learner.behaviour_version = lag, 0
     batch = learner._batch(storage)
@@ -173,14 +176,14 @@ def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[MLPActorCritic, Learn
     return current, learner, batch
 
 
-def _sgd_step(model: MLPActorCritic, batch: dict, old_logprobs: torch.Tensor,
+def _sgd_step(model: ActorCritic, batch: RolloutBatch, old_logprobs: torch.Tensor,
               advantages: torch.Tensor) -> list[torch.Tensor]:
     """The parameters after one SGD step (lr 0.1) on the PPO surrogate alone."""
     params = list(model.parameters())
-    logits, value = model(batch["obs"])
+    logits, value = model(batch.obs)
     dist = torch.distributions.Categorical(logits=logits)
-    loss, _ = ppo_loss(dist.log_prob(batch["actions"]), old_logprobs, advantages, value, batch["values"],
-                       batch["returns"], dist.entropy(), 0.05, True, 0.0, 0.0)
+    loss, _ = ppo_loss(dist.log_prob(batch.actions), old_logprobs, advantages, value, batch.values,
+                       batch.returns, dist.entropy(), 0.05, True, 0.0, 0.0)
     return [p.detach() - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params))]
 
 
@@ -190,15 +193,15 @@ def test_hts_ppo_clips_around_the_policy_its_trust_region_names():
     pi_current / pi_behaviour (decoupled PPO)."""
     current, learner, batch = _lagged_ppo_step("behaviour", lag=1)
     with torch.no_grad():
-        start = torch.distributions.Categorical(logits=current(batch["obs"])[0]).log_prob(batch["actions"])
-    assert (((start - batch["logprobs"]).exp() - 1).abs() > 0.05).any()  # the lag alone exceeds the clip
-    against_behaviour = _sgd_step(current, batch, batch["logprobs"], batch["advantages"])
+        start = torch.distributions.Categorical(logits=current(batch.obs)[0]).log_prob(batch.actions)
+    assert (((start - batch.logprobs).exp() - 1).abs() > 0.05).any()  # the lag alone exceeds the clip
+    against_behaviour = _sgd_step(current, batch, batch.logprobs, batch.advantages)
     for after, want in zip(learner.model.parameters(), against_behaviour):
         torch.testing.assert_close(after.detach(), want)
 
     current, learner, batch = _lagged_ppo_step("current", lag=1)
-    weights = (start - batch["logprobs"]).exp()
-    around_current = _sgd_step(current, batch, start, batch["advantages"] * weights)
+    weights = (start - batch.logprobs).exp()
+    around_current = _sgd_step(current, batch, start, batch.advantages * weights)
     for after, want in zip(learner.model.parameters(), around_current):
         torch.testing.assert_close(after.detach(), want)
     assert any(not torch.allclose(a, b) for a, b in zip(against_behaviour, around_current))

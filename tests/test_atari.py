@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from htsrl_aio.envs import EnvSpec, resolve_env
 from htsrl_aio.envs.atari import AtariOptions, PreprocessedAtariEnv
 from htsrl_aio.envs.replica import EpisodeTracker
 from htsrl_aio.models import build_model
-from htsrl_aio.models.cnn import NatureCNNActorCritic
+from htsrl_aio.models.cnn import NatureCNN
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -50,16 +51,15 @@ def test_adapter_gives_stacked_uint8_frames_and_replays_a_seed_exactly():
 def test_clipped_rewards_are_trained_and_whole_game_raw_returns_are_logged():
     """Space Invaders scores 5-30 per alien; with episodic life a lost life ends only the training episode."""
     env = PreprocessedAtariEnv("ALE/SpaceInvaders-v5", AtariOptions(episodic_life=True))
-    tracker = EpisodeTracker(0, run_seed=1, obs_shape=(4, 84, 84))
+    tracker = EpisodeTracker(0, run_seed=1)
     game = random_game(env, seed=tracker.next_reset_seed())
-    final_obs = np.zeros((4, 84, 84), np.uint8)
-    outcomes = [tracker.on_step(step, final_obs) for step in game[1:]]
+    outcomes = [tracker.on_step(step)[0] for step in game[1:]]
     raw = [info["raw_reward"] for _, _, _, _, info in game[1:]]
-    trained = [outcome.result.reward for outcome in outcomes]
+    trained = [outcome.reward for outcome in outcomes]
     assert max(raw) > 1 and trained == [float(np.sign(r)) for r in raw]
-    lives_lost = [o.result.terminated for o in outcomes[:-1]]
+    lives_lost = [o.terminated for o in outcomes[:-1]]
     assert sum(lives_lost) >= 1  # terminations that cut bootstrapping, without ending the game
-    episodes = [o.result.episode for o in outcomes if o.result.episode is not None]
+    episodes = [o.episode for o in outcomes if o.episode is not None]
     assert episodes == [(sum(raw), len(raw))]  # one logged episode: the whole game, in game points
 
 
@@ -79,7 +79,7 @@ def test_pong_smoke_run_with_the_presets(run_dir, no_leaks, mode, preset, learne
     expected = {k: v for k, v in PRESETS[preset].items() if k not in ("num_envs", "rollout")}
     assert {k: config[k] for k in expected} == expected
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert checkpoint["model"]["trunk.0.weight"].shape == (32, 4, 8, 8)  # the Nature CNN
+    assert checkpoint["model"]["encoder.cnns.obs.trunk.0.weight"].shape == (32, 4, 8, 8)  # the Nature CNN
 
 
 def test_atari_runs_are_bit_identical_across_worker_counts(tmp_path, no_leaks):
@@ -104,23 +104,29 @@ def test_atari_runs_are_bit_identical_across_worker_counts(tmp_path, no_leaks):
     assert rows_a[-1]["episode_length_mean"] == rows_b[-1]["episode_length_mean"] > 100
 
 
-def test_mlp_on_image_observations_is_one_sentence_before_any_process(tmp_path, capsys, no_leaks):
+def test_cnn_on_vector_observations_is_one_sentence_before_any_process(tmp_path, capsys, no_leaks):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["train", "--env", "ALE/Pong-v5", "--model", "mlp", "--logdir", str(tmp_path / "r"),
+        cli_main(["train", "--env", "CartPole-v1", "--model", "cnn", "--logdir", str(tmp_path / "r"),
                   "--no-progress"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["htsrl-aio: error: --model mlp cannot learn from image observations of shape "
-                   "(4, 84, 84); use --model cnn (or auto)."]
+    assert len(err) == 1 and err[0].startswith("htsrl-aio: error: --model cnn needs an image observation")
+    assert "this env's images: none" in err[0]
+
+
+def _uses_cnn(spec: EnvSpec, cfg: TrainConfig) -> bool:
+    return any(isinstance(m, NatureCNN) for m in build_model(spec, cfg).modules())
 
 
 def test_cnn_needs_images_and_auto_picks_by_observation_shape():
-    cfg = TrainConfig(model="cnn").resolved()
-    with pytest.raises(ConfigError, match=r"^--model cnn needs \(channels, height, width\) images"):
-        build_model(EnvSpec((4,), np.dtype(np.float32), 2), cfg)
+    vector = EnvSpec.from_spaces(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
+    atari = EnvSpec.from_spaces(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6))
+    with pytest.raises(ConfigError, match=r"^--model cnn needs an image observation"):
+        build_model(vector, TrainConfig(model="cnn").resolved())
     auto = TrainConfig().resolved()
-    assert isinstance(build_model(EnvSpec((4, 84, 84), np.dtype(np.uint8), 6), auto), NatureCNNActorCritic)
-    assert not isinstance(build_model(EnvSpec((4,), np.dtype(np.float32), 2), auto), NatureCNNActorCritic)
+    assert _uses_cnn(atari, auto) and not _uses_cnn(vector, auto)
+    # --model mlp flattens images rather than refusing them.
+    assert not _uses_cnn(atari, TrainConfig(model="mlp").resolved())
 
 
 def test_atari_flags_reach_the_env():
@@ -135,12 +141,13 @@ def test_atari_flags_reach_the_env():
 def test_cnn_rows_do_not_depend_on_the_other_rows_of_a_block(precision):
     """What deterministic inference relies on: in a fixed-shape block, a row's outputs are its own."""
     torch.manual_seed(0)
-    model = NatureCNNActorCritic((4, 84, 84), 6, precision).eval()
+    spec = EnvSpec.from_spaces(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6))
+    model = build_model(spec, TrainConfig(precision=precision).resolved()).eval()
     rng = np.random.default_rng(0)
     block = torch.from_numpy(rng.integers(0, 256, (8, 4, 84, 84), dtype=np.uint8))
     other = block.clone()
     other[1:] = torch.from_numpy(rng.integers(0, 256, (7, 4, 84, 84), dtype=np.uint8))
     with torch.no_grad():
-        (logits_a, value_a), (logits_b, value_b) = model(block), model(other)
+        (logits_a, value_a), (logits_b, value_b) = model({"obs": block}), model({"obs": other})
     assert logits_a.dtype == torch.float32
     assert torch.equal(logits_a[0], logits_b[0]) and torch.equal(value_a[0], value_b[0])

@@ -21,16 +21,21 @@ class FaultyEnv(gym.Env):
     def __init__(self, fault: str = "") -> None:
         self.fault = fault
         self.observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
-        if fault == "dict_obs":
-            self.observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (4,))})
-        self.action_space = gym.spaces.Discrete(2, start=1 if fault == "action_start" else 0)
-        if fault == "box_action":
-            self.action_space = gym.spaces.Box(-1, 1, (1,))
+        if fault == "dict_obs_missing_key":
+            self.observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (4,), np.float32),
+                                                      "goal": gym.spaces.Discrete(3)})
+        if fault == "sequence_obs":
+            self.observation_space = gym.spaces.Sequence(gym.spaces.Box(-1, 1, (4,), np.float32))
+        self.action_space = gym.spaces.Discrete(2)
+        if fault == "dict_action":
+            self.action_space = gym.spaces.Dict({"move": gym.spaces.Discrete(2)})
         self.t = 0
 
     def _obs(self):
         if self.fault == "shape":
             return np.zeros(5, np.float32)
+        if self.fault == "dict_obs_missing_key":
+            return {"x": np.zeros(4, np.float32)}
         return np.zeros(4, np.float64 if self.fault == "dtype" else np.float32)
 
     def reset(self, *, seed=None, options=None):
@@ -70,10 +75,12 @@ async def problems_of(env) -> list[str]:
 
 
 @pytest.mark.parametrize("fault,message", [
-    ("dict_obs", r"observation_space is Dict\(.*\); htsrl-aio needs a Box"),
-    ("box_action", r"action_space is Box\(.*\); htsrl-aio trains Discrete\(n\) actions"),
-    ("action_start", r"action_space is Discrete\(2, start=1\): the runtime sends actions 0..n-1, which lie "
-                     r"outside it"),
+    ("sequence_obs", r"observation_space is Sequence\(.*\); htsrl-aio learns from Box, Discrete, "
+                     r"MultiDiscrete, MultiBinary, or Dict/Tuple of those"),
+    ("dict_action", r"action_space is Dict\(.*\); htsrl-aio samples Discrete, MultiDiscrete, MultiBinary or "
+                    r"Box \(float\) actions"),
+    ("dict_obs_missing_key", r"reset\(\) returned an observation without 'goal', which its observation_space "
+                             r"has"),
     ("reset_obs_only", r"reset\(\) must return \(obs, info\) as in gymnasium >= 0.26; it returned ndarray"),
     ("shape", r"reset\(\) returned an observation of shape \(5,\) but its observation_space says \(4,\)"),
     ("dtype", r"reset\(\) returned an observation of dtype float64 but its observation_space says float32; "
@@ -91,7 +98,7 @@ async def test_each_problem_gets_one_sentence(fault, message):
 
 async def test_a_good_env_passes_through_many_episodes():
     report = await check_env(resolve_env(faulty), steps=30)
-    assert report.ok and report.steps == 30 and report.spec.num_actions == 2
+    assert report.ok and report.steps == 30 and report.spec.action.sizes == (2,)
 
 
 async def test_factory_returning_something_else():
@@ -135,3 +142,19 @@ def test_check_env_command(env, code, output):
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith(output)
+
+
+def vector_cartpole():
+    return gym.make_vec("CartPole-v1", num_envs=2)
+
+
+async def test_vector_envs_are_refused_with_what_to_give_instead():
+    problems = await problems_of(vector_cartpole)
+    assert len(problems) == 1 and problems[0].startswith("the factory returned a vector env")
+    assert "return one env: htsrl-aio makes --num-envs replicas of it itself" in problems[0]
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-Empty-5x5-v0", "Pendulum-v1"])
+async def test_spaces_of_real_packages_pass(env_id):
+    report = await check_env(resolve_env(env_id), steps=50)
+    assert report.ok, report.problems

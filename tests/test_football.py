@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -232,7 +233,7 @@ def test_extracted_trains_the_papers_smm_cnn(tmp_path, no_leaks):
 
     cfg = small(tmp_path / "r", football_representation="extracted", num_envs=2, rollout=16, minibatches=2,
                 total_steps=64)
-    spec = EnvSpec((16, 72, 96), np.dtype(np.uint8), 19)
+    spec = EnvSpec.from_spaces(gym.spaces.Box(0, 255, (16, 72, 96), np.uint8), gym.spaces.Discrete(19))
     convs = [m for m in build_model(spec, cfg.resolved()).modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
         (32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)), (64, (3, 3), (1, 1))]

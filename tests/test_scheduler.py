@@ -34,7 +34,7 @@ async def test_tickets_place_every_transition_by_env_and_step(mode):
                 assert (seen["terminated"][t, env] or seen["truncated"][t, env]) == ends
 
 
-async def test_rollouts_are_consecutive_and_truncations_keep_their_final_obs():
+async def test_rollouts_are_consecutive_and_truncations_bootstrap_from_their_final_obs():
     h = make_harness()
     await h.scheduler.run()
     seen = h.learner.seen
@@ -42,12 +42,15 @@ async def test_rollouts_are_consecutive_and_truncations_keep_their_final_obs():
         np.testing.assert_array_equal(prev["obs"][-1], nxt["obs"][0])
     truncations = 0
     for rollout in seen:
-        for (t, env), final in rollout["truncated_obs"].items():
-            assert rollout["truncated"][t, env]
-            # The final observation is the 7th of its episode, not the reset observation stored next.
-            assert final[1] == EPISODE_LEN and rollout["obs"][t + 1, env][1] == 0
+        h.inference.model.load_state_dict(rollout["behaviour_params"])  # the parameters that collected it
+        for t, env in zip(*np.nonzero(rollout["truncated"])):
+            # The value of the episode's 7th observation, not of the reset observation stored next.
+            final = np.array([env, EPISODE_LEN, rollout["obs"][t + 1, env][2], 0], np.float32)
+            assert rollout["obs"][t + 1, env][1] == 0
+            expected = h.inference.infer([None], [{"obs": final}])[0].value
+            assert rollout["bootstrap_values"][t, env] == pytest.approx(expected, rel=1e-6)
             truncations += 1
-        assert len(rollout["truncated_obs"]) == rollout["truncated"].sum()
+        assert (rollout["bootstrap_values"][~rollout["truncated"]] == 0).all()
     assert truncations > 0
 
 
@@ -94,5 +97,5 @@ async def test_actions_come_from_each_tickets_own_stream():
     # Recompute rollout 0's actions one ticket at a time, each alone in its batch: they must agree.
     for t in range(h.scheduler.cfg.rollout):
         for env in range(h.scheduler.cfg.num_envs):
-            result = h.inference.infer([StepTicket(0, env, t)], [seen["obs"][t, env]])
+            result = h.inference.infer([StepTicket(0, env, t)], [{"obs": seen["obs"][t, env]}])
             assert result[0].action == seen["actions"][t, env]

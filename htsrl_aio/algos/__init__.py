@@ -1,7 +1,8 @@
-"""Losses and advantage estimators: pure functions of tensors, named like the math."""
+"""The algorithms: losses named like the math, advantage estimation, and one update per algorithm."""
 
-from htsrl_aio.algos.a2c import a2c_loss
+from htsrl_aio.algos.a2c import a2c_loss, a2c_update
 from htsrl_aio.algos.advantages import gae
-from htsrl_aio.algos.ppo import ppo_loss
+from htsrl_aio.algos.batch import RolloutBatch
+from htsrl_aio.algos.ppo import ppo_loss, ppo_update
 
-__all__ = ["a2c_loss", "gae", "ppo_loss"]
+__all__ = ["RolloutBatch", "a2c_loss", "a2c_update", "gae", "ppo_loss", "ppo_update"]

@@ -1,8 +1,14 @@
-"""A2C's policy-gradient, value and entropy terms."""
+"""A2C: the policy-gradient, value and entropy loss, and the paper's delayed-gradient update."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
+
+from htsrl_aio.algos.batch import RolloutBatch
+from htsrl_aio.distributions import ActionDistribution
 
 
 def a2c_loss(logprob: torch.Tensor, advantages: torch.Tensor, value: torch.Tensor,
@@ -14,3 +20,26 @@ def a2c_loss(logprob: torch.Tensor, advantages: torch.Tensor, value: torch.Tenso
     entropy_mean = entropy.mean()
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy_mean
     return loss, {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy_mean.item()}
+
+
+def a2c_update(*, model: nn.Module, behaviour: nn.Module, optimizer: torch.optim.Optimizer,
+               distribution: ActionDistribution, batch: RolloutBatch, vf_coef: float, ent_coef: float,
+               max_grad_norm: float, check_finite: Callable[[dict[str, float]], None]) -> dict[str, float]:
+    """The paper's eq. 6: theta_{j+1} = theta_j - lr * grad L(theta_{j-1}; D_{theta_{j-1}}).
+
+    The gradient is taken at the `behaviour` parameters (those that collected `batch`) and applied to
+    `model` by the optimizer; in sync mode the two hold the same parameters, and this is plain A2C.
+    """
+    params, value = behaviour(batch.obs)
+    loss, stats = a2c_loss(distribution.log_prob(params, batch.actions), batch.advantages, value,
+                           batch.returns, distribution.entropy(params), vf_coef, ent_coef)
+    check_finite(stats)
+    behaviour.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(behaviour.parameters(), max_grad_norm)
+    for param, behaviour_param in zip(model.parameters(), behaviour.parameters()):
+        param.grad = behaviour_param.grad
+    optimizer.step()
+    behaviour.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
+    return stats

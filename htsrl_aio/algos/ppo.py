@@ -1,15 +1,21 @@
-"""PPO's clipped surrogate, (optionally clipped) value loss and entropy bonus."""
+"""PPO: the clipped surrogate loss and the update (epochs of shuffled minibatches)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
+
+from htsrl_aio.algos.batch import RolloutBatch
+from htsrl_aio.distributions import ActionDistribution
 
 
 def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
              new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
              entropy: torch.Tensor, clip_coef: float, clip_vloss: bool, vf_coef: float,
              ent_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss to minimise, and diagnostics. `old_*` come from the behaviour policy that acted."""
+    """Loss to minimise, and diagnostics. `old_logprob` is the centre of the trust region."""
     logratio = new_logprob - old_logprob
     ratio = logratio.exp()
     pg_loss = torch.max(-advantages * ratio,
@@ -27,3 +33,49 @@ def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: t
         clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
     return loss, {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy_mean.item(),
                   "approx_kl": approx_kl.item(), "clipfrac": clipfrac.item()}
+
+
+def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distribution: ActionDistribution,
+               batch: RolloutBatch, order: torch.Generator, epochs: int, minibatches: int,
+               clip_coef: float, clip_vloss: bool, vf_coef: float, ent_coef: float, max_grad_norm: float,
+               norm_adv: bool, decoupled: bool,
+               check_finite: Callable[[dict[str, float]], None]) -> dict[str, float]:
+    """`epochs` passes of `minibatches` shuffled minibatches over `batch`; mean diagnostics.
+
+    `decoupled` (hts, --ppo-trust-region current): the data is one update old, so the clip range is
+    centred on the parameters this update starts from (their log-probs computed once, here) and each
+    sample's advantage is weighted by pi_current / pi_behaviour (Hilton et al. 2021), instead of
+    letting the previous update use up the trust region. Otherwise the ratio is taken against the
+    behaviour log-probs recorded at collection.
+    """
+    size = len(batch)
+    mb_size = size // minibatches
+    old_logprobs, lag_weights = batch.logprobs, None
+    if decoupled:
+        with torch.no_grad():
+            proximal = torch.cat([distribution.log_prob(model(part.obs)[0], part.actions)
+                                  for part in batch.split(mb_size)])
+        old_logprobs, lag_weights = proximal, (proximal - batch.logprobs).exp()
+    totals: dict[str, float] = {}
+    for _ in range(epochs):
+        perm = torch.randperm(size, generator=order).to(batch.actions.device)
+        for mb in perm.split(mb_size):
+            part = batch.rows(mb)
+            params, value = model(part.obs)
+            advantages = part.advantages
+            if norm_adv:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            if lag_weights is not None:
+                advantages = advantages * lag_weights[mb]
+            loss, stats = ppo_loss(distribution.log_prob(params, part.actions), old_logprobs[mb], advantages,
+                                   value, part.values, part.returns, distribution.entropy(params),
+                                   clip_coef, clip_vloss, vf_coef, ent_coef)
+            check_finite(stats)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            for key, value_ in stats.items():
+                totals[key] = totals.get(key, 0.0) + value_
+    steps = epochs * minibatches
+    return {key: total / steps for key, total in totals.items()}

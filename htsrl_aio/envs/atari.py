@@ -31,7 +31,6 @@ import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 
 ALE_PREFIX = "ALE/"
-_SEED_RANGE = 2**31  # ALE takes int32 seeds; the runtime derives 63-bit ones
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class PreprocessedAtariEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        seeds = None if seed is None else np.array([seed % _SEED_RANGE])
+        seeds = None if seed is None else np.array([seed])
         obs, info = self._ale.reset(seed=seeds)
         self._lives = int(info["lives"][0])
         return obs[0], {"lives": self._lives}

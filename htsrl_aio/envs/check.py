@@ -18,6 +18,8 @@ import numpy as np
 from htsrl_aio.config import ConfigError
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.spaces import SINGLE_KEY, UnsupportedSpace
+from htsrl_aio.seeding import env_reset_seed
 
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
 
@@ -68,6 +70,15 @@ async def probe_env(factory: EnvFactory) -> EnvSpec:
 
 
 def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
+    if isinstance(env, gym.vector.VectorEnv) or hasattr(env, "single_observation_space"):
+        problems.append(f"the factory returned a vector env ({type(env).__name__}); return one env: "
+                        "htsrl-aio makes --num-envs replicas of it itself.")
+        return None
+    if hasattr(env, "possible_agents"):
+        problems.append(f"the factory returned a multi-agent env ({type(env).__name__}); htsrl-aio trains "
+                        "single-agent envs: wrap it so that one agent acts (the others follow a fixed "
+                        "policy).")
+        return None
     if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
         problems.append(f"the factory returned {type(env).__name__}, which is neither a gymnasium env nor "
                         "an AsyncEnv (no observation_space/action_space).")
@@ -78,18 +89,27 @@ def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
         problems.append(f"{exc}.")
         return None
     obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(obs_space, gym.spaces.Box):
-        problems.append(f"observation_space is {obs_space}; htsrl-aio needs a Box (wrap it, e.g. with "
-                        "gymnasium.wrappers.FlattenObservation).")
-    if not isinstance(act_space, gym.spaces.Discrete):
-        problems.append(f"action_space is {act_space}; htsrl-aio trains Discrete(n) actions (wrap continuous "
-                        "control with a discretising ActionWrapper).")
-    elif act_space.start != 0:
-        problems.append(f"action_space is {act_space}: the runtime sends actions 0..n-1, which lie outside "
-                        "it; use Discrete(n) starting at 0.")
+    for name, space in (("observation_space", obs_space), ("action_space", act_space)):
+        if not isinstance(space, gym.spaces.Space):
+            problems.append(_foreign_space(name, space))
     if problems:
         return None
-    return EnvSpec(tuple(obs_space.shape), np.dtype(obs_space.dtype), int(act_space.n), in_loop)
+    try:
+        return EnvSpec.from_spaces(obs_space, act_space, in_loop)
+    except UnsupportedSpace as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _foreign_space(name: str, space: Any) -> str:
+    """Why a space that is not a gymnasium space is refused, and the fix."""
+    module = type(space).__module__.split(".")[0]
+    if module == "gym":
+        return (f"{name} is a space of the old `gym` package ({space}); the env uses the old gym API: "
+                "port it to gymnasium >= 0.26 (or wrap it with shimmy's GymV26CompatibilityV0).")
+    return (f"{name} is {space!r} ({type(space).__module__}.{type(space).__name__}), not a gymnasium space; "
+            "return a gymnasium.spaces space from a single-agent gymnasium env (vector and multi-agent "
+            "envs are not accepted: give a factory of one env).")
 
 
 async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s: float) -> None:
@@ -98,15 +118,16 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s
     call = _AsyncCall(max_block_s) if spec.in_loop else None
     actions = np.random.default_rng(0)
     needs_reset = True
-    for _ in range(max(steps, 1)):
+    for episode in range(max(steps, 1)):
         what = "reset()" if needs_reset else "step()"
         try:
             if needs_reset:
-                result = await call.run(env.reset(seed=0), "reset()") if call else env.reset(seed=0)
+                seed = env_reset_seed(0, 0, episode)  # the kind of seed a run resets with
+                result = await call.run(env.reset(seed=seed), "reset()") if call else env.reset(seed=seed)
                 if not _check_reset(result, spec, report.problems):
                     break
             what = "step()"
-            action = int(actions.integers(spec.num_actions))
+            action = spec.action.to_env(spec.action.random(actions))
             result = await call.run(env.step(action), "step()") if call else env.step(action)
         except Exception as exc:
             report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
@@ -149,16 +170,18 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 
 
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
-    shape = tuple(np.shape(obs))
-    if shape != spec.obs_shape:
-        problems.append(f"{where} returned an observation of shape {shape} but its observation_space says "
-                        f"{spec.obs_shape}; make them agree.")
+    try:
+        spec.obs.encode(obs, where)
+    except ValueError as exc:
+        problems.append(f"{exc}; make them agree.")
         return False
-    dtype = np.asarray(obs).dtype
-    if dtype != spec.obs_dtype:
-        problems.append(f"{where} returned an observation of dtype {dtype} but its observation_space says "
-                        f"{spec.obs_dtype}; cast it (e.g. obs.astype(np.{spec.obs_dtype})).")
-        return False
+    for f in spec.obs.fields:
+        dtype = np.asarray(spec.obs.leaf(obs, f, where)).dtype
+        if f.transform != "one_hot" and dtype != f.raw_dtype:
+            what = "an observation" if f.key == SINGLE_KEY else f"observation[{f.key!r}]"
+            problems.append(f"{where} returned {what} of dtype {dtype} but its observation_space says "
+                            f"{f.raw_dtype}; cast it (e.g. obs.astype(np.{f.raw_dtype})).")
+            return False
     return True
 
 

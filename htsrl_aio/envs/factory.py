@@ -1,8 +1,11 @@
 """Turn what the user passed as `env` into something a worker process can build, and probe it.
 
-`env` may be a gymnasium id ("CartPole-v1", "ALE/Pong-v5"), a "package.module:factory" string, or a
-callable. Everything is checked in the parent, so a typo is reported in one sentence before any
-worker process starts.
+`env` may be a gymnasium id ("CartPole-v1", "ALE/Pong-v5", "MinAtar/Breakout-v1"), gymnasium's own
+"package:EnvId" form (import the package, which registers the id, then make it), a
+"package.module:factory" string, or a callable; `--env-kwargs` are passed to `gymnasium.make` or the
+factory. Ids of well-known packages that register their envs on import (ale-py, MinAtar, MiniGrid,
+highway-env, ViZDoom) work without naming the package. Everything is checked in the parent, so a typo
+is reported in one sentence before any worker process starts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from htsrl_aio.envs.football import (
     parse_football_id,
     require_gfootball,
 )
+from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+
+# Packages that register their gymnasium ids when imported (or when asked), by id prefix.
+_REGISTERING_PACKAGES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("ALE/",), "ale_py"),
+    (("MinAtar/",), "minatar.gym"),
+    (("MiniGrid-", "BabyAI-"), "minigrid"),
+    (("highway", "merge", "roundabout", "parking", "intersection", "racetrack", "exit", "u-turn",
+      "two-way", "lane-keeping"), "highway_env"),
+    (("Vizdoom",), "vizdoom.gymnasium_wrapper"),
+)
 
 
 @dataclass(frozen=True)
@@ -34,49 +48,96 @@ class EnvFactory:
     """A picklable recipe for one env replica: a gymnasium id or an importable callable."""
 
     env_id: str | None = None
-    factory: Callable[[], Any] | None = None
+    factory: Callable[..., Any] | None = None
+    kwargs: tuple[tuple[str, Any], ...] = ()  # --env-kwargs, for gymnasium.make or the factory
+    module: str | None = None  # "package:EnvId": the package that registers env_id
+    frames: FrameOptions | None = None  # --frame-size/--grayscale/--frame-stack
     atari: AtariOptions | None = None  # ALE ids: preprocessing options
     football: FootballSpec | None = None  # gfootball/<scenario> ids: scenario and options
 
     def __call__(self) -> gym.Env:
+        if self.env_id is not None and is_atari_id(self.env_id):
+            return PreprocessedAtariEnv(self.env_id, self.atari)
+        if self.env_id is not None and is_football_id(self.env_id):
+            return FootballEnv(self.football or parse_football_id(self.env_id))
+        env = self._make()
+        return env if self.frames is None else self.frames.wrap(env)
+
+    def _make(self) -> gym.Env:
+        kwargs = dict(self.kwargs)
         if self.env_id is not None:
-            if is_atari_id(self.env_id):
-                return PreprocessedAtariEnv(self.env_id, self.atari)
-            if is_football_id(self.env_id):
-                return FootballEnv(self.football or parse_football_id(self.env_id))
+            if self.module is not None:
+                importlib.import_module(self.module)
             _register_optional_envs(self.env_id)
-            return gym.make(self.env_id)
+            return gym.make(self.env_id, **kwargs)
         assert self.factory is not None
-        return self.factory()
+        return self.factory(**kwargs)
 
     @property
     def name(self) -> str:
         if self.env_id is not None:
-            return self.env_id
+            return self.env_id if self.module is None else f"{self.module}:{self.env_id}"
         return f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', self.factory)}"
 
 
 @dataclass(frozen=True)
-class EnvSpec:
-    """What the runtime needs to know about every replica: observation layout and action count."""
+class FrameOptions:
+    """Image preprocessing for envs without their own (`--frame-size`, `--grayscale`, `--frame-stack`),
+    done with gymnasium's wrappers."""
 
-    obs_shape: tuple[int, ...]
-    obs_dtype: np.dtype
-    num_actions: int
-    in_loop: bool = False  # an AsyncEnv, stepped on the event loop rather than in worker processes
+    size: tuple[int, int] | None = None
+    grayscale: bool = False
+    stack: int = 1
+
+    def wrap(self, env: gym.Env) -> gym.Env:
+        space = env.observation_space
+        if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
+            raise ValueError(f"--frame-size, --grayscale and --frame-stack need (height, width, channels) "
+                             f"uint8 image observations, but this env's observation_space is {space}")
+        if self.grayscale:
+            env = gym.wrappers.GrayscaleObservation(env, keep_dim=self.stack == 1)
+        if self.size is not None:
+            env = gym.wrappers.ResizeObservation(env, self.size)
+        if self.stack > 1:
+            env = gym.wrappers.FrameStackObservation(env, self.stack)
+        return env
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the runtime needs to know about every replica: how its observations and actions are stored."""
+
+    obs: ObsLayout
+    action: ActionSpec
+    in_loop: bool = False  # an AsyncEnv, which only the event loop can step
+
+    @classmethod
+    def from_spaces(cls, obs_space: gym.Space, action_space: gym.Space, in_loop: bool = False) -> EnvSpec:
+        """Raise spaces.UnsupportedSpace (one sentence) for a space the runtime cannot handle."""
+        return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), in_loop)
 
 
 def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
     """Validate `env` and return the factory workers will use; raise ConfigError with a fix.
 
-    `config` supplies env-family options (the `--atari-*` flags); without it they take their defaults.
+    `config` supplies `--env-kwargs` and env-family options (the `--atari-*` flags); without it they
+    take their defaults.
     """
+    kwargs = tuple(sorted((config.env_kwargs if config is not None else {}).items()))
+    frames = _frame_options(config)
     if callable(env):
-        return EnvFactory(factory=env)
+        return EnvFactory(factory=env, kwargs=kwargs, frames=frames)
     if not isinstance(env, str) or not env:
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
     if ":" in env:
-        return EnvFactory(factory=_import_factory(env))
+        module_name, _, attr = env.partition(":")
+        module = _import_module(module_name, env)
+        if callable(getattr(module, attr, None)):
+            return EnvFactory(factory=getattr(module, attr), kwargs=kwargs, frames=frames)
+        if attr in gym.registry:  # gymnasium's "package:EnvId": importing the package registered it
+            return EnvFactory(env_id=attr, module=module_name, kwargs=kwargs, frames=frames)
+        raise ConfigError(f"--env {env!r}: module {module_name!r} has no callable {attr!r} and registers "
+                          f"no gymnasium id {attr!r}.")
     if is_football_id(env):
         spec = _football_spec(env, config)
         require_gfootball()
@@ -85,10 +146,20 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
     if env not in gym.registry:
         close = difflib.get_close_matches(env, list(gym.registry), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
+        package = _registering_package(env)
+        if package is not None:
+            hint += f" Its ids come from {package.split('.')[0]!r}: is that package installed?"
         raise ConfigError(f"unknown env id {env!r}: it is not a registered gymnasium id.{hint}")
     if is_atari_id(env):
         return EnvFactory(env_id=env, atari=_atari_options(config))
-    return EnvFactory(env_id=env)
+    return EnvFactory(env_id=env, kwargs=kwargs, frames=frames)
+
+
+def _frame_options(config: TrainConfig | None) -> FrameOptions | None:
+    if config is None or (config.frame_size is None and not config.grayscale and config.frame_stack == 1):
+        return None
+    size = None if config.frame_size is None else (int(config.frame_size[0]), int(config.frame_size[1]))
+    return FrameOptions(size, config.grayscale, config.frame_stack)
 
 
 def _atari_options(config: TrainConfig | None) -> AtariOptions:
@@ -104,24 +175,32 @@ def _football_spec(env_id: str, config: TrainConfig | None) -> FootballSpec:
     return parse_football_id(env_id, config.football_representation, config.football_rewards)
 
 
-def _import_factory(target: str) -> Callable[[], Any]:
-    module_name, _, attr = target.partition(":")
+def _import_module(module_name: str, target: str) -> Any:
     # The current directory is importable, as for `python -m`, so `myenvs:make` just works.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r} for --env {target!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"--env {target!r}: module {module_name!r} has no callable {attr!r}.")
-    return factory
+
+
+def _registering_package(env_id: str) -> str | None:
+    return next((module for prefixes, module in _REGISTERING_PACKAGES if env_id.startswith(prefixes)), None)
 
 
 def _register_optional_envs(env_id: str) -> None:
-    """ALE ids live in ale-py, which registers them only when asked."""
-    if env_id.startswith("ALE/"):
-        import ale_py
-
-        gym.register_envs(ale_py)
+    """Import the package that registers `env_id`, for the well-known ones (quietly if it is missing)."""
+    if env_id in gym.registry:
+        return
+    package = _registering_package(env_id)
+    if package is None:
+        return
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return
+    if package == "ale_py":
+        gym.register_envs(module)
+    elif package == "minatar.gym":
+        module.register_envs()  # MinAtar registers only when asked

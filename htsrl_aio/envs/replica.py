@@ -1,58 +1,48 @@
-"""What every env replica does around a step, wherever it runs (worker process or event loop).
+"""One env replica and its life cycle, written once for every backend.
 
-Episode bookkeeping, derived reset seeds, checks on what the env returned, and writing observations
-into the storage slot the ticket names. Keeping it in one place is what makes in-loop async envs and
-process-hosted envs produce the same transitions.
+A `Replica` owns one env and its `EpisodeTracker`. It resets into and steps into observation slots
+(one array per observation key, views into the rollout storage the ticket names), checks what the env
+returned, resets right after an episode ends with the seed derived for (env, episode), and with
+`--on-env-error restart` re-creates a failed env. Backends only move commands and results: worker
+processes run it synchronously, the event loop awaits it, other transports do either.
+
+The life cycle is written as coroutines that await the env through `_call`, which awaits only what is
+awaitable: for an AsyncEnv they suspend on its I/O; for a plain gymnasium env they never suspend, so
+a worker drives them to completion without an event loop (`run_to_completion`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, NamedTuple, Protocol
+import contextlib
+import inspect
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from htsrl_aio.seeding import Stream, derive_seed
+from htsrl_aio.envs import state as env_state
+from htsrl_aio.envs.async_env import close_env
+from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+from htsrl_aio.errors import EnvError
+from htsrl_aio.seeding import env_reset_seed
 
+ObsSlot = Mapping[str, np.ndarray]  # one observation: key -> a view of its storage slot
+T = TypeVar("T")
 
-class EnvBackend(Protocol):
-    """Steps env replicas by id: worker processes (EnvPool) or the event loop (LoopEnvPool)."""
-
-    restarts: int  # envs re-created after a failure (--on-env-error restart)
-
-    async def start(self) -> None: ...
-
-    def reset(self, env_id: int, buf: int, t: int) -> asyncio.Future:
-        """Reset env `env_id`; its first observation goes to storage `buf`, row `t`."""
-        ...
-
-    def step(self, env_id: int, action: int, buf: int, t: int) -> asyncio.Future:
-        """Step env `env_id`; resolves to a StepResult, its next observation goes to `buf`, row `t`."""
-        ...
-
-    def get_state(self, env_id: int) -> asyncio.Future:
-        """Resolves to (signed env state or None when it cannot be saved, TrackerState) of an idle env."""
-        ...
-
-    def set_state(self, env_id: int, blob: bytes | None, tracker: TrackerState) -> asyncio.Future:
-        """Load a checkpointed replica; resolves to None, or the reason its env state was not loaded."""
-        ...
-
-    async def aclose(self) -> None: ...
+# An env that fails this often is broken, not unlucky: restarting it forever would hide that.
+MAX_RESTARTS_PER_ENV = 10
 
 
 class StepResult(NamedTuple):
-    """What the runtime learns of one env step (the observation itself went to the storage)."""
+    """What the runtime learns of one env step (the observations themselves went to their slots)."""
 
     reward: float
     terminated: bool
     truncated: bool
     episode: tuple[float, int] | None  # (return, length) when an episode ended at this step
-
-
-class StepOutcome(NamedTuple):
-    result: StepResult
-    obs: Any  # the step's observation; the caller replaces it by a reset observation if the episode ended
+    # --on-env-error restart: (message, traceback) of the failure that re-created the env at this step.
+    restarted: tuple[str, str] | None = None
 
 
 class TrackerState(NamedTuple):
@@ -62,25 +52,32 @@ class TrackerState(NamedTuple):
     episode_return: float
     episode_length: int
     # Extra ids in every reset seed: () for the envs a run started with, something else for envs that
-    # were started again (after a resume without env states), so no episode seed is ever reused.
+    # were started again (after a resume without env states, or in a re-spawned worker), so no
+    # episode seed is ever reused.
     lineage: tuple[int, ...] = ()
+
+
+class ReplicaState(NamedTuple):
+    """A checkpointed replica: the signed env state (None when it cannot be saved) and its tracker."""
+
+    env: bytes | None
+    tracker: TrackerState
 
 
 class EpisodeTracker:
     """Episode count, return and length of one replica, and the seed of its next episode."""
 
-    def __init__(self, env_id: int, run_seed: int, obs_shape: tuple[int, ...]) -> None:
+    def __init__(self, env_id: int, run_seed: int, lineage: tuple[int, ...] = ()) -> None:
         self.env_id = env_id
         self.run_seed = run_seed
-        self.obs_shape = obs_shape
         self.episodes = 0
         self.episode_return = 0.0
         self.episode_length = 0
-        self.lineage: tuple[int, ...] = ()
+        self.lineage = lineage
 
     def next_reset_seed(self) -> int:
         """Episode k of env i always starts from the same seed, however the run was scheduled."""
-        seed = derive_seed(self.run_seed, Stream.ENV_RESET, self.env_id, *self.lineage, self.episodes)
+        seed = env_reset_seed(self.run_seed, self.env_id, *self.lineage, self.episodes)
         self.episodes += 1
         self.episode_return, self.episode_length = 0.0, 0
         return seed
@@ -92,8 +89,8 @@ class EpisodeTracker:
         self.episodes, self.episode_return, self.episode_length, lineage = state
         self.lineage = tuple(lineage)
 
-    def on_step(self, returned: Any, final_obs_slot: np.ndarray) -> StepOutcome:
-        """Check and account one step's return value; keep the final observation of an episode."""
+    def on_step(self, returned: Any) -> tuple[StepResult, Any]:
+        """Check and account one step's return value: (result, the step's observation)."""
         if not (isinstance(returned, tuple) and len(returned) == 5):
             got = f"a tuple of {len(returned)}" if isinstance(returned, tuple) else type(returned).__name__
             raise TypeError(f"step() must return (obs, reward, terminated, truncated, info), got {got}")
@@ -111,12 +108,153 @@ class EpisodeTracker:
         # the env goes on without a reset, and the logged episode goes on with it.
         if (terminated or truncated) and info.get("game_over", True):
             episode = (self.episode_return, self.episode_length)
-            # Kept apart: a truncated episode bootstraps from the value of its final observation.
-            self.write_obs(final_obs_slot, obs, "step()")
-        return StepOutcome(StepResult(reward, bool(terminated), bool(truncated), episode), obs)
+        return StepResult(reward, bool(terminated), bool(truncated), episode), obs
 
-    def write_obs(self, target: np.ndarray, obs: Any, where: str) -> None:
-        if np.shape(obs) != self.obs_shape:
-            raise ValueError(f"{where} returned an observation of shape {np.shape(obs)} but the "
-                             f"observation_space says {self.obs_shape}")
-        target[...] = obs
+
+class Replica:
+    def __init__(self, env_id: int, factory: Callable[[], Any], layout: ObsLayout, action: ActionSpec,
+                 run_seed: int, restart_on_error: bool = False, lineage: tuple[int, ...] = ()) -> None:
+        self.factory = factory
+        self.layout = layout
+        self.action = action
+        self.restart_on_error = restart_on_error  # --on-env-error restart
+        self.tracker = EpisodeTracker(env_id, run_seed, lineage)
+        self.env = factory()
+
+    @property
+    def env_id(self) -> int:
+        return self.tracker.env_id
+
+    async def reset(self, into: ObsSlot) -> tuple[str, str] | None:
+        """Start a new episode into `into`; with restarts on, (message, traceback) if it took one."""
+        try:
+            await self._reset(into)
+            return None
+        except Exception as exc:
+            if not self.restart_on_error:
+                raise
+            failure = _describe(exc)
+        await self._recreate()
+        await self._reset(into)
+        return failure
+
+    async def step(self, action: Any, acted: ObsSlot, into: ObsSlot, final: ObsSlot) -> StepResult:
+        """Act; the next observation goes to `into`. When the episode was cut by a time limit, its
+        final observation goes to `final` (the next observation is then the reset one).
+
+        `acted` is the observation the action was chosen at: if the env fails and is re-created, the
+        lost step becomes a truncation with reward 0 there (`lost_step`).
+        """
+        try:
+            return await self._step(action, into, final)
+        except Exception as exc:
+            if not self.restart_on_error:
+                raise
+            failure = _describe(exc)
+        await self._recreate()
+        return (await self.lost_step(acted, into, final))._replace(restarted=failure)
+
+    async def lost_step(self, acted: ObsSlot, into: ObsSlot, final: ObsSlot) -> StepResult:
+        """A new episode in place of a step that could not happen (the env failed or its host died).
+
+        The lost step counts as a time-limit truncation with reward 0 at the observation it acted on,
+        so the learner bootstraps there instead of learning a false terminal state.
+        """
+        for key, array in final.items():
+            array[...] = acted[key]
+        await self._reset(into)
+        return StepResult(0.0, False, True, None)
+
+    async def _reset(self, into: ObsSlot) -> None:
+        obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
+        self.layout.write(obs, into, "reset()")
+
+    async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
+        result, obs = self.tracker.on_step(await _call(self.env.step(self.action.to_env(action))))
+        if result.episode is not None:
+            if result.truncated and not result.terminated:  # its value is the bootstrap target
+                self.layout.write(obs, final, "step()")
+            obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
+            self.layout.write(obs, into, "reset()")
+        else:
+            self.layout.write(obs, into, "step()")
+        return result
+
+    async def _recreate(self) -> None:
+        with contextlib.suppress(Exception):
+            await close_env(self.env)
+        self.env = self.factory()
+
+    def get_state(self) -> ReplicaState:
+        return ReplicaState(env_state.capture(self.env), self.tracker.state())
+
+    def set_state(self, state: ReplicaState) -> str | None:
+        """Load a checkpointed replica; None, or the reason its env state was not loaded."""
+        self.tracker.load(TrackerState(*state.tracker))
+        if state.env is None:
+            return "the env's state could not be saved"
+        try:
+            env = env_state.restore(state.env, self.env)
+        except env_state.ForeignState as exc:
+            return str(exc)
+        if env is not self.env:
+            with contextlib.suppress(Exception):
+                self.env.close()
+            self.env = env
+        return None
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the run's outcome is already decided
+            await close_env(self.env)
+
+
+class RestartBudget:
+    """Counts env restarts for a backend and stops the run once one env failed too often."""
+
+    def __init__(self, num_envs: int, env_name: str, on_restart: Callable[[str, str], None]) -> None:
+        self.env_name = env_name
+        self.on_restart = on_restart
+        self.restarts = 0
+        self._of_env = [0] * num_envs
+
+    def charge(self, env_ids: list[int] | tuple[int, ...], message: str, details: str) -> EnvError | None:
+        """Count re-created envs; the error that stops the run once one of them failed too often."""
+        self.restarts += len(env_ids)
+        self.on_restart(message, details)
+        for env_id in env_ids:
+            self._of_env[env_id] += 1
+            if self._of_env[env_id] >= MAX_RESTARTS_PER_ENV:
+                return env_error(f"env {env_id} of {self.env_name!r} was restarted {MAX_RESTARTS_PER_ENV} "
+                                 f"times, so the run stopped; the last failure: {message}", details)
+        return None
+
+    def charge_step(self, env_id: int, restarted: tuple[str, str]) -> EnvError | None:
+        message, details = restarted
+        return self.charge([env_id], f"env {env_id} of {self.env_name!r} failed and was re-created: "
+                                     f"{message}", details)
+
+
+def env_error(message: str, details: str) -> EnvError:
+    error = EnvError(message)
+    error.details = details
+    return error
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    return f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+
+async def _call(value: Any) -> Any:
+    """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a Replica coroutine over a plain gymnasium env, which never suspends, with no event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise TypeError("the env returned an awaitable from a worker process; AsyncEnvs run in the event loop "
+                    "(--env-backend loop)")

@@ -1,6 +1,7 @@
 """Actor-critic networks."""
 
+from htsrl_aio.models.actor_critic import ActorCritic
 from htsrl_aio.models.build import build_model
-from htsrl_aio.models.mlp import MLPActorCritic, params_sha256
+from htsrl_aio.models.mlp import params_sha256
 
-__all__ = ["MLPActorCritic", "build_model", "params_sha256"]
+__all__ = ["ActorCritic", "build_model", "params_sha256"]

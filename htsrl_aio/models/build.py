@@ -1,40 +1,38 @@
-"""Pick and initialise the actor-critic network that fits an env's observations."""
+"""Pick and initialise the actor-critic network that fits an env's spaces."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs.factory import EnvSpec
-from htsrl_aio.models.cnn import NatureCNNActorCritic
-from htsrl_aio.models.mlp import MLPActorCritic
+from htsrl_aio.models.actor_critic import ActorCritic
+from htsrl_aio.models.cnn import MIN_IMAGE_SIDE
+from htsrl_aio.models.normalize import ReturnScaler
 from htsrl_aio.seeding import Stream, derive_seed
 
-MIN_IMAGE_SIDE = 36  # the Nature CNN's convolutions need at least 36x36 pixels
+
+def cnn_keys(spec: EnvSpec, cfg: TrainConfig) -> tuple[str, ...]:
+    """Observation keys read by a Nature CNN: `--model auto` takes every image key of at least
+    36x36, `cnn` insists there is one, `mlp` flattens everything."""
+    images = [f for f in spec.obs.fields if f.image]
+    large = tuple(f.key for f in images if min(f.shape[1:]) >= MIN_IMAGE_SIDE)
+    if cfg.model == "mlp":
+        return ()
+    if cfg.model == "cnn" and not large:
+        found = ", ".join(f"{f.key} {f.shape}" for f in images) or "none"
+        raise ConfigError(f"--model cnn needs an image observation (uint8, channels x height x width) of at "
+                          f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; this env's images: {found}. Use --model "
+                          "auto (a CNN where it fits, an MLP elsewhere) or --model mlp.")
+    return large
 
 
-def choose_model(spec: EnvSpec, cfg: TrainConfig) -> str:
-    """'cnn' or 'mlp': `--model auto` takes the CNN for (C, H, W) images, the MLP otherwise."""
-    image = len(spec.obs_shape) == 3
-    if cfg.model == "auto":
-        return "cnn" if image and min(spec.obs_shape[1:]) >= MIN_IMAGE_SIDE else "mlp"
-    if cfg.model == "mlp" and image:
-        raise ConfigError(f"--model mlp cannot learn from image observations of shape {spec.obs_shape}; "
-                          "use --model cnn (or auto).")
-    if cfg.model == "cnn" and not (image and min(spec.obs_shape[1:]) >= MIN_IMAGE_SIDE):
-        raise ConfigError(f"--model cnn needs (channels, height, width) images of at least "
-                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}, but observations have shape {spec.obs_shape}; "
-                          "use --model mlp (or auto).")
-    return cfg.model
-
-
-def build_model(spec: EnvSpec, cfg: TrainConfig) -> torch.nn.Module:
+def build_model(spec: EnvSpec, cfg: TrainConfig) -> ActorCritic:
     """The run's network, initialised from the run seed without disturbing the caller's torch RNG."""
-    kind = choose_model(spec, cfg)
+    keys = cnn_keys(spec, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-        if kind == "cnn":
-            return NatureCNNActorCritic(spec.obs_shape, spec.num_actions, cfg.precision)
-        return MLPActorCritic(math.prod(spec.obs_shape), spec.num_actions, cfg.hidden)
+        scaler = ReturnScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+        return ActorCritic(spec.obs, make_distribution(spec.action), cfg.hidden, keys, cfg.precision,
+                           cfg.normalize_obs, scaler)

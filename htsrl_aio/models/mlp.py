@@ -1,45 +1,29 @@
-"""MLP actor-critic for vector observations (separate actor and critic trunks, as in CleanRL)."""
+"""MLP building blocks (orthogonal init, tanh, as in CleanRL) and the parameter hash."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 
-import torch
 from torch import nn
 
 
-def _layer(inp: int, out: int, gain: float) -> nn.Linear:
-    layer = nn.Linear(inp, out)
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
+def layer(inp: int, out: int, gain: float) -> nn.Linear:
+    """A linear layer with orthogonal weights of `gain` and zero bias."""
+    linear = nn.Linear(inp, out)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
-def _trunk(inp: int, hidden: tuple[int, ...], out: int, out_gain: float) -> nn.Sequential:
+def mlp(inp: int, hidden: tuple[int, ...], last: nn.Module) -> nn.Sequential:
+    """tanh hidden layers of the given sizes, then `last` (which must take the last hidden size)."""
     layers: list[nn.Module] = []
     for size in hidden:
-        layers += [_layer(inp, size, math.sqrt(2)), nn.Tanh()]
+        layers += [layer(inp, size, math.sqrt(2)), nn.Tanh()]
         inp = size
-    layers.append(_layer(inp, out, out_gain))
+    layers.append(last)
     return nn.Sequential(*layers)
-
-
-class MLPActorCritic(nn.Module):
-    """Categorical policy and state value over flat observations."""
-
-    def __init__(self, obs_dim: int, num_actions: int, hidden: tuple[int, ...] = (64, 64)) -> None:
-        super().__init__()
-        self.actor = _trunk(obs_dim, hidden, num_actions, out_gain=0.01)
-        self.critic = _trunk(obs_dim, hidden, 1, out_gain=1.0)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, value) for a batch of observations of any dtype."""
-        x = obs.float().flatten(1)
-        return self.actor(x), self.critic(x).squeeze(-1)
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs.float().flatten(1)).squeeze(-1)
 
 
 def params_sha256(model: nn.Module) -> str:

@@ -3,47 +3,63 @@
 Requests made in the same loop iteration join one batch: the first request schedules a flush with
 `call_soon`, which runs after every collector that woke in this iteration has asked. In deterministic
 mode every forward pass has the fixed shape (block, ...): requests are split into blocks and the rows
-that are not requests are padding. CPU kernels pick their blocking by shape, so a row's logits could
+that are not requests are padding. CPU kernels pick their blocking by shape, so a row's outputs could
 otherwise change in the last bits with the batch size and flip a sampled action; the block is fixed by
 the run's settings, not by `max_batch` or timing (see docs/determinism.md).
+
+Two kinds of request share the batches: `act` (an action sampled from the ticket's noise, its
+log-probability and the value) and `value` (only the value: the bootstrap target of an episode cut by
+a time limit, computed by the parameters that collected it, i.e. the behaviour parameters).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from htsrl_aio.runtime.tickets import StepTicket, TicketSampler
+from htsrl_aio.distributions import ActionDistribution
+from htsrl_aio.envs.replica import ObsSlot
+from htsrl_aio.runtime.tickets import StepTicket, TicketNoise
 
 
 class ActionResult(NamedTuple):
-    action: int
+    action: np.ndarray  # the stored action row (shape () for Discrete)
     logprob: float
     value: float
 
 
 class BatchedInference:
-    def __init__(self, model: nn.Module, sampler: TicketSampler, max_batch: int,
-                 obs_shape: tuple[int, ...], obs_dtype: np.dtype, block: int | None = 8,
+    def __init__(self, model: nn.Module, distribution: ActionDistribution, noise: TicketNoise, max_batch: int,
+                 obs_arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]], block: int | None = 8,
                  device: torch.device | str = "cpu") -> None:
         """`block`: fixed rows per forward pass (deterministic); None runs each batch at its own size."""
         self.model = model.eval()
-        self.sampler = sampler
+        self.distribution = distribution
+        self.noise = noise
         self.max_batch = max_batch
         self.block = block
         self.device = torch.device(device)
-        self._batch = np.zeros((block or max_batch, *obs_shape), dtype=obs_dtype)
-        self._queue: list[tuple[StepTicket, np.ndarray, asyncio.Future[ActionResult]]] = []
+        rows = block or max_batch
+        self._batch = {key: np.zeros((rows, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
+        self._queue: list[tuple[StepTicket | None, ObsSlot, asyncio.Future]] = []
         self._flush_scheduled = False
         self.forward_passes = 0
         self.rows_served = 0
 
-    def act(self, ticket: StepTicket, obs: np.ndarray) -> asyncio.Future[ActionResult]:
+    def act(self, ticket: StepTicket, obs: ObsSlot) -> asyncio.Future[ActionResult]:
         """Ask for the action of `ticket` given its observation (read when the batch runs)."""
+        return self._request(ticket, obs)
+
+    def value(self, obs: ObsSlot) -> asyncio.Future[ActionResult]:
+        """Ask for the value of an observation (the result's action is meaningless)."""
+        return self._request(None, obs)
+
+    def _request(self, ticket: StepTicket | None, obs: ObsSlot) -> asyncio.Future[ActionResult]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ActionResult] = loop.create_future()
         self._queue.append((ticket, obs, future))
@@ -69,38 +85,39 @@ class BatchedInference:
                 if not future.done():
                     future.set_result(result)
 
-    def infer(self, tickets: list[StepTicket], observations: list[np.ndarray]) -> list[ActionResult]:
-        """Actions for `observations` (at most max_batch), each sampled from its ticket's stream."""
+    @torch.no_grad()
+    def infer(self, tickets: list[StepTicket | None], observations: list[ObsSlot]) -> list[ActionResult]:
+        """Results for `observations` (at most max_batch); actions sampled from each ticket's noise."""
         n = len(observations)
         step = self.block or n
-        parts_l, parts_v = [], []
+        parts_p, parts_v = [], []
         for start in range(0, n, step):
             rows = observations[start:start + step]
-            for i, obs in enumerate(rows):
-                self._batch[i] = obs
-            part_l, part_v = self.forward(self._batch[:self.block or len(rows)])
-            parts_l.append(part_l[:len(rows)])
-            parts_v.append(part_v[:len(rows)])
+            for key, batch in self._batch.items():
+                for i, obs in enumerate(rows):
+                    batch[i] = obs[key]
+            params, values = self.forward({key: batch[:self.block or len(rows)]
+                                           for key, batch in self._batch.items()})
+            parts_p.append(params[:len(rows)])
+            parts_v.append(values[:len(rows)])
             self.forward_passes += 1
-        logits, values = np.concatenate(parts_l), np.concatenate(parts_v)
-        actions = self.sampler.sample(tickets, logits)
-        logprobs = _log_softmax(logits)[np.arange(n), actions]
+        params, values = torch.cat(parts_p), torch.cat(parts_v)
+        blank = np.zeros(self.noise.shape[-1])
+        noise = torch.from_numpy(np.stack([blank if t is None else self.noise.of(t) for t in tickets]))
+        actions = self.distribution.sample(params, noise)
+        logprobs = self.distribution.log_prob(params, actions).tolist()
+        actions_np = actions.numpy()
         self.rows_served += n
-        return [ActionResult(int(a), float(lp), float(v)) for a, lp, v in zip(actions, logprobs, values)]
+        return [ActionResult(actions_np[i], logprobs[i], v) for i, v in enumerate(values.tolist())]
 
     @torch.no_grad()
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, values = self.model(torch.from_numpy(batch).to(self.device))
-        return logits.float().cpu().numpy(), values.float().cpu().numpy()
+    def forward(self, batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution parameters, values) on the CPU, in float32."""
+        params, values = self.model({key: torch.from_numpy(a).to(self.device) for key, a in batch.items()})
+        return params.float().cpu(), values.float().cpu()
 
     @torch.no_grad()
     def publish(self, source: nn.Module) -> None:
-        """Copy `source`'s parameters into the inference network (called only at a swap)."""
+        """Copy `source`'s parameters and statistics into the inference network (only at a swap)."""
         for dst, src in zip(self.model.state_dict().values(), source.state_dict().values()):
             dst.copy_(src)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

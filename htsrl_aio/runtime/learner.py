@@ -8,13 +8,10 @@ and which are published to inference at the swap. `behaviour` carries the parame
 the rollout being learned (theta_{j-1} in hts mode, theta_j in sync mode); it is refreshed from
 inference at every swap.
 
-- PPO runs from the current parameters. By default (`ppo_trust_region="current"`) its clip range is
-  centred on them and each sample is weighted by pi_current / pi_behaviour (decoupled PPO); with
-  "behaviour" the ratio is taken against the stored behaviour log-probs, as in the released HTS-RL
-  code, where the previous update's step eats into the clip range (docs/benchmarks.md, GFootball).
-- A2C follows the paper's eq. 6: theta_{j+1} = theta_j - lr * grad L(theta_{j-1}; D_{theta_{j-1}}).
-  The gradient is taken on `behaviour`, then applied to `model` by the optimizer.
-Bootstrap values come from `behaviour`, like the values stored during collection.
+The updates themselves are in algos/ (`ppo_update`: decoupled PPO by default, `a2c_update`: the
+paper's delayed gradient); the learner keeps their placement, the learning-rate schedule, the
+advantage computation and the checks for NaN/Inf. Bootstrap values come from `behaviour`, like the
+values stored during collection.
 """
 
 from __future__ import annotations
@@ -24,13 +21,12 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical
 
-from htsrl_aio.algos import a2c_loss, gae, ppo_loss
+from htsrl_aio.algos import RolloutBatch, a2c_update, gae, ppo_update
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import TrainingDiverged
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.seeding import Stream, derive_seed
@@ -38,10 +34,11 @@ from htsrl_aio.seeding import Stream, derive_seed
 
 class Learner:
     def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 device: torch.device | str = "cpu") -> None:
+                 distribution: ActionDistribution, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.model = model
         self.behaviour = behaviour
+        self.distribution = distribution
         self.device = torch.device(device)
         self.optimizer = _make_optimizer(config, model)
         self.version = 0  # updates applied to `model` so far
@@ -67,11 +64,26 @@ class Learner:
             for group in self.optimizer.param_groups:
                 group["lr"] = frac * cfg.lr
         batch = self._batch(storage)
-        stats = self._ppo(batch) if cfg.algo == "ppo" else self._a2c(batch)
+        if cfg.algo == "ppo":
+            order = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.MINIBATCH, self.version))
+            decoupled = cfg.ppo_trust_region == "current" and self.behaviour_version != self.version
+            stats = ppo_update(model=self.model, optimizer=self.optimizer, distribution=self.distribution,
+                               batch=batch, order=order, epochs=cfg.epochs, minibatches=cfg.minibatches,
+                               clip_coef=cfg.clip_coef, clip_vloss=cfg.clip_vloss, vf_coef=cfg.vf_coef,
+                               ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm, norm_adv=cfg.norm_adv,
+                               decoupled=decoupled, check_finite=self._check_stats)
+        else:
+            stats = a2c_update(model=self.model, behaviour=self.behaviour, optimizer=self.optimizer,
+                               distribution=self.distribution, batch=batch, vf_coef=cfg.vf_coef,
+                               ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm,
+                               check_finite=self._check_stats)
         self._check_finite([name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()])
         self.version += 1
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         return stats
+
+    def _check_stats(self, stats: dict[str, float]) -> None:
+        self._check_finite([k for k, v in stats.items() if not math.isfinite(v)])
 
     def _check_finite(self, bad: list[str]) -> None:
         """Stop before a NaN or Inf reaches the parameters (or right after, naming what broke)."""
@@ -81,91 +93,35 @@ class Learner:
                 "(the last good parameters are checkpointed); lower --lr, or check the env's rewards and "
                 "observations for NaN.")
 
-    def _batch(self, storage: RolloutStorage) -> dict[str, torch.Tensor]:
+    def _batch(self, storage: RolloutStorage) -> RolloutBatch:
+        """Advantages and returns of the rollout, flattened to (T * N) samples.
+
+        With --normalize-obs/--normalize-reward the model's running statistics first take in this
+        rollout (in (step, env) order, so timing cannot change them).
+        """
         cfg = self.config
         dev = self.device
-        obs = torch.from_numpy(storage.obs).to(dev)
+        obs = {key: torch.from_numpy(array).to(dev) for key, array in storage.obs.items()}  # (T + 1, N, ...)
+        flat_obs = {key: array[:-1].flatten(0, 1) for key, array in obs.items()}
+        self.model.encoder.update_stats(flat_obs)
         values = torch.from_numpy(storage.values).to(dev)
-        with torch.no_grad():
-            next_values = torch.cat([values[1:], self.behaviour.value(obs[-1])[None]])
-            if storage.truncated_obs:
-                slots = sorted(storage.truncated_obs)
-                final = torch.from_numpy(np.stack([storage.truncated_obs[s] for s in slots])).to(dev)
-                final_values = self.behaviour.value(final)
-                for (t, i), v in zip(slots, final_values):
-                    next_values[t, i] = v
         terminated = torch.from_numpy(storage.terminated).to(dev)
-        episode_end = terminated | torch.from_numpy(storage.truncated).to(dev)
+        truncated = torch.from_numpy(storage.truncated).to(dev)
+        episode_end = terminated | truncated
         rewards = torch.from_numpy(storage.rewards).to(dev)
+        if self.model.return_scaler is not None:
+            rewards = self.model.return_scaler.update_and_scale(rewards, episode_end)
+        with torch.no_grad():
+            bootstrap = self.behaviour.value({key: array[-1] for key, array in obs.items()})
+        next_values = torch.cat([values[1:], bootstrap[None]])
+        # An episode cut by a time limit bootstraps from its final observation's value (recorded at
+        # collection by the same behaviour parameters), not from the reset observation that follows.
+        next_values = torch.where(truncated, torch.from_numpy(storage.bootstrap_values).to(dev), next_values)
         advantages, returns = gae(rewards, values, next_values, terminated, episode_end,
                                   cfg.gamma, cfg.gae_lambda)
-        return {
-            "obs": obs[:-1].flatten(0, 1),
-            "actions": torch.from_numpy(storage.actions).to(dev).flatten(),
-            "logprobs": torch.from_numpy(storage.logprobs).to(dev).flatten(),
-            "values": values.flatten(),
-            "advantages": advantages.flatten(),
-            "returns": returns.flatten(),
-        }
-
-    def _ppo(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg = self.config
-        size = batch["actions"].shape[0]
-        mb_size = size // cfg.minibatches
-        order = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.MINIBATCH, self.version))
-        old_logprobs, lag_weights = batch["logprobs"], None
-        if cfg.ppo_trust_region == "current" and self.behaviour_version != self.version:
-            # Decoupled PPO (Hilton et al. 2021): the clip range is centred on the parameters this
-            # update starts from, so the previous update does not use up the trust region; the
-            # one-update lag is corrected by importance weights current/behaviour instead.
-            with torch.no_grad():
-                proximal = torch.cat([
-                    Categorical(logits=self.model(obs)[0]).log_prob(actions)
-                    for obs, actions in zip(batch["obs"].split(mb_size), batch["actions"].split(mb_size))])
-            old_logprobs, lag_weights = proximal, (proximal - batch["logprobs"]).exp()
-        totals: dict[str, float] = {}
-        for _ in range(cfg.epochs):
-            perm = torch.randperm(size, generator=order).to(self.device)
-            for mb in perm.split(mb_size):
-                logits, value = self.model(batch["obs"][mb])
-                dist = Categorical(logits=logits)
-                advantages = batch["advantages"][mb]
-                if cfg.norm_adv:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                if lag_weights is not None:
-                    advantages = advantages * lag_weights[mb]
-                loss, stats = ppo_loss(dist.log_prob(batch["actions"][mb]), old_logprobs[mb],
-                                       advantages, value, batch["values"][mb], batch["returns"][mb],
-                                       dist.entropy(), cfg.clip_coef, cfg.clip_vloss, cfg.vf_coef,
-                                       cfg.ent_coef)
-                self._check_finite([k for k, v in stats.items() if not math.isfinite(v)])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                for key, value_ in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value_
-        steps = cfg.epochs * cfg.minibatches
-        return {key: total / steps for key, total in totals.items()}
-
-    def _a2c(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        cfg = self.config
-        logits, value = self.behaviour(batch["obs"])
-        dist = Categorical(logits=logits)
-        loss, stats = a2c_loss(dist.log_prob(batch["actions"]), batch["advantages"], value,
-                               batch["returns"], dist.entropy(), cfg.vf_coef, cfg.ent_coef)
-        self._check_finite([k for k, v in stats.items() if not math.isfinite(v)])
-        self.behaviour.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.behaviour.parameters(), cfg.max_grad_norm)
-        # The delayed gradient: computed at the behaviour parameters, applied to the current ones.
-        for param, behaviour_param in zip(self.model.parameters(), self.behaviour.parameters()):
-            param.grad = behaviour_param.grad
-        self.optimizer.step()
-        self.behaviour.zero_grad(set_to_none=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        return stats
-
+        return RolloutBatch(flat_obs, torch.from_numpy(storage.actions).to(dev).flatten(0, 1),
+                            torch.from_numpy(storage.logprobs).to(dev).flatten(), values.flatten(),
+                            advantages.flatten(), returns.flatten())
 
 
 class LearnerHandle(Protocol):

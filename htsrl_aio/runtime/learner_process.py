@@ -3,7 +3,7 @@
 The parameters live in torch shared memory. The learner process updates `model` in place and
 `behaviour` is written by the parent at a swap; both only while the other side is idle (the swap
 barrier guarantees it), so no lock is needed. Rollouts are read straight from the shared storages;
-only the storage index and the few truncated final observations cross the pipe.
+only the storage index crosses the pipe.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.procs import WatchedChild, close_children
@@ -35,11 +35,12 @@ class LearnerError(HtsrlError):
 
 class ProcessLearner:
     def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 storage_specs: StorageSpecs) -> None:
+                 distribution: ActionDistribution, storage_specs: StorageSpecs) -> None:
         # The learner needs no env, and a factory may be a closure that cannot be pickled: send its name.
         self.config = dataclasses.replace(config, env=config.to_json_dict()["env"])
         self.model = model.share_memory()
         self.behaviour = behaviour.share_memory()
+        self.distribution = distribution
         self._storage_specs = storage_specs
         self.version = 0  # updates the child has completed, counted as it reports them
         self.behaviour_version = 0
@@ -56,7 +57,8 @@ class ProcessLearner:
     async def start(self) -> None:
         self._reply = asyncio.get_running_loop().create_future()
         self._child = WatchedChild("htsrl-learner", learner_main,
-                                   (self.config, self.model, self.behaviour, self._storage_specs,
+                                   (self.config, self.model, self.behaviour, self.distribution,
+                                    self._storage_specs,
                                     self.version, self._optimizer_state),
                                    self._on_message, self._on_exit)
         self._optimizer_state = None
@@ -70,8 +72,7 @@ class ProcessLearner:
 
     async def update(self, storage: RolloutStorage) -> dict[str, float]:
         # The child's Learner needs the behaviour version too: PPO's trust region depends on the lag.
-        return await self._call(("update", storage.index, dict(storage.truncated_obs),
-                                 self.behaviour_version))
+        return await self._call(("update", storage.index, self.behaviour_version))
 
     async def optimizer_state(self) -> dict:
         return await self._call(("optimizer",))
@@ -117,14 +118,15 @@ class ProcessLearner:
 
 
 def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 storage_specs: StorageSpecs, version: int, optimizer_state: dict | None) -> None:
+                 distribution: ActionDistribution, storage_specs: StorageSpecs, version: int,
+                 optimizer_state: dict | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the learner stops
     torch.set_num_threads(config.torch_threads)
     torch.use_deterministic_algorithms(config.deterministic)
     shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
     storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                 for i, arrays in enumerate(shared)]
-    learner = Learner(config, model, behaviour)
+    learner = Learner(config, model, behaviour, distribution)
     if optimizer_state is not None:
         learner.restore(version, optimizer_state)
     try:
@@ -137,10 +139,8 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
                 if message[0] == "optimizer":
                     conn.send(("optimizer", learner.optimizer.state_dict()))
                     continue
-                _, index, truncated_obs, learner.behaviour_version = message
-                storage = storages[index]
-                storage.truncated_obs = {k: np.asarray(v) for k, v in truncated_obs.items()}
-                conn.send(("done", learner.update(storage)))
+                _, index, learner.behaviour_version = message
+                conn.send(("done", learner.update(storages[index])))
             except HtsrlError as exc:  # already one sentence for the user
                 conn.send(("error", str(exc), traceback.format_exc()))
             except Exception as exc:

@@ -21,14 +21,14 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.replica import EnvBackend
+from htsrl_aio.envs.backend import EnvBackend
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import LearnerHandle
@@ -76,11 +76,15 @@ class StartPoint:
 
 class RolloutScheduler:
     def __init__(self, config: TrainConfig, pool: EnvBackend, storages: tuple[RolloutStorage, RolloutStorage],
-                 final_obs: np.ndarray, inference: BatchedInference, learner: LearnerHandle,
+                 final_obs: Mapping[str, np.ndarray], inference: BatchedInference, learner: LearnerHandle,
                  on_update: Callable[[dict[str, Any]], None], start: StartPoint | None = None,
                  checkpoint: Callable[[int], Awaitable[None]] | None = None,
                  checkpoint_every: int = 0) -> None:
-        """`checkpoint(g)` runs inside swap g (everything paused) every `checkpoint_every` updates."""
+        """`checkpoint(g)` runs inside swap g (everything paused) every `checkpoint_every` updates.
+
+        `final_obs` (key -> (N, ...)): where the backend leaves the final observation of an episode
+        cut by a time limit, whose value becomes the step's bootstrap value.
+        """
         self.cfg = config
         self.pool = pool
         self.storages = storages
@@ -119,7 +123,8 @@ class RolloutScheduler:
             first.continue_from(self.storages[(self.start.rollout - 1) % 2])
         first.begin(self.start.rollout)
         if not self.start.envs_restored:
-            await asyncio.gather(*(self.pool.reset(i, first.index, 0) for i in range(self.cfg.num_envs)))
+            await asyncio.gather(*(self.pool.reset(StepTicket(self.start.rollout, i, 0))
+                                   for i in range(self.cfg.num_envs)))
         if not (self.sync and self.start.learn_first):  # sync: collection waits for the next publish
             self._begin_collection()
         tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.cfg.num_envs)]
@@ -153,10 +158,13 @@ class RolloutScheduler:
         for rollout in range(self.start.rollout, cfg.num_rollouts):
             storage = self.storages[rollout % 2]
             for step in range(cfg.rollout):
-                act = await self.inference.act(StepTicket(rollout, env, step), storage.obs[step, env])
+                ticket = StepTicket(rollout, env, step)
+                act = await self.inference.act(ticket, storage.obs_at(step, env))
                 storage.record_action(step, env, act.action, act.logprob, act.value)
-                result = await self.pool.step(env, act.action, storage.index, step + 1)
-                storage.record_step(step, env, result, self.final_obs[env])
+                result = await self.pool.step(ticket, act.action)
+                if storage.record_step(step, env, result):
+                    final = {key: array[env] for key, array in self.final_obs.items()}
+                    storage.bootstrap_values[step, env] = (await self.inference.value(final)).value
                 if result.episode is not None:
                     self._rollout_episodes.append((step, env, *result.episode))
                 if self.step_barrier is not None:

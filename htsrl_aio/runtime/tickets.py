@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -10,41 +10,36 @@ from htsrl_aio.seeding import Stream, generator
 
 
 class StepTicket(NamedTuple):
-    """Names the storage slot a transition goes to and keys the stream that samples its action."""
+    """Names the storage slot a transition goes to and keys the noise that samples its action."""
 
     rollout: int
     env: int
     step: int
 
 
-class TicketSampler:
-    """Samples a categorical action per ticket from a uniform owned by that ticket alone.
+class TicketNoise:
+    """The noise behind each ticket's action: `size` uniforms or standard normals owned by it alone.
 
-    The uniforms of rollout j are one (num_envs, rollout) draw from a stream keyed by (seed, j), so the
-    value behind ticket (j, i, t) is fixed before any step runs: no draw depends on arrival order or on
-    which other rows shared the batch.
+    The noise of rollout j is one (num_envs, rollout, size) draw from a stream keyed by (seed, j), so
+    the values behind ticket (j, i, t) are fixed before any step runs: no draw depends on arrival
+    order or on which other rows shared the batch. The action distribution turns them into an action.
     """
 
-    def __init__(self, run_seed: int, num_envs: int, rollout_len: int) -> None:
+    def __init__(self, run_seed: int, num_envs: int, rollout_len: int, size: int = 1,
+                 kind: Literal["uniform", "normal"] = "uniform") -> None:
         self.run_seed = run_seed
-        self.shape = (num_envs, rollout_len)
-        self._uniforms: dict[int, np.ndarray] = {}
+        self.shape = (num_envs, rollout_len, size)
+        self.kind = kind
+        self._tables: dict[int, np.ndarray] = {}
 
-    def uniform(self, ticket: StepTicket) -> float:
-        table = self._uniforms.get(ticket.rollout)
+    def of(self, ticket: StepTicket) -> np.ndarray:
+        """The (size,) noise of `ticket`."""
+        table = self._tables.get(ticket.rollout)
         if table is None:
             # At most two rollouts are in flight (one collecting, one finishing); drop older tables.
-            for old in [j for j in self._uniforms if j < ticket.rollout - 1]:
-                del self._uniforms[old]
-            table = generator(self.run_seed, Stream.ACTION, ticket.rollout).random(self.shape)
-            self._uniforms[ticket.rollout] = table
-        return float(table[ticket.env, ticket.step])
-
-    def sample(self, tickets: list[StepTicket], logits: np.ndarray) -> np.ndarray:
-        """Inverse-CDF sampling, row by row, in float64 from each row's own logits."""
-        u = np.array([self.uniform(t) for t in tickets], dtype=np.float64)
-        z = logits.astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        cdf = np.cumsum(z, axis=1)
-        actions = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
-        return np.minimum(actions, logits.shape[1] - 1)
+            for old in [j for j in self._tables if j < ticket.rollout - 1]:
+                del self._tables[old]
+            rng = generator(self.run_seed, Stream.ACTION, ticket.rollout)
+            table = rng.random(self.shape) if self.kind == "uniform" else rng.standard_normal(self.shape)
+            self._tables[ticket.rollout] = table
+        return table[ticket.env, ticket.step]

@@ -1,0 +1,98 @@
+"""The env-backend protocol: how the schedule steps env replicas, in step-ticket terms.
+
+A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop;
+a C++ vector engine or Ray actors plug in the same way) and answers per env id:
+
+- `reset(ticket)`: start env `ticket.env`'s episode; its observation becomes the observation of
+  `ticket`.
+- `step(ticket, action)`: act in env `ticket.env` at `ticket`; resolves to a `StepResult`. The next
+  observation becomes that of ticket (rollout, env, step + 1), row `step + 1` of the rollout's
+  storage (the last row is the bootstrap observation). When the step ended an episode by a time
+  limit, its final observation is left in the env's row of `obs.final`, for the value the learner
+  bootstraps from.
+- `get_state(env)` / `set_state(env, state)`: checkpoint and restore an idle replica.
+
+The observation of ticket (j, i, t) lives at row t, env i of storage j % 2 (`obs_slot_of`): the
+backend writes it in place (shared memory for worker processes), and only ids, actions and rewards
+travel. A backend may carry many replicas' commands in one message (batching is its own business);
+the schedule only ever has one command in flight per env, and results are matched by env id, never
+by arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`.
+
+To add a backend: implement this protocol around `Replica` (its life cycle is already written), add
+it to `BACKENDS` in envs/backends.py, and run tests/test_determinism_spaces.py with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.replica import ObsSlot, ReplicaState
+from htsrl_aio.envs.shm import SharedArray
+from htsrl_aio.runtime.tickets import StepTicket
+
+
+@dataclass(frozen=True)
+class ObsBuffers:
+    """Where observations go: per storage, per key, an array (T + 1, N, *shape); and per key the
+    final observation of each env's last time-limit truncation, (N, *shape)."""
+
+    storages: tuple[Mapping[str, SharedArray], ...]
+    final: Mapping[str, SharedArray]
+
+    def slot(self, buf: int, row: int, env: int) -> ObsSlot:
+        return {key: array.array[row, env] for key, array in self.storages[buf].items()}
+
+    def final_slot(self, env: int) -> ObsSlot:
+        return {key: array.array[env] for key, array in self.final.items()}
+
+
+def obs_slot_of(ticket: StepTicket) -> tuple[int, int]:
+    """(storage index, row) holding the observation of `ticket`."""
+    return ticket.rollout % 2, ticket.step
+
+
+@dataclass(frozen=True)
+class BackendArgs:
+    """What every backend is built from."""
+
+    factory: EnvFactory
+    spec: EnvSpec
+    num_envs: int
+    run_seed: int
+    buffers: ObsBuffers
+    workers: int = 1  # worker processes (process backend)
+    restart_on_error: bool = False  # --on-env-error restart
+    on_restart: Callable[[str, str], None] = lambda message, details: None
+
+
+class EnvBackend(Protocol):
+    restarts: int  # envs re-created after a failure (--on-env-error restart)
+
+    async def start(self) -> None:
+        """Build every replica; raise EnvError (one sentence) if that fails."""
+        ...
+
+    def reset(self, ticket: StepTicket) -> asyncio.Future[None]: ...
+
+    def step(self, ticket: StepTicket, action: Any) -> asyncio.Future[Any]: ...
+
+    def get_state(self, env_id: int) -> asyncio.Future[ReplicaState]: ...
+
+    def set_state(self, env_id: int, state: ReplicaState) -> asyncio.Future[str | None]:
+        """Resolves to None, or the reason the env state was not loaded (the tracker always is)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every replica and release what the backend holds, however the run ended."""
+        ...
+
+
+def as_wire_action(action: np.ndarray) -> Any:
+    """An action row as it crosses a pipe: a plain int for a Discrete action (cheapest to pickle)."""
+    return action.item() if action.shape == () else action

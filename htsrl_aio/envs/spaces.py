@@ -1,0 +1,261 @@
+"""Observation and action spaces as the runtime stores them: named arrays and flat action rows.
+
+Every observation, whatever its space, becomes a dict of arrays with fixed keys, shapes and dtypes
+(`ObsLayout`): a plain `Box` is the one key "obs"; `Dict` and `Tuple` spaces become one key per leaf
+("image", "direction", "0", "goal.position"); uint8 images stored channels-first; `Discrete` and
+`MultiDiscrete` leaves one-hot; `Text` leaves (MiniGrid's mission) are dropped. Storage, inference,
+the learner and the model all speak these keys.
+
+Every action becomes a row of fixed shape and dtype (`ActionSpec`): an int64 scalar for `Discrete`,
+int64 vectors for `MultiDiscrete`/`MultiBinary`, a float32 vector for `Box`. The row is what is
+sampled, stored and learned from; `ActionSpec.to_env` turns it into what `env.step` takes (adding a
+`Discrete` start, clipping a `Box` sample to its bounds) right before the step.
+
+Numpy only: env worker processes import this module, never torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+SINGLE_KEY = "obs"  # the key of an observation that is not a Dict or Tuple
+SUPPORTED_OBS = "Box, Discrete, MultiDiscrete, MultiBinary, or Dict/Tuple of those"
+SUPPORTED_ACTIONS = "Discrete, MultiDiscrete, MultiBinary or Box"
+
+
+class UnsupportedSpace(ValueError):
+    """A space the runtime cannot store or sample; the message says which and what to do."""
+
+
+Transform = Literal["none", "hwc", "stack_hwc", "channel", "one_hot"]
+
+
+@dataclass(frozen=True)
+class ObsField:
+    """One leaf of the observation: where it sits in the env's obs and how it is stored."""
+
+    key: str
+    path: tuple[str | int, ...]  # indices into the env's (nested) observation
+    raw_shape: tuple[int, ...]  # as the env returns it
+    shape: tuple[int, ...]  # as stored
+    dtype: np.dtype  # as stored
+    raw_dtype: np.dtype  # as the observation_space says
+    transform: Transform = "none"
+    sizes: tuple[int, ...] = ()  # one_hot: the category count of each entry
+    starts: tuple[int, ...] = ()  # one_hot: the lowest value of each entry
+
+    @property
+    def image(self) -> bool:
+        """A (C, H, W) uint8 image, which the model may read with a CNN."""
+        return len(self.shape) == 3 and self.dtype == np.uint8
+
+    def encode(self, value: Any, where: str) -> np.ndarray:
+        """The stored form of this leaf's value; raise ValueError naming the shape that is wrong."""
+        array = np.asarray(value)
+        if array.shape != self.raw_shape:
+            what = "an observation" if self.key == SINGLE_KEY else f"observation[{self.key!r}]"
+            raise ValueError(f"{where} returned {what} of shape {array.shape} but its observation_space "
+                             f"says {self.raw_shape}")
+        if self.transform == "hwc":
+            return np.moveaxis(array, -1, 0)
+        if self.transform == "stack_hwc":
+            return np.moveaxis(array, -1, 1).reshape(self.shape)
+        if self.transform == "channel":
+            return array[None]
+        if self.transform == "one_hot":
+            hot = np.zeros(self.shape, self.dtype)
+            offsets = np.cumsum((0, *self.sizes[:-1]))
+            hot[offsets + array.reshape(-1) - np.asarray(self.starts)] = 1
+            return hot
+        return array
+
+
+@dataclass(frozen=True)
+class ObsLayout:
+    fields: tuple[ObsField, ...]
+    dropped: tuple[str, ...] = ()  # leaves that carry no numbers (Text), left out
+
+    @classmethod
+    def from_space(cls, space: gym.Space) -> ObsLayout:
+        fields: list[ObsField] = []
+        dropped: list[str] = []
+        _collect(space, (), fields, dropped)
+        if not fields:
+            raise UnsupportedSpace(f"observation_space is {space}, which holds no numeric array; "
+                                   f"htsrl-aio learns from {SUPPORTED_OBS}.")
+        return cls(tuple(fields), tuple(dropped))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.key for f in self.fields)
+
+    def describe(self) -> str:
+        """As stored, e.g. "(4,) float32" or "image (3, 7, 7) uint8 + direction (4,) float32"."""
+        if len(self.fields) == 1 and self.fields[0].key == SINGLE_KEY:
+            text = f"{self.fields[0].shape} {self.fields[0].dtype}"
+        else:
+            text = " + ".join(f"{f.key} {f.shape} {f.dtype}" for f in self.fields)
+        return text + (f" (left out: {', '.join(self.dropped)})" if self.dropped else "")
+
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Key -> (stored shape, stored dtype)."""
+        return {f.key: (f.shape, f.dtype) for f in self.fields}
+
+    def write(self, obs: Any, target: Mapping[str, np.ndarray], where: str) -> None:
+        """Store one observation into `target` (one array per key, e.g. a storage slot)."""
+        for f in self.fields:
+            target[f.key][...] = f.encode(self.leaf(obs, f, where), where)
+
+    @staticmethod
+    def leaf(obs: Any, f: ObsField, where: str) -> Any:
+        """The part of `obs` that field `f` stores."""
+        for part in f.path:
+            try:
+                obs = obs[part]
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"{where} returned an observation without {f.key!r}, which its "
+                                 "observation_space has") from None
+        return obs
+
+    def encode(self, obs: Any, where: str = "the env") -> dict[str, np.ndarray]:
+        """One observation as new stored-form arrays (for eval and Trainer.act)."""
+        out = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.arrays().items()}
+        self.write(obs, out, where)
+        return out
+
+
+def _collect(space: gym.Space, path: tuple[str | int, ...], fields: list[ObsField],
+             dropped: list[str]) -> None:
+    key = ".".join(map(str, path)) or SINGLE_KEY
+    if isinstance(space, gym.spaces.Dict):
+        for name, sub in space.spaces.items():
+            _collect(sub, (*path, name), fields, dropped)
+    elif isinstance(space, gym.spaces.Tuple):
+        for index, sub in enumerate(space.spaces):
+            _collect(sub, (*path, index), fields, dropped)
+    elif _is_text(space):
+        dropped.append(key)
+    elif isinstance(space, gym.spaces.Box):
+        fields.append(_box_field(key, path, space))
+    elif isinstance(space, gym.spaces.Discrete):
+        fields.append(ObsField(key, path, (), (int(space.n),), np.dtype(np.float32), np.dtype(space.dtype),
+                               "one_hot", (int(space.n),), (int(space.start),)))
+    elif isinstance(space, gym.spaces.MultiDiscrete) and len(space.nvec.shape) == 1:
+        sizes = tuple(int(n) for n in space.nvec)
+        starts = tuple(int(s) for s in np.broadcast_to(getattr(space, "start", 0), space.nvec.shape))
+        fields.append(ObsField(key, path, (len(sizes),), (sum(sizes),), np.dtype(np.float32),
+                               np.dtype(space.dtype), "one_hot", sizes, starts))
+    elif isinstance(space, gym.spaces.MultiBinary):
+        shape = tuple(np.atleast_1d(space.n).tolist())
+        fields.append(ObsField(key, path, shape, shape, np.dtype(np.int8), np.dtype(space.dtype)))
+    else:
+        where = "observation_space" if not path else f"observation_space[{key!r}]"
+        raise UnsupportedSpace(f"{where} is {space}; htsrl-aio learns from {SUPPORTED_OBS} (wrap the env "
+                               "to turn it into one of those).")
+
+
+def _is_text(space: gym.Space) -> bool:
+    """A leaf of words (gymnasium's Text, MiniGrid's MissionSpace): nothing a network can read."""
+    if isinstance(space, gym.spaces.Text):
+        return True
+    try:
+        return isinstance(space.sample(), str)
+    except Exception:  # a space that cannot sample is no text space we know
+        return False
+
+
+def _box_field(key: str, path: tuple[str | int, ...], space: gym.spaces.Box) -> ObsField:
+    shape, dtype = tuple(space.shape), np.dtype(space.dtype)
+    if dtype == np.uint8 and len(shape) == 3 and 1 <= shape[-1] <= 4 and shape[0] > 4:
+        return ObsField(key, path, shape, (shape[-1], *shape[:2]), dtype, dtype, "hwc")  # HWC -> CHW, once
+    if dtype == np.uint8 and len(shape) == 4 and 1 <= shape[-1] <= 4:  # stacked HWC frames
+        return ObsField(key, path, shape, (shape[0] * shape[-1], *shape[1:3]), dtype, dtype, "stack_hwc")
+    if dtype == np.uint8 and len(shape) == 2 and min(shape) > 4:
+        return ObsField(key, path, shape, (1, *shape), dtype, dtype, "channel")  # grayscale -> 1 channel
+    # float64 observations (MuJoCo's) are stored and learned as float32: the model computes in it.
+    stored = np.dtype(np.float32) if dtype == np.float64 else dtype
+    return ObsField(key, path, shape, shape, stored, dtype)
+
+
+
+
+ActionKind = Literal["discrete", "multi_discrete", "multi_binary", "box"]
+
+
+@dataclass(frozen=True, eq=False)
+class ActionSpec:
+    """How one action is sampled, stored (a row of `shape` and `dtype`) and given to `env.step`."""
+
+    kind: ActionKind
+    shape: tuple[int, ...]  # stored row: () for Discrete, (k,) otherwise
+    dtype: np.dtype
+    sizes: tuple[int, ...] = ()  # categories of each categorical choice (Discrete, MultiDiscrete)
+    starts: tuple[int, ...] = ()  # lowest action of each choice
+    low: np.ndarray | None = None  # Box bounds, flat
+    high: np.ndarray | None = None
+    env_shape: tuple[int, ...] = ()  # the shape env.step expects (Box, MultiBinary)
+    env_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.int64))
+
+    @classmethod
+    def from_space(cls, space: gym.Space) -> ActionSpec:
+        if isinstance(space, gym.spaces.Discrete):
+            return cls("discrete", (), np.dtype(np.int64), (int(space.n),), (int(space.start),))
+        if isinstance(space, gym.spaces.MultiDiscrete) and len(space.nvec.shape) == 1:
+            sizes = tuple(int(n) for n in space.nvec)
+            starts = tuple(int(s) for s in np.broadcast_to(getattr(space, "start", 0), space.nvec.shape))
+            return cls("multi_discrete", (len(sizes),), np.dtype(np.int64), sizes, starts,
+                       env_shape=tuple(space.shape), env_dtype=np.dtype(space.dtype))
+        if isinstance(space, gym.spaces.MultiBinary):
+            shape = tuple(np.atleast_1d(space.n).tolist())
+            return cls("multi_binary", (math.prod(shape),), np.dtype(np.int64), env_shape=shape,
+                       env_dtype=np.dtype(space.dtype))
+        if isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating):
+            n = math.prod(space.shape)
+            return cls("box", (n,), np.dtype(np.float32), low=space.low.reshape(-1).astype(np.float32),
+                       high=space.high.reshape(-1).astype(np.float32), env_shape=tuple(space.shape),
+                       env_dtype=np.dtype(space.dtype))
+        raise UnsupportedSpace(f"action_space is {space}; htsrl-aio samples {SUPPORTED_ACTIONS} (float) "
+                               "actions (wrap the env to turn its actions into one of those).")
+
+    def describe(self) -> str:
+        if self.kind == "discrete":
+            return f"{self.sizes[0]} actions"
+        if self.kind == "multi_discrete":
+            return f"{len(self.sizes)} choices of {'x'.join(map(str, self.sizes))} actions"
+        if self.kind == "multi_binary":
+            return f"{self.size} binary actions"
+        return f"continuous actions {self.env_shape} (Gaussian, clipped to the bounds)"
+
+    @property
+    def size(self) -> int:
+        """Numbers in one stored action row."""
+        return math.prod(self.shape)
+
+    def to_env(self, action: Any) -> Any:
+        """The stored action as `env.step` takes it; Box samples are clipped to the bounds only here."""
+        if self.kind == "discrete":
+            return int(action) + self.starts[0]
+        array = np.asarray(action)
+        if self.kind == "multi_discrete":
+            return (array + np.asarray(self.starts)).astype(self.env_dtype).reshape(self.env_shape)
+        if self.kind == "multi_binary":
+            return array.astype(self.env_dtype).reshape(self.env_shape)
+        return np.clip(array, self.low, self.high).astype(self.env_dtype).reshape(self.env_shape)
+
+    def random(self, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly random stored action row (for the env checker)."""
+        if self.kind in ("discrete", "multi_discrete"):
+            row = np.array([rng.integers(n) for n in self.sizes], dtype=self.dtype)
+            return row.reshape(self.shape)
+        if self.kind == "multi_binary":
+            return rng.integers(0, 2, self.shape).astype(self.dtype)
+        assert self.low is not None and self.high is not None
+        low = np.where(np.isfinite(self.low), self.low, -1.0)
+        high = np.where(np.isfinite(self.high), self.high, 1.0)
+        return rng.uniform(low, high).astype(self.dtype)
