@@ -13,7 +13,7 @@ import dataclasses
 import signal
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +27,23 @@ from htsrl_aio.runtime.learner import Learner, wait_settled
 from htsrl_aio.runtime.storage import RolloutStorage
 
 StorageSpecs = list[dict[str, SharedArraySpec]]
+
+
+class LearnerCommand(NamedTuple):
+    """Parent -> learner process: learn the rollout in storage `storage`, or send the optimizer state."""
+
+    kind: Literal["update", "optimizer"]
+    storage: int = -1
+    behaviour_version: int = 0  # PPO's trust region depends on the lag, so the child must know it
+
+
+class LearnerReply(NamedTuple):
+    """Learner process -> parent: "ready", "done" (value: the update's stats), "optimizer", "error"."""
+
+    kind: Literal["ready", "done", "optimizer", "error"]
+    value: Any = None
+    message: str = ""
+    details: str = ""
 
 
 class LearnerError(HtsrlError):
@@ -71,17 +88,16 @@ class ProcessLearner:
         self.behaviour_version = version
 
     async def update(self, storage: RolloutStorage) -> dict[str, float]:
-        # The child's Learner needs the behaviour version too: PPO's trust region depends on the lag.
-        return await self._call(("update", storage.index, self.behaviour_version))
+        return await self._call(LearnerCommand("update", storage.index, self.behaviour_version))
 
     async def optimizer_state(self) -> dict:
-        return await self._call(("optimizer",))
+        return await self._call(LearnerCommand("optimizer"))
 
     async def settle(self) -> None:
         """Wait until the child has finished what it was asked, even if the asker was cancelled."""
         await wait_settled(self._reply)
 
-    async def _call(self, message: tuple) -> Any:
+    async def _call(self, message: LearnerCommand) -> Any:
         if self._failure is not None:
             raise self._failure
         assert self._child is not None, "ProcessLearner.start() was not awaited"
@@ -90,17 +106,16 @@ class ProcessLearner:
         # Shielded: a cancelled caller leaves the reply to be collected by settle().
         return await asyncio.shield(self._reply)
 
-    def _on_message(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "error":
-            error = LearnerError(message[1])
-            error.details = message[2]
+    def _on_message(self, reply: LearnerReply) -> None:
+        if reply.kind == "error":
+            error = LearnerError(reply.message)
+            error.details = reply.details
             self._fail(error)
             return
-        if kind == "done":
+        if reply.kind == "done":
             self.version += 1
         if self._reply is not None and not self._reply.done():
-            self._reply.set_result(message[1])
+            self._reply.set_result(reply.value)
 
     def _on_exit(self, exitcode: int | None) -> None:
         self._fail(LearnerError(f"the learner process died unexpectedly (exit code {exitcode})."))
@@ -130,22 +145,22 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
     if optimizer_state is not None:
         learner.restore(version, optimizer_state)
     try:
-        conn.send(("ready", None))
+        conn.send(LearnerReply("ready"))
         while True:
             message = conn.recv()
             if message[0] == "close":
                 return
             try:
-                if message[0] == "optimizer":
-                    conn.send(("optimizer", learner.optimizer.state_dict()))
+                if message.kind == "optimizer":
+                    conn.send(LearnerReply("optimizer", learner.optimizer.state_dict()))
                     continue
-                _, index, learner.behaviour_version = message
-                conn.send(("done", learner.update(storages[index])))
+                learner.behaviour_version = message.behaviour_version
+                conn.send(LearnerReply("done", learner.update(storages[message.storage])))
             except HtsrlError as exc:  # already one sentence for the user
-                conn.send(("error", str(exc), traceback.format_exc()))
+                conn.send(LearnerReply("error", message=str(exc), details=traceback.format_exc()))
             except Exception as exc:
-                conn.send(("error", f"the learner failed: {type(exc).__name__}: {exc}",
-                           traceback.format_exc()))
+                conn.send(LearnerReply("error", message=f"the learner failed: {type(exc).__name__}: {exc}",
+                                       details=traceback.format_exc()))
     except (EOFError, OSError):
         return  # the parent is gone
     finally:
