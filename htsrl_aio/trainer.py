@@ -36,7 +36,7 @@ from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.loop_pool import LoopEnvPool
 from htsrl_aio.envs.pool import EnvPool
 from htsrl_aio.envs.replica import EnvBackend, TrackerState
-from htsrl_aio.envs.shm import SharedArray
+from htsrl_aio.envs.shm import SharedArray, remove_stale_segments
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
@@ -49,6 +49,7 @@ from htsrl_aio.outputs.run_dir import (
     default_logdir,
 )
 from htsrl_aio.outputs.tensorboard import ScalarLog
+from htsrl_aio.procs import start_resource_tracker
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
@@ -144,6 +145,8 @@ class Trainer:
         self.run_dir.save_checkpoint(state)
 
     async def _setup(self) -> None:
+        remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
+        start_resource_tracker()
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
         spec = self.spec = await probe_env(factory)

@@ -181,3 +181,23 @@ class _DiesOnce(gym.Wrapper):
 
 def dies_once_cartpole() -> gym.Env:
     return _DiesOnce(gym.make("CartPole-v1"))
+
+
+class _HangsInWorkers(gym.Wrapper):
+    """Steps forever inside a worker process (the start-up probe in the main process passes), after
+    touching a file named after its pid in $HTSRL_TEST_HANG_DIR, so a test knows it is stuck."""
+
+    def step(self, action):
+        import multiprocessing
+        import os
+        from pathlib import Path
+
+        if multiprocessing.parent_process() is not None:
+            (Path(os.environ["HTSRL_TEST_HANG_DIR"]) / str(os.getpid())).touch()
+            while True:
+                time.sleep(3600)
+        return super().step(action)
+
+
+def hanging_cartpole() -> gym.Env:
+    return _HangsInWorkers(gym.make("CartPole-v1"))

@@ -7,7 +7,6 @@ the slot the command names; only ids, actions, rewards and flags travel over the
 from __future__ import annotations
 
 import contextlib
-import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -38,8 +37,6 @@ class WorkerArgs:
 
 
 def worker_main(conn: Connection, args: WorkerArgs) -> None:
-    # Ctrl-C goes to the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     buffers = [SharedArray.attach(spec) for spec in args.obs_buffers]
     final_obs = SharedArray.attach(args.final_obs)
     obs_shape = final_obs.array.shape[1:]
