@@ -157,7 +157,7 @@ class Trainer:
             self.run_dir = RunDirectory.create(logdir)
         else:
             logdir = Path(cfg.logdir)
-            self.run_dir = RunDirectory.reopen(logdir, resume["update"])
+            self.run_dir = RunDirectory.reopen(logdir, resume["update"], resume["config"], RESUME_OVERRIDABLE)
         self._stack.callback(self.run_dir.close)
         resume_step = None if resume is None else resume["update"] * cfg.num_envs * cfg.rollout + 1
         self._scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
