@@ -106,6 +106,9 @@ def _football_spec(env_id: str, config: TrainConfig | None) -> FootballSpec:
 
 def _import_factory(target: str) -> Callable[[], Any]:
     module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--env {target!r} needs a module and a callable around the colon, as in "
+                          "'mymodule:make_env'.")
     # The current directory is importable, as for `python -m`, so `myenvs:make` just works.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -113,6 +116,10 @@ def _import_factory(target: str) -> Callable[[], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r} for --env {target!r}: {exc}") from None
+    except Exception as exc:  # a syntax error, or the module's own code raised while it was imported
+        raise ConfigError(f"importing module {module_name!r} for --env {target!r} failed with "
+                          f"{type(exc).__name__}: {exc}; fix the module (`python -c 'import {module_name}'` "
+                          "shows the traceback).") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"--env {target!r}: module {module_name!r} has no callable {attr!r}.")
