@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,17 @@ import torch
 
 from htsrl_aio.config import ConfigError
 
-FORMAT = "htsrl-aio checkpoint v1"
+# v2: observations stored per key, action rows of any space, bootstrap values instead of final
+# observations, model state of models/actor_critic.py. v1 files are refused in one sentence.
+FORMAT = "htsrl-aio checkpoint v2"
+_OLDER_FORMATS = ("htsrl-aio checkpoint v1",)
 CHECKPOINT_DIR = "checkpoints"
 FINAL = "checkpoint.pt"
 _PERIODIC = re.compile(r"update-(\d+)\.pt$")
+# What resume and eval read from each kind of checkpoint (the optimizer may be None: not resumable).
+_FIELDS = ("kind", "update", "model", "optimizer", "config", "schedule")
+_KIND_FIELDS = {"final": (), "stop": (),
+                "swap": ("behaviour", "rollout", "envs")}
 
 
 def periodic_name(update: int) -> str:
@@ -42,12 +50,6 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
     """The run's swap checkpoints, oldest first."""
     found = [p for p in (run_dir / CHECKPOINT_DIR).glob("update-*.pt") if _PERIODIC.search(p.name)]
     return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))
-
-
-def truncated_obs(state: dict[str, Any]) -> dict[tuple[int, int], Any]:
-    """A swap checkpoint's final observations of truncated steps, keyed by (step, env) as in storage."""
-    return {(int(t), int(i)): obs.numpy()
-            for (t, i), obs in zip(state["truncated_slots"].tolist(), state["truncated_obs"])}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -67,30 +69,54 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as exc:  # truncated zip, random bytes, a file from another program
         raise ConfigError(f"{path} is not a readable checkpoint (corrupt or not a torch file: "
                           f"{type(exc).__name__}: {exc}).") from None
+    if isinstance(data, dict) and data.get("format") in _OLDER_FORMATS:
+        raise ConfigError(f"{path} was written by an older htsrl-aio ({data['format']}), whose networks and "
+                          "rollouts this version does not read; evaluate or resume it with htsrl-aio 0.1.")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path} is a torch file but not an htsrl-aio checkpoint.")
+    missing = [key for key in (*_FIELDS, *_KIND_FIELDS.get(data.get("kind"), ())) if key not in data]
+    if missing or data["kind"] not in _KIND_FIELDS:
+        what = f"lacks {', '.join(missing)}" if missing else f"is of unknown kind {data['kind']!r}"
+        raise ConfigError(f"{path} is an htsrl-aio checkpoint but {what} (damaged, or written by another "
+                          "version), so it cannot be used.")
     return data
 
 
 def newest(run_dir: Path, resumable: bool) -> Path:
-    """The checkpoint to continue (resumable) or evaluate from: the one with the most updates.
+    """The checkpoint to continue (resumable) or evaluate from: the readable one with the most updates.
 
-    On a tie a swap checkpoint wins, as it resumes exactly.
+    On a tie a swap checkpoint wins, as it resumes exactly. An unreadable one (a disk error, a kill
+    during a copy) is passed over, saying so, for the next newest.
     """
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist.")
     candidates: list[tuple[int, int, Path]] = []
     for path in periodic_checkpoints(run_dir):
         candidates.append((int(_PERIODIC.search(path.name).group(1)), 1, path))
+    unreadable: list[str] = []
     final = run_dir / FINAL
     if final.exists():
-        data = load(final)
-        if not resumable or data.get("optimizer") is not None:
-            candidates.append((int(data["update"]), 0, final))
-    if not candidates:
-        what = "resumable checkpoint" if resumable else "checkpoint"
-        raise ConfigError(f"{run_dir} holds no {what} (checkpoint.pt or checkpoints/update-*.pt).")
-    return max(candidates)[2]
+        try:
+            data = load(final)
+        except ConfigError as exc:
+            unreadable.append(str(exc))
+        else:
+            if not resumable or data["optimizer"] is not None:
+                candidates.append((int(data["update"]), 0, final))
+    for _update, periodic, path in sorted(candidates, reverse=True):
+        if periodic:
+            try:
+                load(path)
+            except ConfigError as exc:
+                unreadable.append(str(exc))
+                continue
+        for reason in unreadable:
+            print(f"htsrl-aio: {reason} Using {path} instead, the newest readable checkpoint.",
+                  file=sys.stderr)
+        return path
+    what = "resumable checkpoint" if resumable else "checkpoint"
+    readable, why = ("readable ", f" ({unreadable[0]})") if unreadable else ("", "")
+    raise ConfigError(f"{run_dir} holds no {readable}{what} (checkpoint.pt or checkpoints/update-*.pt){why}.")
 
 
 def tensor_of_bytes(blob: bytes) -> torch.Tensor:

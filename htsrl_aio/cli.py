@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("diff", help="name the first update where two runs' actions differ")
     diff.add_argument("run_a", type=Path)
     diff.add_argument("run_b", type=Path)
+    commands.add_parser("clean", help="remove shared memory left in /dev/shm by killed runs")
     return parser
 
 
@@ -104,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plot(parser, args.runs, args.output)
     if args.command == "eval":
         return _eval(parser, args)
+    if args.command == "clean":
+        return _clean()
     from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
 
     try:
@@ -129,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("htsrl-aio: interrupted; workers stopped and shared memory freed.", file=sys.stderr)
         return 130
-    except _Terminated:
-        print("htsrl-aio: terminated; workers stopped and shared memory freed.", file=sys.stderr)
-        return 143
+    except _Terminated as exc:
+        print(f"htsrl-aio: {exc.what}; workers stopped and shared memory freed.", file=sys.stderr)
+        return 128 + exc.signum
     ret = summary["episode_return_mean"]
     print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
           f"({summary['sps']:.0f} steps/s), mean return of the last 100 episodes: "
@@ -139,38 +142,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# Stop signals from supervisors (SIGINT arrives as KeyboardInterrupt): the exit status is 128 + signal.
+_STOPPED_BY = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
 class _Terminated(Exception):
-    """SIGTERM arrived; the run was cancelled and cleaned up."""
+    """SIGTERM or SIGHUP arrived; the run was cancelled, checkpointed and cleaned up."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signum = int(signum)
+        self.what = _STOPPED_BY[signum]
 
 
 async def _train_until_signalled(config: TrainConfig | None, resume: Path | None = None,
                                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `config`, or resume from `resume`; SIGTERM cancels the run like Ctrl-C does, so cleanup
-    runs instead of a hard exit."""
+    """Train `config`, or resume from `resume`; SIGTERM and SIGHUP (a closed terminal) cancel the run
+    like Ctrl-C does, so the checkpoint and cleanup run instead of a hard exit."""
     from htsrl_aio.train import resume_async, train_async
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    terminated = False
+    received: list[signal.Signals] = []
 
-    def on_sigterm() -> None:
-        nonlocal terminated
-        terminated = True
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
         task.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # A signal the caller ignores stays ignored: `nohup htsrl-aio train` must survive its terminal.
+    handled = [signum for signum in _STOPPED_BY if signal.getsignal(signum) is not signal.SIG_IGN]
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         if config is not None:
             return await train_async(config)
         assert resume is not None
         return await resume_async(resume, **(overrides or {}))
     except asyncio.CancelledError:
-        if terminated:
-            raise _Terminated from None
+        if received:
+            raise _Terminated(received[0]) from None
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum in handled:
+            loop.remove_signal_handler(signum)
 
 
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
@@ -216,6 +231,19 @@ def _plot(parser: argparse.ArgumentParser, runs: list[Path], output: Path) -> in
     except ConfigError as exc:
         parser.exit(2, f"htsrl-aio: error: {exc}\n")
     print(f"wrote {output}")
+    return 0
+
+
+def _clean() -> int:
+    from htsrl_aio.envs.shm import SHM_DIR, remove_stale_segments
+
+    removed = remove_stale_segments()
+    if not removed:
+        print(f"nothing to clean: no shared memory of a dead htsrl-aio process in {SHM_DIR}.")
+        return 0
+    megabytes = sum(size for _, size in removed) / 2**20
+    print(f"removed {len(removed)} shared-memory segment(s) of dead htsrl-aio processes "
+          f"({megabytes:.1f} MiB) from {SHM_DIR}: {', '.join(name for name, _ in removed)}")
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
+import math
 import os
 import sys
 import types
@@ -84,6 +86,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vf_coef": 0.5, "max_grad_norm": 0.5, "precision": "bf16",
     },
 }
+
+
+# Float hyperparameters that must be finite and not negative: (whether 0 is allowed, a usual value).
+# A negative --max-grad-norm flips every gradient, NaN passes `<= 0` checks: both wreck a run silently.
+_FLOAT_LIMITS: dict[str, tuple[bool, str]] = {
+    "lr": (False, "1e-3"), "clip_coef": (False, "0.2"), "max_grad_norm": (False, "0.5"),
+    "ent_coef": (True, "0.01"), "vf_coef": (True, "0.5"),
+}
+# Copies of the network a run holds: inference, current and behaviour parameters, gradients, Adam's two
+# moments.
+_NETWORK_COPIES = 6
 
 
 @dataclass
@@ -247,10 +260,18 @@ class TrainConfig:
             raise ConfigError(
                 f"--total-steps {self.total_steps} is less than one rollout (num_envs*rollout = {batch}); "
                 "raise it or shrink the rollout.")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}.")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError("--gamma and --gae-lambda must lie in [0, 1].")
+        for name, (zero_ok, usual) in _FLOAT_LIMITS.items():
+            value = getattr(self, name)
+            if not _real(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+                bound = "0 or more" if zero_ok else "above 0"
+                raise ConfigError(f"--{_flag(name)} must be a finite number {bound} (usually about {usual}), "
+                                  f"got {value!r}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"--seed must be 0 or a positive integer, got {self.seed!r}.")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            if not _real(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+                raise ConfigError(f"--{_flag(name)} must lie in [0, 1] (usually 0.9-1), got {value!r}.")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"unknown --precision {self.precision!r}; choose 'fp32' or 'bf16'.")
         if self.atari_sticky is not None and not 0.0 <= self.atari_sticky <= 1.0:
@@ -268,8 +289,9 @@ class TrainConfig:
                               f"{self.frame_size}.")
         if not isinstance(self.frame_stack, int) or self.frame_stack < 1:
             raise ConfigError(f"--frame-stack must be a positive integer, got {self.frame_stack!r}.")
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden sizes must be positive, got {self.hidden}.")
+        if any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden sizes must be positive integers, got {self.hidden}.")
+        _require_network_fits(self.hidden)
 
     @property
     def num_rollouts(self) -> int:
@@ -299,6 +321,25 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_network_fits(hidden: tuple[int, ...]) -> None:
+    """Refuse MLP layers whose copies cannot fit in this machine's memory, before anything allocates."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not reported here: let torch find out
+        return
+    # At least: the weights between hidden layers, and each unit's bias, input weight and two outputs.
+    params = sum(a * b for a, b in itertools.pairwise(hidden)) + 4 * sum(hidden)
+    needed = params * 4 * _NETWORK_COPIES
+    if needed > memory:
+        raise ConfigError(f"--hidden {' '.join(map(str, hidden))} makes a network whose {_NETWORK_COPIES} "
+                          f"copies need at least {needed / 2**30:,.0f} GiB, more than this machine's "
+                          f"{memory / 2**30:,.0f} GiB of memory; use smaller layers (e.g. --hidden 64 64).")
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """TrainConfig fields from a TOML file (keys are field names, e.g. `num_envs = 16`), checked."""
     if sys.version_info >= (3, 11):
@@ -312,6 +353,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror}.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path} is not valid TOML: {exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8.") from None
     hints = typing.get_type_hints(TrainConfig)
     for key, value in values.items():
         if key not in hints:
@@ -319,16 +363,30 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             hint = f"; did you mean {close[0]!r}?" if close else "."
             raise ConfigError(f"unknown key {key!r} in {path}{hint}")
         if not _fits(value, hints[key]):
+            choices = _choices(hints[key])
+            if choices:
+                raise ConfigError(f"{key} in {path} must be one of {', '.join(map(repr, choices))}, got "
+                                  f"{value!r}.")
             raise ConfigError(f"{key} in {path} has the wrong type: {value!r}.")
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     return values
 
 
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The types a field accepts: the members of an Optional or Union, or the hint itself."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    """The values a Literal field accepts (empty for other fields)."""
+    return tuple(value for option in _options(hint) if typing.get_origin(option) is typing.Literal
+                 for value in typing.get_args(option))
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a TOML value can stand for a field of type `hint` (ints may stand for floats)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for option in options:
+    for option in _options(hint):
         origin = typing.get_origin(option)
         if origin is typing.Literal and value in typing.get_args(option):
             return True

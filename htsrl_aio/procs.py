@@ -6,15 +6,30 @@ nothing and never spins. Used for env workers and for the learner process.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
+from pathlib import Path
 from typing import Any
 
 import torch.multiprocessing as tmp
 
+from htsrl_aio.config import ConfigError
+
 CLOSE_TIMEOUT_S = 5.0
+# Signals a terminal, `timeout`, systemd or Slurm send to the whole process group to stop a run. Only
+# the parent acts on them: it stops its children in order, after the stop checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 1.0
 
 # spawn, not fork: a forked child would inherit torch's thread pools and the running event loop.
 # torch's context also shares tensors (a learner's parameters) through shared memory when pickled.
@@ -30,9 +45,12 @@ class WatchedChild:
         self._on_message = on_message
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
+        require_guarded_main()
         self.conn, child_conn = _CONTEXT.Pipe(duplex=True)
-        self.process = _CONTEXT.Process(target=target, args=(child_conn, *args), daemon=True, name=name)
-        self.process.start()
+        self.process = _CONTEXT.Process(target=_child_main, args=(target, os.getpid(), child_conn, *args),
+                                        daemon=True, name=name)
+        with stop_signals_blocked():
+            self.process.start()
         child_conn.close()
         self._watching = True
         self._closing = False
@@ -51,6 +69,9 @@ class WatchedChild:
             while self.conn.poll():
                 self._on_message(self.conn.recv())
         except (EOFError, OSError):
+            self._exited()
+        except Exception:  # a message this process cannot unpickle (code changed under a running child)
+            self.process.kill()  # a child we cannot understand is a dead child: never wait on it
             self._exited()
 
     def _exited(self) -> None:
@@ -75,11 +96,8 @@ class WatchedChild:
             self.conn.send(("close",))
 
     def join(self) -> None:
-        """Blocking: wait for the child, then terminate, then kill. Run it off the loop thread."""
+        """Blocking: wait for the child, then kill it (it ignores SIGTERM). Run it off the loop thread."""
         self.process.join(timeout=CLOSE_TIMEOUT_S)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=CLOSE_TIMEOUT_S)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
@@ -91,3 +109,92 @@ async def close_children(children: list[WatchedChild]) -> None:
     for child in children:
         child.request_close()
     await asyncio.get_running_loop().run_in_executor(None, lambda: [c.join() for c in children])
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back from this thread while it starts a process.
+
+    A spawned child inherits the mask from its first instruction, so a Ctrl-C to the process group
+    while it is still importing (seconds, for torch) cannot kill it with a traceback; `_child_main`
+    then ignores them for good. Signals that arrive meanwhile reach this process when the block lifts.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it unlinks the shared memory of a killed run) with the
+    stop signals blocked: it ignores SIGINT and SIGTERM itself, but a SIGHUP to the process group would
+    kill it and make every later unlink warn that it died."""
+    with stop_signals_blocked():
+        resource_tracker.ensure_running()
+
+
+def _child_main(target: Callable[..., None], parent_pid: int, *args: Any) -> None:
+    """Every child's entry: leave stop signals to the parent, die with the parent, then run `target`."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _exit_with_parent(parent_pid)
+    target(*args)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """An orphan must not outlive a killed parent, even while an env is stuck inside step().
+
+    On Linux the kernel kills it when the parent dies (PR_SET_PDEATHSIG, which fires when the parent
+    thread that started it ends: the event loop's thread, which outlives the run); elsewhere a thread
+    polls for the parent, which works while the main thread runs Python or releases the GIL.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL)) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):  # not Linux
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the kernel was told to watch it
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        threading.Event().wait(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def require_guarded_main() -> None:
+    """Refuse to spawn from unguarded top-level code of the main script, in one sentence.
+
+    A spawned child re-runs the main script to rebuild its module: training started at its top level
+    would start again in every child, which dies with a multiprocessing traceback before it runs.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals is getattr(main, "__dict__", None)):
+        frame = frame.f_back
+    if frame is None or path is None or _guarded(path, frame.f_lineno):
+        return
+    raise ConfigError(
+        f"{path} starts training at its top level (line {frame.f_lineno}) without "
+        "`if __name__ == \"__main__\":`; worker processes are spawned and re-run the script, so put the "
+        "code that starts training under that guard.")
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded(path: str, line: int) -> bool:
+    """Whether line `line` of the script lies inside an `if __name__ == "__main__":` block."""
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return True  # cannot tell: let multiprocessing have its say
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) \
+                and "__name__" in ast.unparse(node.test)
+    return True

@@ -37,7 +37,7 @@ from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
 from htsrl_aio.envs.backends import backend_name, make_backend
 from htsrl_aio.envs.replica import ReplicaState, TrackerState
-from htsrl_aio.envs.shm import SharedArray
+from htsrl_aio.envs.shm import SharedArray, remove_stale_segments
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
@@ -50,6 +50,7 @@ from htsrl_aio.outputs.run_dir import (
     default_logdir,
 )
 from htsrl_aio.outputs.tensorboard import ScalarLog
+from htsrl_aio.procs import start_resource_tracker
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner
@@ -145,6 +146,8 @@ class Trainer:
         self.run_dir.save_checkpoint(state)
 
     async def _setup(self) -> None:
+        remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
+        start_resource_tracker()
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
         spec = self.spec = await probe_env(factory)
@@ -156,7 +159,7 @@ class Trainer:
             self.run_dir = RunDirectory.create(logdir)
         else:
             logdir = Path(cfg.logdir)
-            self.run_dir = RunDirectory.reopen(logdir, resume["update"])
+            self.run_dir = RunDirectory.reopen(logdir, resume["update"], resume["config"], RESUME_OVERRIDABLE)
         self._stack.callback(self.run_dir.close)
         resume_step = None if resume is None else resume["update"] * cfg.num_envs * cfg.rollout + 1
         self._scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)

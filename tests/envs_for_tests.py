@@ -224,3 +224,23 @@ class ManySpacesEnv(gym.Env):
         ended = self._t >= self._limit
         terminated = ended and self._t % 2 == 0
         return self._obs(), reward, terminated, ended and not terminated, {}
+
+
+class _HangsInWorkers(gym.Wrapper):
+    """Steps forever inside a worker process (the start-up probe in the main process passes), after
+    touching a file named after its pid in $HTSRL_TEST_HANG_DIR, so a test knows it is stuck."""
+
+    def step(self, action):
+        import multiprocessing
+        import os
+        from pathlib import Path
+
+        if multiprocessing.parent_process() is not None:
+            (Path(os.environ["HTSRL_TEST_HANG_DIR"]) / str(os.getpid())).touch()
+            while True:
+                time.sleep(3600)
+        return super().step(action)
+
+
+def hanging_cartpole() -> gym.Env:
+    return _HangsInWorkers(gym.make("CartPole-v1"))

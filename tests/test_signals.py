@@ -1,23 +1,42 @@
-"""Ctrl-C and SIGTERM stop a run cleanly: right exit code, no child process, no shared memory left."""
+"""Stop signals end a run cleanly: right exit code, one sentence, a resumable checkpoint, no child
+process and no shared memory left; orphans die with their parent; `htsrl-aio clean` removes what a
+SIGKILL left."""
 
 import glob
 import os
 import signal
 import subprocess
 import sys
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import pytest
 import torch
 from harness import default_sigint, wait_until
 
+from htsrl_aio import TrainConfig, train
+from htsrl_aio.cli import main as cli_main
 from htsrl_aio.envs.shm import SHM_PREFIX
+
+TRAIN = [sys.executable, "-m", "htsrl_aio.cli", "train", "--workers", "2", "--no-progress"]
 
 
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for path in glob.glob(f"/proc/{pid}/task/*/children"):
         found |= {int(c) for c in Path(path).read_text().split()}
+    return found
+
+
+def _spawned_children(pid: int) -> set[int]:
+    """Env workers and the learner (the resource tracker is started differently)."""
+    found = set()
+    for child in _children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+        except FileNotFoundError:
+            pass
     return found
 
 
@@ -29,27 +48,113 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in state  # a zombie has exited; only its exit status is left
 
 
-@pytest.mark.parametrize("sig,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_the_run_and_cleans_up(tmp_path, sig, exit_code):
+def _start(argv: list[str]) -> subprocess.Popen:
+    # A session of its own: signals can go to its process group, as a terminal or `timeout` sends them.
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint, start_new_session=True)
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
+@pytest.mark.parametrize("sig,exit_code,said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated"),
+                                                (signal.SIGHUP, 129, "hung up (SIGHUP)")])
+def test_stop_signal_checkpoints_and_cleans_up(tmp_path, sig, exit_code, said, group):
+    if sig == signal.SIGHUP and not group:
+        pytest.skip("a closed terminal signals the group")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "htsrl_aio.cli", "train", "--total-steps", "100000000",
-                             "--workers", "2", "--logdir", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+    proc = _start([*TRAIN, "--total-steps", "100000000", "--logdir", str(run)])
     try:
         metrics = run / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120,
-                    "the first updates")
+                   "the first updates")
         children = _children(proc.pid)
         assert len(children) >= 3  # two env workers and the learner (and the resource tracker)
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)  # `timeout`, systemd, Slurm, a terminal
+        else:
+            proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == exit_code, stderr
-    assert "workers stopped and shared memory freed" in stderr
-    assert "Traceback" not in stderr
+    assert stderr.strip() == f"htsrl-aio: {said}; workers stopped and shared memory freed."
     wait_until(lambda: not any(_alive(c) for c in children), 30, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] >= 2
+    assert checkpoint["optimizer"] is not None  # the learner lived to hand it over: resumable
+
+
+def test_ctrl_c_during_start_up_prints_no_child_traceback(tmp_path):
+    proc = _start([*TRAIN, "--total-steps", "100000", "--logdir", str(tmp_path / "run")])
+    try:
+        # The moment the first child exists it is still importing: where a Ctrl-C used to kill it.
+        wait_until(lambda: proc.poll() is not None or _spawned_children(proc.pid), 120, "a child")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
+def test_killed_parent_takes_its_children_even_with_an_env_stuck_in_step(tmp_path):
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    proc = subprocess.Popen([*TRAIN, "--env", "envs_for_tests:hanging_cartpole", "--logdir",
+                             str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HTSRL_TEST_HANG_DIR": str(hung),
+                                 "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+                            start_new_session=True)
+    children: set[int] = set()
+    try:
+        wait_until(lambda: len(list(hung.iterdir())) == 2, 120, "both workers to hang in step()")
+        children = _spawned_children(proc.pid)
+        stuck = {int(p.name) for p in hung.iterdir()}
+        assert stuck <= children
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not any(_alive(c) for c in children), 30, "the orphans to exit")
+    finally:
+        proc.kill()
+        for child in filter(_alive, children):  # what the test found still running: do not leak it
+            os.kill(child, signal.SIGKILL)
+
+
+def _leaked_segment(pid: int) -> str:
+    """A segment as a run killed with its resource tracker leaves it: named for its pid, untracked."""
+    segment = shared_memory.SharedMemory(name=f"{SHM_PREFIX}{pid}_{os.urandom(6).hex()}", create=True,
+                                         size=4096)
+    resource_tracker.unregister(segment._name, "shared_memory")
+    segment.close()
+    return segment.name
+
+
+def test_clean_removes_shared_memory_of_dead_processes_only(capsys):
+    stale, live = _leaked_segment(_dead_pid()), _leaked_segment(os.getpid())
+    try:
+        assert cli_main(["clean"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("removed ") and stale in out and live not in out
+        assert not os.path.exists(f"/dev/shm/{stale}") and os.path.exists(f"/dev/shm/{live}")
+        assert cli_main(["clean"]) == 0
+        assert capsys.readouterr().out.startswith("nothing to clean")
+    finally:
+        for name in (stale, live):
+            Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def test_every_run_removes_stale_shared_memory_first(tmp_path, no_leaks):
+    stale = _leaked_segment(_dead_pid())
+    try:
+        train(TrainConfig(num_envs=2, rollout=8, total_steps=16, workers=1, progress=False,
+                          logdir=str(tmp_path / "run")))
+        assert not os.path.exists(f"/dev/shm/{stale}")
+    finally:
+        Path("/dev/shm", stale).unlink(missing_ok=True)

@@ -131,6 +131,10 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
     if ":" in env:
         module_name, _, attr = env.partition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"--env {env!r} needs a module and a callable around the colon, as in "
+                              "'mymodule:make_env' (or a package and a gymnasium id, as in "
+                              "'highway_env:highway-fast-v0').")
         module = _import_module(module_name, env)
         if callable(getattr(module, attr, None)):
             return EnvFactory(factory=getattr(module, attr), kwargs=kwargs, frames=frames)
@@ -183,6 +187,10 @@ def _import_module(module_name: str, target: str) -> Any:
         return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r} for --env {target!r}: {exc}") from None
+    except Exception as exc:  # a syntax error, or the module's own code raised while it was imported
+        raise ConfigError(f"importing module {module_name!r} for --env {target!r} failed with "
+                          f"{type(exc).__name__}: {exc}; fix the module (`python -c 'import {module_name}'` "
+                          "shows the traceback).") from None
 
 
 def _registering_package(env_id: str) -> str | None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 
 SHM_PREFIX = "htsrl_"
+SHM_DIR = Path("/dev/shm")  # where POSIX shared memory shows up as files (Linux)
+_OWNED = re.compile(rf"{SHM_PREFIX}(\d+)_[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,33 @@ class SharedArray:
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
+
+
+def remove_stale_segments(shm_dir: Path = SHM_DIR) -> list[tuple[str, int]]:
+    """Unlink the segments whose creating process is dead; return (name, bytes) of each removed.
+
+    A SIGKILL that also reaches multiprocessing's resource tracker leaves a run's segments behind for
+    good. The creator's pid is in every name, so what no live process owns can go. Segments of another
+    user, or of a pid reused since, are left alone.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):  # no /dev/shm (not Linux): nothing to look at
+        for entry in os.scandir(shm_dir):
+            owner = _OWNED.match(entry.name)
+            if owner is None or _alive(int(owner.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                size = entry.stat().st_size
+                os.unlink(entry.path)
+                removed.append((entry.name, size))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

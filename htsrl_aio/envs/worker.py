@@ -8,7 +8,6 @@ itself (episodes, seeds, checks, restarts) is the `Replica`'s, run to completion
 from __future__ import annotations
 
 import contextlib
-import signal
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,8 +56,6 @@ class WorkerArgs:
 
 
 def worker_main(conn: Connection, args: WorkerArgs) -> None:
-    # Ctrl-C goes to the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     attached = [SharedArray.attach(spec) for specs in (*args.storages, args.final) for spec in specs.values()]
     arrays = iter(attached)
     buffers = ObsBuffers(tuple({key: next(arrays) for key in specs} for specs in args.storages),

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from htsrl_aio.outputs.run_dir import METRICS, SUMMARY
+from htsrl_aio.config import ConfigError
+from htsrl_aio.outputs.run_dir import METRICS, SUMMARY, read_metrics
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,9 @@ class Divergence:
 
 
 def _action_hashes(run: Path) -> list[tuple[int, str]]:
-    with open(run / METRICS, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    if not (run / METRICS).is_file():
+        raise ConfigError(f"{run} is not a run directory: it has no {METRICS}.")
+    rows = read_metrics(run)
     return [(row["update"], row["actions_sha256"]) for row in rows]
 
 

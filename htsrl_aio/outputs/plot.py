@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from htsrl_aio.config import ConfigError
-from htsrl_aio.outputs.run_dir import CONFIG, METRICS
+from htsrl_aio.outputs.run_dir import CONFIG, METRICS, read_metrics
 
 
 def load_run(run: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -19,7 +19,7 @@ def load_run(run: Path) -> tuple[str, list[dict[str, Any]]]:
     metrics = run / METRICS
     if not metrics.is_file():
         raise ConfigError(f"{run} is not a run directory: it has no {METRICS}.")
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = read_metrics(run)
     config = json.loads((run / CONFIG).read_text()) if (run / CONFIG).is_file() else {}
     return f"{run.name} ({config.get('mode', '?')} {config.get('algo', '?')})", rows
 

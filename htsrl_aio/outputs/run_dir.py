@@ -1,18 +1,23 @@
 """The run directory: config.json, metrics.jsonl (one row per update), summary.json, checkpoints.
 
 Everything that is replaced (config, summary, checkpoint) is written to a temporary file and renamed
-into place, so a crash never leaves a half-written file behind.
+into place, so a crash never leaves a half-written file behind (a temporary file a SIGKILL left is
+removed by the next start). A run holds an exclusive lock on its directory for its whole life.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +31,16 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 ERROR_LOG = "error.log"
+LOCK = ".lock"
+_TEMPORARY = ".*.tmp"  # what _atomic_write names its temporary files
+_ROOM = 1 << 20  # bytes a run must be able to write at start (config, first rows, events file)
 
 
-class CheckpointWriteError(HtsrlError):
+class RunDirWriteError(HtsrlError):
+    """A file of the run directory could not be written (disk full, no permission)."""
+
+
+class CheckpointWriteError(RunDirWriteError):
     """A checkpoint could not be written (disk full, no permission); earlier checkpoints are intact."""
 
 
@@ -41,48 +53,117 @@ class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._metrics = None
+        self._lock: int | None = None
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
-        """Make a fresh run directory; refuse one that already holds a run, so nothing is overwritten."""
-        if (path / METRICS).exists() or (path / SUMMARY).exists():
-            raise ConfigError(f"run directory {path} already holds a run; pass a new --logdir or remove it.")
+        """Make a fresh run directory, locked; refuse one that holds a run, so nothing is overwritten.
+
+        A directory whose run never completed an update (a refused or interrupted start) is reused, so
+        the corrected command just works.
+        """
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create run directory {path}: {exc.strerror}.") from None
-        run = cls(path)
-        run._metrics = open(path / METRICS, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+        run = cls._locked(path)
+        with run._closed_on_error():
+            if (path / SUMMARY).exists() or checkpoint.periodic_checkpoints(path) or read_metrics(path):
+                raise ConfigError(f"run directory {path} already holds a run; pass a new --logdir or remove "
+                                  "it.")
+            for leftover in (checkpoint.FINAL, ERROR_LOG):  # of a start that did not get anywhere
+                (path / leftover).unlink(missing_ok=True)
+            run._open_metrics("w")
         return run
 
     @classmethod
-    def reopen(cls, path: Path, updates: int) -> RunDirectory:
-        """Continue a run: metrics rows after update `updates` (written after the checkpoint) are dropped."""
-        if (path / SUMMARY).exists():
-            raise ConfigError(f"the run in {path} already finished (summary.json exists); nothing to resume.")
-        run = cls(path)
-        rows = []
-        if (path / METRICS).exists():
-            with open(path / METRICS, encoding="utf-8") as f:
-                rows = [line for line in f if line.strip() and json.loads(line)["update"] <= updates]
-        run.write_text(METRICS, "".join(rows))
-        run._metrics = open(path / METRICS, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    def reopen(cls, path: Path, updates: int, config: dict[str, Any],
+               may_differ: Collection[str] = ()) -> RunDirectory:
+        """Continue a run from the checkpoint of update `updates` whose config is `config`, locked.
+
+        Metrics rows after that update (written after the checkpoint) are dropped; a config.json edited
+        by hand (other than the `may_differ` keys) is refused, as the run continues as configured.
+        """
+        run = cls._locked(path)
+        with run._closed_on_error():
+            if (path / SUMMARY).exists():
+                raise ConfigError(f"the run in {path} already finished (summary.json exists); nothing to "
+                                  "resume.")
+            # config.json records where the run is and whether TensorBoard works, not those settings.
+            _refuse_edited_config(path, config, {*may_differ, "logdir", "tensorboard"})
+            rows = [row for row in read_metrics(path) if row["update"] <= updates]
+            run.write_text(METRICS, "".join(json.dumps(row) + "\n" for row in rows))
+            run._open_metrics("a")
         return run
+
+    @classmethod
+    def _locked(cls, path: Path) -> RunDirectory:
+        """Take the directory's lock (held until close) and clear the temporary files a kill left."""
+        run = cls(path)
+        try:
+            run._lock = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot write to run directory {path}: {exc.strerror}; pass a writable "
+                              "--logdir.") from None
+        try:
+            fcntl.flock(run._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(run._lock, 32).decode(errors="replace").strip() or "unknown"
+            run.close()
+            raise ConfigError(f"run directory {path} is in use by another htsrl-aio run (pid {owner}); wait "
+                              "for it to end, or pass another --logdir.") from None
+        try:
+            # A full disk is found here, before TensorBoard's writer thread dies of it with a traceback.
+            os.posix_fallocate(run._lock, 0, _ROOM)
+            os.ftruncate(run._lock, 0)
+            os.write(run._lock, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            run.close()
+            raise ConfigError(f"cannot write to run directory {path}: {exc.strerror}; free disk space or "
+                              "pass another --logdir.") from None
+        for directory in (path, path / checkpoint.CHECKPOINT_DIR):
+            for stale in directory.glob(_TEMPORARY):  # no writer is left: the lock is ours
+                stale.unlink(missing_ok=True)
+        return run
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_metrics(self, mode: str) -> None:
+        try:
+            self._metrics = open(self.path / METRICS, mode, buffering=1, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"cannot write to run directory {self.path}: {exc.strerror}; pass a writable "
+                              "--logdir.") from None
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         self.write_text(name, json.dumps(data, indent=2, default=str))
 
     def write_text(self, name: str, text: str) -> None:
-        self._atomic_write(name, lambda f: f.write(text.encode()))
+        try:
+            self._atomic_write(name, lambda f: f.write(text.encode()))
+        except OSError as exc:
+            raise _write_failed(self.path / name, exc) from None
 
     def append_text(self, name: str, text: str) -> None:
         """Append to a log file (error.log); a log line is not worth an atomic rewrite."""
-        with open(self.path / name, "a", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(self.path / name, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise _write_failed(self.path / name, exc) from None
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics is not None
-        self._metrics.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
+        try:
+            self._metrics.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
+        except OSError as exc:
+            raise _write_failed(self.path / METRICS, exc) from None
 
     def save_checkpoint(self, state: dict[str, Any], name: str = checkpoint.FINAL) -> None:
         """Write a checkpoint atomically; on failure raise one sentence and leave older ones untouched."""
@@ -94,9 +175,7 @@ class RunDirectory:
             (self.path / name).parent.mkdir(exist_ok=True)
             self._atomic_write(name, lambda f: f.write(buffer.getbuffer()))
         except OSError as exc:
-            raise CheckpointWriteError(
-                f"could not write checkpoint {self.path / name}: {exc.strerror or exc}; free disk space or "
-                "make the run directory writable (earlier checkpoints are intact).") from exc
+            raise _write_failed(self.path / name, exc, CheckpointWriteError) from exc
 
     def save_periodic(self, state: dict[str, Any], update: int, keep: int) -> None:
         """Write checkpoints/update-<update>.pt, then delete all but the newest `keep` of them."""
@@ -105,9 +184,14 @@ class RunDirectory:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Close metrics.jsonl and release the lock; a row that could not be written was reported."""
         if self._metrics is not None:
-            self._metrics.close()
+            with contextlib.suppress(OSError):  # the failed row is still buffered and fails again
+                self._metrics.close()
             self._metrics = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _atomic_write(self, name: str, write: Any) -> None:
         target = self.path / name
@@ -121,6 +205,64 @@ class RunDirectory:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (none if it has none); a cut last line is dropped with a note.
+
+    A run killed while appending leaves its last line cut off, which is expected after a crash; a bad
+    line anywhere else is damage, refused naming the file and line.
+    """
+    path = run / METRICS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}.") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("update"), int):
+                raise ValueError("not a metrics row")
+        except ValueError as exc:
+            if number == len(lines):
+                print(f"htsrl-aio: note: the last line of {path} was cut off (the run was killed while "
+                      "writing it); it is ignored.", file=sys.stderr)
+                break
+            raise ConfigError(f"{path}, line {number}, is not a metrics row ({exc}); fix or remove that "
+                              "line.") from None
+        rows.append(row)
+    return rows
+
+
+def _refuse_edited_config(run: Path, stored: dict[str, Any], may_differ: Collection[str]) -> None:
+    """Refuse a config.json whose settings differ from the checkpoint's, naming each difference."""
+    path = run / CONFIG
+    try:
+        on_disk = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # nothing to contradict the checkpoint
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); restore it from the checkpoint's settings or remove "
+                          "it.") from None
+    expected = json.loads(json.dumps(stored, default=str))  # tuples as lists, as config.json has them
+    differ = [f"{key} ({expected[key]!r} in the checkpoint, {on_disk.get(key, 'missing')!r} in config.json)"
+              for key in expected if key not in may_differ and on_disk.get(key, "missing") != expected[key]]
+    if differ:
+        raise ConfigError(f"{path} was edited since the checkpoint: {'; '.join(differ)}. A run resumes as it "
+                          "was configured: undo the edit, or start a new run with the new settings.")
+
+
+def _write_failed(path: Path, exc: OSError,
+                  kind: type[RunDirWriteError] = RunDirWriteError) -> RunDirWriteError:
+    what = "checkpoint " if kind is CheckpointWriteError else ""
+    intact = " (earlier checkpoints are intact)" if kind is CheckpointWriteError else ""
+    return kind(f"could not write {what}{path}: {exc.strerror or exc}; free disk space or make the run "
+                f"directory writable{intact}.")
 
 
 def _finite(value: Any) -> Any:

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from htsrl_aio.outputs.run_dir import RunDirWriteError
+
 ENABLE_HINT = "TensorBoard logging is off: pip install 'htsrl-aio[tensorboard]' to enable it."
 
 
@@ -24,7 +26,11 @@ class ScalarLog:
             self.status = ENABLE_HINT
             print(f"htsrl-aio: {ENABLE_HINT}", file=sys.stderr)
             return
-        self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
+        try:
+            self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
+        except OSError as exc:  # the events file is written at once: a full disk shows here first
+            raise RunDirWriteError(f"could not write TensorBoard events to {run_dir}: {exc.strerror or exc}; "
+                                   "free disk space or make the run directory writable.") from None
         self.status = f"on: tensorboard --logdir {run_dir}"
 
     def write(self, metrics: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
@@ -135,7 +134,6 @@ class ProcessLearner:
 def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
                  distribution: ActionDistribution, storage_specs: StorageSpecs, version: int,
                  optimizer_state: dict | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the learner stops
     torch.set_num_threads(config.torch_threads)
     torch.use_deterministic_algorithms(config.deterministic)
     shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
