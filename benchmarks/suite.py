@@ -310,14 +310,20 @@ def env_algo_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _seeds(runs: list[Run], env: str, algo: str, mode: str) -> set[int]:
+    return {r.seed for r in runs if (r.env, r.algo, r.mode) == (env, algo, mode)}
+
+
 def aggregate_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
-    """Per algo, over every env with a reference: normalised IQM of the seeds all envs share."""
+    """Per algo, over every env with a reference and runs in both modes: normalised IQM of the seeds
+    those envs share (rliable needs a runs x tasks matrix)."""
     rows = []
     for algo in dict.fromkeys(r.algo for r in runs):
-        envs = [e for e in dict.fromkeys(r.env for r in runs if r.algo == algo)
-                if normalise(e, algo, np.zeros(1)) is not None]
-        seeds = set.intersection(*[{r.seed for r in runs if (r.env, r.algo, r.mode) == (e, algo, m)}
-                                   for e in envs for m in MODES]) if envs else set()
+        seeds_by_env = {e: set.intersection(*[_seeds(runs, e, algo, m) for m in MODES])
+                        for e in dict.fromkeys(r.env for r in runs if r.algo == algo)
+                        if normalise(e, algo, np.zeros(1)) is not None}
+        envs = [e for e, seeds in seeds_by_env.items() if seeds]
+        seeds = set.intersection(*[seeds_by_env[e] for e in envs]) if envs else set()
         if not seeds:
             continue
         scores = {}
