@@ -1,0 +1,55 @@
+"""The CI version of the learning suite (benchmarks/suite.py --smoke): CartPole-v1 PPO, three seeds, hts
+and sync, through the suite's own runner and report. It asserts learning, not parity: three seeds
+cannot tell hts from sync (docs/learning.md has the ten-seed suite that does)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import suite
+
+# Several times CartPole-v1's random-policy return (23.7); the smoke budget's seeds end at 250-500.
+LEARNED_RETURN = 150
+
+
+@pytest.mark.slow
+def test_smoke_suite_learns_and_reports(tmp_path, no_leaks):
+    cells = suite.plan_cells(suite.SUITES["smoke"], envs=None, algos=None, modes=list(suite.MODES),
+                             seeds=None, total_steps=None)
+    suite.run_cells(cells, tmp_path, jobs=1, workers=1, train_args=[])
+    result = suite.report(tmp_path, tmp_path / "plots", reps=200)
+
+    (row,) = result["per_env"]
+    for mode in suite.MODES:
+        assert row[mode]["seeds"] == 3, row
+        assert row[mode]["mean"] >= LEARNED_RETURN, row
+        low, iqm, high = row["raw"][mode][1], row["raw"][mode][0], row["raw"][mode][2]
+        assert low <= iqm <= high
+    assert (tmp_path / "plots" / "learning-CartPole-v1.png").stat().st_size > 0
+    assert json.loads((tmp_path / "report.json").read_text())["per_env"][0]["env"] == "CartPole-v1"
+
+
+def test_finished_cells_are_skipped_and_held_cells_left_alone(tmp_path):
+    cell = suite.Cell("CartPole-v1", "ppo", "hts", 1, 1000)
+    run_dir = cell.run_dir(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text("{}")
+    assert suite.run_cell(cell, tmp_path, workers=1, train_args=[]).endswith("finished already")
+
+    other = suite.Cell("CartPole-v1", "ppo", "sync", 1, 1000)
+    with suite.cell_lock(other.run_dir(tmp_path)) as held:
+        assert held
+        assert suite.run_cell(other, tmp_path, workers=1, train_args=[]).endswith("is running it")
+    assert not other.run_dir(tmp_path).with_name("ppo-sync-s1.lock").exists()
+
+
+def test_a_dead_process_lock_is_taken_over(tmp_path):
+    run_dir = tmp_path / "env" / "ppo-hts-s1"
+    run_dir.parent.mkdir(parents=True)
+    dead_pid = 2**22 + 1  # above the default pid_max, so no process has it
+    run_dir.with_name("ppo-hts-s1.lock").write_text(f"{suite.socket.gethostname()} {dead_pid}")
+    with suite.cell_lock(run_dir) as held:
+        assert held
