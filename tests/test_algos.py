@@ -153,11 +153,12 @@ def test_bootstrap_values_come_from_the_behaviour_parameters():
 
 
 
-def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[ActorCritic, Learner, RolloutBatch]:
+def _lagged_ppo_step(trust_region: str, lag: int,
+                     vf_coef: float = 0.0) -> tuple[ActorCritic, Learner, RolloutBatch]:
     """One SGD step of PPO on behaviour data by a learner `lag` updates ahead of the behaviour; returns
     the starting parameters, the learner after the step, and the batch it learned."""
     cfg = TrainConfig(num_envs=3, rollout=5, total_steps=15, minibatches=1, epochs=1, clip_coef=0.05,
-                      vf_coef=0.0, ent_coef=0.0, norm_adv=False, max_grad_norm=1e9, anneal_lr=False,
+                      vf_coef=vf_coef, ent_coef=0.0, norm_adv=False, max_grad_norm=1e9, anneal_lr=False,
                       ppo_trust_region=trust_region).resolved()
     torch.manual_seed(0)
     current, behaviour = small_model(), small_model()
@@ -177,13 +178,15 @@ def _lagged_ppo_step(trust_region: str, lag: int) -> tuple[ActorCritic, Learner,
 
 
 def _sgd_step(model: ActorCritic, batch: RolloutBatch, old_logprobs: torch.Tensor,
-              advantages: torch.Tensor) -> list[torch.Tensor]:
-    """The parameters after one SGD step (lr 0.1) on the PPO surrogate alone."""
+              advantages: torch.Tensor, old_values: torch.Tensor | None = None,
+              vf_coef: float = 0.0) -> list[torch.Tensor]:
+    """The parameters after one SGD step (lr 0.1) on the PPO surrogate (and the clipped value loss)."""
     params = list(model.parameters())
     logits, value = model(batch.obs)
     dist = torch.distributions.Categorical(logits=logits)
-    loss, _ = ppo_loss(dist.log_prob(batch.actions), old_logprobs, advantages, value, batch.values,
-                       batch.returns, dist.entropy(), 0.05, True, 0.0, 0.0)
+    old_values = batch.values if old_values is None else old_values
+    loss, _ = ppo_loss(dist.log_prob(batch.actions), old_logprobs, advantages, value, old_values,
+                       batch.returns, dist.entropy(), 0.05, True, vf_coef, 0.0)
     return [p.detach() - 0.1 * g for p, g in zip(params, torch.autograd.grad(loss, params))]
 
 
@@ -212,3 +215,19 @@ def test_without_lag_both_trust_regions_are_the_same_update():
     behaviour_run = _lagged_ppo_step("behaviour", lag=0)[1].model.state_dict()
     current_run = _lagged_ppo_step("current", lag=0)[1].model.state_dict()
     assert all(torch.equal(behaviour_run[k], current_run[k]) for k in behaviour_run)
+
+
+def test_hts_ppo_clips_the_value_around_the_critic_the_update_starts_from():
+    """With lag, the value clip is centred on the current critic's values, not the behaviour critic's:
+    otherwise the critic stops learning wherever the previous update moved it past the clip range."""
+    current, learner, batch = _lagged_ppo_step("current", lag=1, vf_coef=1.0)
+    with torch.no_grad():
+        logits, start_values = current(batch.obs)
+        start = torch.distributions.Categorical(logits=logits).log_prob(batch.actions)
+    assert ((start_values - batch.values).abs() > 0.05).any()  # the recorded values lie outside the clip
+    weights = (start - batch.logprobs).exp()
+    around_current = _sgd_step(current, batch, start, batch.advantages * weights, start_values, 1.0)
+    for after, want in zip(learner.model.parameters(), around_current):
+        torch.testing.assert_close(after.detach(), want)
+    around_behaviour = _sgd_step(current, batch, start, batch.advantages * weights, batch.values, 1.0)
+    assert any(not torch.allclose(a, b) for a, b in zip(around_current, around_behaviour))
