@@ -19,7 +19,6 @@ import numpy as np
 from htsrl_aio.envs.replica import ObsSlot, StepResult
 
 OBS_PREFIX = "obs:"  # storage array names of observation keys: "obs:image", "obs:obs", ...
-STEP_ARRAYS = ("actions", "logprobs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
 
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 
