@@ -37,6 +37,14 @@ from htsrl_aio.envs.shm import SharedArray
 from htsrl_aio.runtime.tickets import StepTicket
 
 
+class ObsSlots(Protocol):
+    """Where a host finds the observation slots a command names (`ObsBuffers`, or a host's own)."""
+
+    def slot(self, buf: int, row: int, env: int) -> ObsSlot: ...
+
+    def final_slot(self, env: int) -> ObsSlot: ...
+
+
 @dataclass(frozen=True)
 class ObsBuffers:
     """Where observations go: per storage, per key, an array (T + 1, N, *shape); and per key the

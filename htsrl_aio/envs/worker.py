@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
-from htsrl_aio.envs.backend import ObsBuffers
+from htsrl_aio.envs.backend import ObsBuffers, ObsSlots
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.envs.replica import Replica, ReplicaState, run_to_completion
 from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
@@ -71,7 +71,7 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             if cmd[0] == "close":
                 return
             try:
-                conn.send(Reply("done", cmd.env_id, _run(cmd, replicas[cmd.env_id], buffers)))
+                conn.send(Reply("done", cmd.env_id, run_command(cmd, replicas[cmd.env_id], buffers)))
             except Exception as exc:
                 conn.send(Reply("error", cmd.env_id, None, f"{type(exc).__name__}: {exc}",
                                 traceback.format_exc()))
@@ -85,7 +85,8 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             array.close()
 
 
-def _run(cmd: Command, replica: Replica, buffers: ObsBuffers) -> Any:
+def run_command(cmd: Command, replica: Replica, buffers: ObsSlots) -> Any:
+    """Run one command against its replica, observations in the slots it names: every host's core."""
     env_id = cmd.env_id
     if cmd.kind == "get_state":
         return replica.get_state()

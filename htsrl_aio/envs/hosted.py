@@ -1,0 +1,167 @@
+"""HostedBackend: what every backend whose replicas live in groups on hosts shares, whatever the transport.
+
+A host (a worker process, a Ray actor) runs the `Replica`s of one slice of the envs. The schedule has
+at most one command in flight per env: its future waits here by env id until the host's reply
+resolves it. When a host is lost (it died, or stopped answering), either the run stops in one
+sentence naming its envs, or (`--on-env-error restart`) the host is started again: the commands it
+lost wait for the new one, its envs start over with a fresh seed lineage (`_RESPAWNED`), the step each
+env was taking becomes a truncation (`Replica.lost_step`), and every re-created env is charged to the
+`RestartBudget`. Subclasses only launch hosts and carry commands to them (`_launch`, `_deliver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import numpy as np
+
+from htsrl_aio.envs.backend import BackendArgs, as_wire_action, obs_slot_of
+from htsrl_aio.envs.replica import ReplicaState, RestartBudget, StepResult, env_error
+from htsrl_aio.envs.worker import Command
+from htsrl_aio.errors import EnvError
+from htsrl_aio.runtime.tickets import StepTicket
+
+# Seeds of envs on a re-created host: (RESPAWNED, respawn count) goes into every episode seed.
+_RESPAWNED = 2
+
+
+class HostedBackend:
+    """N env replicas spread over `num_hosts` hosts in contiguous slices, stepped by env id."""
+
+    def __init__(self, args: BackendArgs, num_hosts: int) -> None:
+        self.args = args
+        self.num_hosts = num_hosts
+        self.budget = RestartBudget(args.num_envs, args.factory.name, args.on_restart)
+        self._slices = [tuple(int(i) for i in ids)
+                        for ids in np.array_split(np.arange(args.num_envs), num_hosts)]
+        self._host_of = [h for h, ids in enumerate(self._slices) for _ in ids]
+        self._respawns = [0] * num_hosts
+        self._pending: dict[int, asyncio.Future] = {}
+        self._commands: dict[int, Command] = {}  # the command each pending future waits for
+        self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
+        self._stale: set[int] = set()  # envs of a lost host: their next step is a lost step
+        self._respawning: set[asyncio.Task] = set()
+        self._failure: EnvError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def restarts(self) -> int:
+        return self.budget.restarts
+
+    def _launch(self, index: int) -> Awaitable[None]:
+        """Start host `index` with its slice of envs; resolves once every replica is built."""
+        raise NotImplementedError
+
+    def _deliver(self, index: int, cmd: Command) -> None:
+        """Carry `cmd` to host `index`; its reply goes to `_resolve` (or `_fail`, `_host_lost`)."""
+        raise NotImplementedError
+
+    def _lineage(self, index: int) -> tuple[int, ...]:
+        return (_RESPAWNED, self._respawns[index]) if self._respawns[index] else ()
+
+    def _envs_of(self, index: int) -> str:
+        ids = self._slices[index]
+        return f"env {ids[0]}" if len(ids) == 1 else f"envs {ids[0]}-{ids[-1]}"
+
+    async def start(self) -> None:
+        """Start every host and wait until every replica is built."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.gather(*(self._launch(index) for index in range(self.num_hosts)))
+
+    def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
+        buf, row = obs_slot_of(ticket)
+        return self._send(Command("reset", ticket.env, buf, row))
+
+    def step(self, ticket: StepTicket, action: Any) -> asyncio.Future[StepResult]:
+        buf, row = obs_slot_of(ticket)
+        return self._send(Command("step", ticket.env, buf, row, as_wire_action(action)))
+
+    def get_state(self, env_id: int) -> asyncio.Future[ReplicaState]:
+        return self._send(Command("get_state", env_id))
+
+    def set_state(self, env_id: int, state: ReplicaState) -> asyncio.Future[str | None]:
+        return self._send(Command("set_state", env_id, state=state))
+
+    def _send(self, cmd: Command) -> asyncio.Future:
+        assert self._loop is not None, f"{type(self).__name__}.start() was not awaited"
+        future = self._loop.create_future()
+        if self._failure is not None:
+            future.set_exception(self._failure)
+            return future
+        env_id = cmd.env_id
+        assert env_id not in self._pending, f"env {env_id} already has a command in flight"
+        self._pending[env_id] = future
+        self._commands[env_id] = cmd
+        index = self._host_of[env_id]
+        if index in self._held:
+            self._held[index].append(env_id)
+        else:
+            self._forward(index, env_id)
+        return future
+
+    def _forward(self, index: int, env_id: int) -> None:
+        cmd = self._commands[env_id]
+        if env_id in self._stale and cmd.kind in ("step", "reset"):
+            self._stale.discard(env_id)
+            cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
+            self._commands[env_id] = cmd
+        self._deliver(index, cmd)
+
+    def _resolve(self, env_id: int, value: Any) -> None:
+        """A host's answer to env `env_id`'s command: charge a restart it reports, resolve its future."""
+        kind = self._commands[env_id].kind
+        failure = value.restarted if isinstance(value, StepResult) else value if kind == "reset" else None
+        if failure is not None:
+            error = self.budget.charge_step(env_id, failure)
+            if error is not None:
+                self._fail(error)
+                return
+        self._commands.pop(env_id, None)
+        future = self._pending.pop(env_id, None)
+        if future is not None and not future.done():  # a cancelled collector has cancelled its future
+            future.set_result(None if kind == "reset" else value)
+
+    def _host_lost(self, index: int, stopped: str, restarted: str) -> None:
+        """Host `index` is gone with its envs: stop the run with the sentence `stopped`, or (restarts on)
+        charge its envs with the message `restarted` and start it again."""
+        if not self.args.restart_on_error or self._failure is not None:
+            self._fail(env_error(stopped, ""))
+            return
+        env_ids = self._slices[index]
+        error = self.budget.charge(env_ids, restarted, "")
+        if error is not None:
+            self._fail(error)
+            return
+        # Commands in flight are lost with the host: they wait for the new one, as do new ones.
+        self._held[index] = [e for e in env_ids if e in self._pending]
+        self._stale.update(env_ids)
+        self._respawns[index] += 1
+        task = asyncio.ensure_future(self._relaunch(index))
+        self._respawning.add(task)
+        task.add_done_callback(self._respawning.discard)
+
+    async def _relaunch(self, index: int) -> None:
+        try:
+            await self._launch(index)
+        except EnvError as error:
+            self._fail(error)
+            return
+        for env_id in self._held.pop(index):
+            if env_id in self._pending:
+                self._forward(index, env_id)
+
+    def _fail(self, error: EnvError) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def _cancel_respawns(self) -> None:
+        for task in list(self._respawning):
+            task.cancel()
+        await asyncio.gather(*self._respawning, return_exceptions=True)
