@@ -108,9 +108,10 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = _opt(
         "keyword arguments for the env: KEY=VALUE ... on the command line (VALUE is JSON, else a string), "
         "a table in a --config file", default_factory=dict)
-    env_backend: Literal["auto", "process", "loop"] = _opt(
+    env_backend: Literal["auto", "process", "loop", "ray"] = _opt(
         "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or any "
-        "env for debugging); auto picks loop for an AsyncEnv and process otherwise", default="auto")
+        "env for debugging), ray (Ray actors, on this machine or across a cluster: needs the ray extra); "
+        "auto picks loop for an AsyncEnv and process otherwise", default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
@@ -124,6 +125,20 @@ class TrainConfig:
                      default=1)
     logdir: str | None = _opt("run directory (default: runs/<env>-<algo>-<mode>-s<seed>)", default=None)
     workers: int | None = _opt("env worker processes (default: number of cores)", default=None)
+    ray_address: str | None = _opt(
+        "--env-backend ray: the Ray cluster to run envs on: 'auto' joins the cluster this machine belongs "
+        "to (started with `ray start`), an address (host:port, ray://host:port) joins that one; by "
+        "default a local Ray instance sized to this machine is started and stopped with the run",
+        default=None)
+    ray_actors: int | None = _opt(
+        "--env-backend ray: Ray actors hosting the envs, spread over the nodes (default: the CPUs Ray "
+        "reports, at most num_envs)", default=None)
+    envs_per_actor: int | None = _opt(
+        "--env-backend ray: envs hosted by each Ray actor, stepped together in one message (another way "
+        "to say --ray-actors: num_envs / envs_per_actor actors, rounded up)", default=None)
+    env_timeout: float = _opt(
+        "a step or reset with no answer within this many seconds is an env failure; 0 turns it off",
+        default=60.0)
     max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
                                  default=None)
     inference_block: int = _opt(
@@ -239,9 +254,13 @@ class TrainConfig:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose 'hts' or 'sync'.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"unknown --device {self.device!r}; choose 'cpu', 'cuda' or 'auto'.")
-        if self.env_backend not in ("auto", "process", "loop"):
-            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process' or "
-                              "'loop'.")
+        if self.env_backend not in ("auto", "process", "loop", "ray"):
+            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process', "
+                              "'loop' or 'ray'.")
+        self._validate_ray()
+        if not _real(self.env_timeout) or not 0 <= self.env_timeout < math.inf:
+            raise ConfigError(f"--env-timeout must be a number of seconds (0 turns it off), got "
+                              f"{self.env_timeout!r}.")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"--env-kwargs must be KEY=VALUE pairs (a table in TOML), got "
                               f"{self.env_kwargs!r}.")
@@ -292,6 +311,28 @@ class TrainConfig:
         if any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden sizes must be positive integers, got {self.hidden}.")
         _require_network_fits(self.hidden)
+
+    def _validate_ray(self) -> None:
+        ray_flags = [name for name in ("ray_address", "ray_actors", "envs_per_actor")
+                     if getattr(self, name) is not None]
+        if ray_flags and self.env_backend != "ray":
+            raise ConfigError(f"--{_flag(ray_flags[0])} applies to Ray actors only; add --env-backend ray "
+                              "or drop it.")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
+            raise ConfigError(f"--ray-address takes 'auto' or a cluster address (host:port), got "
+                              f"{self.ray_address!r}.")
+        for name in ("ray_actors", "envs_per_actor"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}.")
+        actors, per_actor = self.ray_actors, self.envs_per_actor
+        if actors is not None and actors > self.num_envs:
+            raise ConfigError(f"--ray-actors {actors} is more than the {self.num_envs} envs they would host; "
+                              f"use at most --ray-actors {self.num_envs}.")
+        if actors is not None and per_actor is not None and actors != -(-self.num_envs // per_actor):
+            raise ConfigError(f"--ray-actors {actors} and --envs-per-actor {per_actor} disagree for "
+                              f"{self.num_envs} envs ({-(-self.num_envs // per_actor)} actors of at most "
+                              f"{per_actor} envs); give one of them.")
 
     @property
     def num_rollouts(self) -> int:

@@ -61,7 +61,8 @@ from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
 # Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
-RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints")
+RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints",
+                      "env_timeout", "ray_address", "ray_actors", "envs_per_actor")
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
 
@@ -164,11 +165,11 @@ class Trainer:
         resume_step = None if resume is None else resume["update"] * cfg.num_envs * cfg.rollout + 1
         self._scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
         self._stack.callback(self._scalars.close)
-        self.run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
-                                         "tensorboard": self._scalars.status,
-                                         "env_runs": "in the event loop" if backend == "loop"
-                                         else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
-                                         "determinism": _determinism_note(cfg, device)})
+        env_runs = {"loop": "in the event loop", "ray": "on Ray actors (how many: once Ray has started)",
+                    }.get(backend, f"in {min(cfg.workers, cfg.num_envs)} worker processes")
+        config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": self._scalars.status,
+                       "env_runs": env_runs, "determinism": _determinism_note(cfg, device)}
+        self.run_dir.write_json(CONFIG, config_json)
         self._stack.enter_context(_torch_settings(cfg, device))
         model = build_model(spec, cfg)
         if resume is not None:
@@ -205,12 +206,18 @@ class Trainer:
         buffers = ObsBuffers(tuple({key: arrays[OBS_PREFIX + key] for key in obs_arrays}
                                    for arrays in storage_arrays), final_obs)
         pool = make_backend(backend, BackendArgs(factory, spec, cfg.num_envs, cfg.seed, buffers, cfg.workers,
-                                                 cfg.on_env_error == "restart", self._log_restart))
+                                                 cfg.on_env_error == "restart", self._log_restart,
+                                                 env_timeout=cfg.env_timeout or None,
+                                                 ray_address=cfg.ray_address, ray_actors=cfg.ray_actors,
+                                                 envs_per_actor=cfg.envs_per_actor))
         self.learner = learner
         self.pool = pool
         self._stack.push_async_callback(pool.aclose)
         self._stack.push_async_callback(learner.aclose)
         await asyncio.gather(pool.start(), learner.start())
+        placement = getattr(pool, "placement", None)
+        if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
+            self.run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})
         start = StartPoint() if resume is None else await self._restore(resume, storages)
         steps_per_rollout = cfg.num_envs * cfg.rollout
         self._progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress,

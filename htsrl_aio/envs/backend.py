@@ -77,6 +77,10 @@ class BackendArgs:
     workers: int = 1  # worker processes (process backend)
     restart_on_error: bool = False  # --on-env-error restart
     on_restart: Callable[[str, str], None] = lambda message, details: None
+    env_timeout: float | None = None  # seconds a step or reset may take before it is an env failure
+    ray_address: str | None = None  # ray backend: None starts a local Ray instance; "auto" or an address
+    ray_actors: int | None = None  # ray backend: actors hosting the envs (None: the CPUs Ray reports)
+    envs_per_actor: int | None = None  # ray backend: another way to say ray_actors
 
 
 class EnvBackend(Protocol):

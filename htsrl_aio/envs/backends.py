@@ -10,9 +10,17 @@ from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.envs.loop_backend import LoopBackend
 from htsrl_aio.envs.process_backend import ProcessBackend
 
+
+def _ray_backend(args: BackendArgs) -> EnvBackend:
+    from htsrl_aio.envs.ray_backend import RayBackend  # Ray is optional: imported only when asked for
+
+    return RayBackend(args)
+
+
 BACKENDS: dict[str, Callable[[BackendArgs], EnvBackend]] = {
     "process": ProcessBackend,
     "loop": LoopBackend,
+    "ray": _ray_backend,
 }
 
 
@@ -20,9 +28,13 @@ def backend_name(choice: str, spec: EnvSpec) -> str:
     """The backend a run uses: `auto` is the event loop for an AsyncEnv, worker processes otherwise."""
     if choice == "auto":
         return "loop" if spec.in_loop else "process"
-    if choice == "process" and spec.in_loop:
-        raise ConfigError("--env-backend process cannot host an AsyncEnv (its coroutines need the event "
+    if choice in ("process", "ray") and spec.in_loop:
+        raise ConfigError(f"--env-backend {choice} cannot host an AsyncEnv (its coroutines need the event "
                           "loop); use --env-backend loop or auto.")
+    if choice == "ray":
+        from htsrl_aio.envs.ray_backend import import_ray
+
+        import_ray()  # without Ray installed, say how to install it before anything starts
     return choice
 
 

@@ -30,14 +30,13 @@ _RESPAWNED = 2
 class HostedBackend:
     """N env replicas spread over `num_hosts` hosts in contiguous slices, stepped by env id."""
 
-    def __init__(self, args: BackendArgs, num_hosts: int) -> None:
+    def __init__(self, args: BackendArgs) -> None:
         self.args = args
-        self.num_hosts = num_hosts
         self.budget = RestartBudget(args.num_envs, args.factory.name, args.on_restart)
-        self._slices = [tuple(int(i) for i in ids)
-                        for ids in np.array_split(np.arange(args.num_envs), num_hosts)]
-        self._host_of = [h for h, ids in enumerate(self._slices) for _ in ids]
-        self._respawns = [0] * num_hosts
+        self.num_hosts = 0
+        self._slices: list[tuple[int, ...]] = []
+        self._host_of: list[int] = []
+        self._respawns: list[int] = []
         self._pending: dict[int, asyncio.Future] = {}
         self._commands: dict[int, Command] = {}  # the command each pending future waits for
         self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
@@ -49,6 +48,14 @@ class HostedBackend:
     @property
     def restarts(self) -> int:
         return self.budget.restarts
+
+    def _split(self, num_hosts: int) -> None:
+        """Give each of `num_hosts` hosts a contiguous slice of the envs (call once, before start)."""
+        self.num_hosts = num_hosts
+        self._slices = [tuple(int(i) for i in ids)
+                        for ids in np.array_split(np.arange(self.args.num_envs), num_hosts)]
+        self._host_of = [h for h, ids in enumerate(self._slices) for _ in ids]
+        self._respawns = [0] * num_hosts
 
     def _launch(self, index: int) -> Awaitable[None]:
         """Start host `index` with its slice of envs; resolves once every replica is built."""
@@ -123,14 +130,14 @@ class HostedBackend:
         if future is not None and not future.done():  # a cancelled collector has cancelled its future
             future.set_result(None if kind == "reset" else value)
 
-    def _host_lost(self, index: int, stopped: str, restarted: str) -> None:
+    def _host_lost(self, index: int, stopped: str, restarted: str, details: str = "") -> None:
         """Host `index` is gone with its envs: stop the run with the sentence `stopped`, or (restarts on)
         charge its envs with the message `restarted` and start it again."""
         if not self.args.restart_on_error or self._failure is not None:
-            self._fail(env_error(stopped, ""))
+            self._fail(env_error(stopped, details))
             return
         env_ids = self._slices[index]
-        error = self.budget.charge(env_ids, restarted, "")
+        error = self.budget.charge(env_ids, restarted, details)
         if error is not None:
             self._fail(error)
             return

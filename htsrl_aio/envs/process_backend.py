@@ -25,7 +25,8 @@ class ProcessBackend(HostedBackend):
     """N env replicas spread over W worker processes, stepped by env id."""
 
     def __init__(self, args: BackendArgs) -> None:
-        super().__init__(args, min(args.workers, args.num_envs))
+        super().__init__(args)
+        self._split(min(args.workers, args.num_envs))
         self.num_workers = self.num_hosts
         self._workers: list[WatchedChild | None] = [None] * self.num_workers
         self._ready: list[asyncio.Future] = []

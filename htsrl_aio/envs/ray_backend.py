@@ -1,0 +1,349 @@
+"""RayBackend: replicas on Ray actors, on this machine or spread over the nodes of a cluster.
+
+Each actor (`ReplicaHost`) hosts a contiguous group of replicas and runs the commands it is sent with
+the same `run_command` and `Replica` life cycle as a worker process. Inference, the learner and the
+swap stay on the head node (this process). Only ids, actions, rewards, flags and observations travel:
+
+- Batching: the commands issued to one actor during one event-loop iteration go in one remote call;
+  the actor answers with one list of replies, matched to envs by id, so one round trip serves as many
+  env steps as were ready together.
+- Observations cannot go through this machine's shared memory. The actor keeps its own observation
+  slots (`GroupSlots`), and its reply carries the observations it wrote, stacked per key; the head
+  node writes them into the slots the tickets name (and a time-limit truncation's final observation
+  into the env's final slot).
+- An actor that dies (or whose node does), or that gives no answer within `--env-timeout`, is a lost
+  host (`HostedBackend`): the run stops in one sentence naming its envs, or, with `--on-env-error
+  restart`, the actor is created again and its envs start over with new derived seeds.
+
+Ray is an optional dependency: this module imports it only when a run asks for it (`import_ray`).
+The env factory travels to the actors as Ray ships any argument (cloudpickle: an importable factory by
+reference, so the package that defines it must be installed on every node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import traceback
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from htsrl_aio.config import ConfigError
+from htsrl_aio.envs.backend import BackendArgs
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.hosted import HostedBackend
+from htsrl_aio.envs.replica import ObsSlot, Replica, StepResult, env_error, run_to_completion
+from htsrl_aio.envs.worker import Command, Reply, run_command
+
+# How long actors get to close their envs politely when the run ends, before they are killed.
+CLOSE_TIMEOUT_S = 5.0
+INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
+
+
+def import_ray() -> ModuleType:
+    """The ray package, or a ConfigError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--env-backend ray needs Ray, which is not installed; {INSTALL_HINT}.") from None
+    return ray
+
+
+class GroupSlots:
+    """An actor's own observation slots: two rows per env of its group, and each env's final slot.
+
+    The slot of ticket (rollout j, env i, step t) is row t of storage j % 2 (`obs_slot_of`), and row
+    T of one storage holds the same observation as row 0 of the other (the swap carries it over). An
+    env's observations therefore form one stream, position j*T + t, whose parity is
+    ((j % 2)*T + t) % 2: alternating two rows by it keeps the observation an env acts on where its
+    previous command left it, through every swap, with no copy.
+    """
+
+    def __init__(self, arrays: Mapping[str, tuple[tuple[int, ...], Any]], env_ids: tuple[int, ...],
+                 rollout: int) -> None:
+        self.rollout = rollout
+        self._index = {env_id: i for i, env_id in enumerate(env_ids)}
+        n = len(env_ids)
+        self._rows = {key: np.zeros((2, n, *shape), dtype) for key, (shape, dtype) in arrays.items()}
+        self._final = {key: np.zeros((n, *shape), dtype) for key, (shape, dtype) in arrays.items()}
+
+    def slot(self, buf: int, row: int, env: int) -> ObsSlot:
+        parity, i = (buf * self.rollout + row) % 2, self._index[env]
+        return {key: rows[parity, i] for key, rows in self._rows.items()}
+
+    def final_slot(self, env: int) -> ObsSlot:
+        return {key: final[self._index[env]] for key, final in self._final.items()}
+
+
+class HostReply(NamedTuple):
+    """An actor's answer to one message: a reply per command, in order, and the observations they wrote
+    (stacked per key, in the order of the replies that wrote one), and the final observations of the
+    steps that a time limit cut."""
+
+    replies: list[Reply]
+    obs: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+
+
+def _stack(slots: list[ObsSlot]) -> dict[str, np.ndarray]:
+    return {key: np.stack([slot[key] for slot in slots]) for key in slots[0]} if slots else {}
+
+
+def _wrote_final(cmd: Command, value: Any) -> bool:
+    """Whether the step left a final observation that the schedule reads (see RolloutStorage.record_step)."""
+    return cmd.kind != "reset" and isinstance(value, StepResult) and value.truncated and not value.terminated
+
+
+class ReplicaHost:
+    """The body of one Ray actor: a group of replicas, the commands of one message run in turn."""
+
+    def __init__(self, factory: EnvFactory, spec: EnvSpec, env_ids: tuple[int, ...], run_seed: int,
+                 rollout: int, restart_on_error: bool, lineage: tuple[int, ...]) -> None:
+        self.args = (factory, spec, env_ids, run_seed, restart_on_error, lineage)
+        self.slots = GroupSlots(spec.obs.arrays(), env_ids, rollout)
+        self.replicas: dict[int, Replica] = {}
+
+    def start(self) -> tuple[str, tuple[str, str] | None]:
+        """Build every replica: (this node's address, None), or the failure as (message, traceback)."""
+        import ray
+
+        factory, spec, env_ids, run_seed, restart_on_error, lineage = self.args
+        node = ray.util.get_node_ip_address()
+        try:
+            for env_id in env_ids:
+                self.replicas[env_id] = Replica(env_id, factory, spec.obs, spec.action, run_seed,
+                                                restart_on_error, lineage)
+        except Exception as exc:
+            return node, (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return node, None
+
+    def run(self, batch: list[tuple[Command, ObsSlot | None]]) -> HostReply:
+        """Run each command; `acted`, when sent, is the observation the env stands at (the head node
+        sends it when this actor cannot know it: after a restart or a loaded checkpoint)."""
+        replies, obs, final = [], [], []
+        for cmd, acted in batch:
+            env_id = cmd.env_id
+            try:
+                if acted is not None:
+                    for key, array in self.slots.slot(cmd.buf, cmd.row, env_id).items():
+                        array[...] = acted[key]
+                value = run_command(cmd, self.replicas[env_id], self.slots)
+            except Exception as exc:
+                replies.append(Reply("error", env_id, None, f"{type(exc).__name__}: {exc}",
+                                     traceback.format_exc()))
+                continue
+            replies.append(Reply("done", env_id, value))
+            if cmd.kind in ("reset", "step", "lost_step"):
+                obs.append(self.slots.slot(cmd.buf, cmd.row + (cmd.kind != "reset"), env_id))
+            if _wrote_final(cmd, value):
+                final.append(self.slots.final_slot(env_id))
+        return HostReply(replies, _stack(obs), _stack(final))
+
+    def close(self) -> None:
+        for replica in self.replicas.values():
+            run_to_completion(replica.close())
+
+
+class RayBackend(HostedBackend):
+    """N env replicas spread over Ray actors (SPREAD over the nodes), stepped by env id."""
+
+    def __init__(self, args: BackendArgs) -> None:
+        super().__init__(args)
+        self.ray = import_ray()
+        self._connected = False  # this backend called ray.init, so it calls ray.shutdown
+        self._actors: list[Any] = []
+        self._nodes: list[str] = []
+        self._outbox: list[list[tuple[Command, ObsSlot | None]]] = []
+        self._incarnation: list[int] = []  # replies of an actor given up for lost are ignored
+        self._unsynced: set[int] = set()  # envs whose actor does not hold the observation they stand at
+        self._in_flight: set[asyncio.Task] = set()
+        self._actor_class: Any = None
+        self._actor_cpus = 1.0
+
+    @property
+    def placement(self) -> str:
+        """Where the envs run, for the run's config.json."""
+        nodes = len(set(self._nodes))
+        return f"on {self.num_hosts} Ray actors ({nodes} node{'s' if nodes != 1 else ''})"
+
+    async def start(self) -> None:
+        """Connect to Ray (or start it), create the actors and wait until every replica is built."""
+        self._connect()
+        cpus = float(self.ray.cluster_resources().get("CPU", 0.0))
+        a = self.args
+        if a.ray_actors is not None:
+            actors = a.ray_actors
+        elif a.envs_per_actor is not None:
+            actors = -(-a.num_envs // a.envs_per_actor)
+        else:
+            actors = max(1, int(cpus))
+        self._split(min(actors, a.num_envs))
+        # One CPU per actor where the cluster has them; shares of them otherwise, so that asking for
+        # more actors than CPUs (many small env groups) never leaves actors waiting to be placed.
+        self._actor_cpus = min(1.0, math.floor(cpus / self.num_hosts * 1e4) / 1e4)
+        self._actors = [None] * self.num_hosts
+        self._nodes = [""] * self.num_hosts
+        self._outbox = [[] for _ in range(self.num_hosts)]
+        self._incarnation = [0] * self.num_hosts
+        self._actor_class = self.ray.remote(ReplicaHost)
+        await super().start()
+
+    def _connect(self) -> None:
+        ray, address = self.ray, self.args.ray_address
+        if ray.is_initialized():  # this process already joined a cluster (or started one): use it
+            return
+        try:
+            # Without an address, ray.init starts a local instance sized to this machine (or joins
+            # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more.
+            local = {"include_dashboard": False} if address is None else {}
+            ray.init(address=address, logging_level=logging.WARNING, **local)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = "start a local Ray instance" if address is None else f"connect to Ray at {address!r}"
+            raise env_error(f"could not {where}: {exc}", traceback.format_exc()) from None
+        self._connected = True
+
+    def _where(self, index: int) -> str:
+        node = f" on node {self._nodes[index]}" if self._nodes[index] else ""
+        return f"Ray actor {index} ({self._envs_of(index)} of {self.args.factory.name!r}){node}"
+
+    async def _launch(self, index: int) -> None:
+        a = self.args
+        old = self._actors[index]
+        if old is not None:
+            with contextlib.suppress(Exception):
+                self.ray.kill(old, no_restart=True)
+        self._incarnation[index] += 1
+        self._unsynced.update(self._slices[index])
+        rollout = a.buffers.storages[0][next(iter(a.buffers.storages[0]))].array.shape[0] - 1
+        actor = self._actor_class.options(num_cpus=self._actor_cpus, scheduling_strategy="SPREAD").remote(
+            a.factory, a.spec, self._slices[index], a.run_seed, rollout, a.restart_on_error,
+            self._lineage(index))
+        self._actors[index] = actor
+        try:
+            node, failure = await self._answer(actor.start.remote())
+        except (TimeoutError, asyncio.TimeoutError):
+            raise env_error(f"{self._where(index)} did not start within {a.env_timeout:g} s (--env-timeout): "
+                            "no node may have the resources it asks for, or its envs take that long to "
+                            "build.", "") from None
+        except self.ray.exceptions.RayError as exc:
+            raise env_error(f"{self._where(index)} could not start: {_first_line(exc)}", str(exc)) from None
+        self._nodes[index] = node
+        if failure is not None:
+            raise env_error(f"{self._where(index)} could not create its envs: {failure[0]}", failure[1])
+
+    async def _answer(self, ref: Any) -> Any:
+        """The value of a remote call, awaited without blocking the loop, within --env-timeout."""
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.args.env_timeout)
+
+    def _deliver(self, index: int, cmd: Command) -> None:
+        assert self._loop is not None
+        env_id, acted = cmd.env_id, None
+        if cmd.kind == "set_state":
+            self._unsynced.add(env_id)
+        elif cmd.kind == "reset":
+            self._unsynced.discard(env_id)
+        elif cmd.kind in ("step", "lost_step") and env_id in self._unsynced:
+            self._unsynced.discard(env_id)
+            here = self.args.buffers.slot(cmd.buf, cmd.row, env_id)
+            acted = {key: view.copy() for key, view in here.items()}
+        outbox = self._outbox[index]
+        if not outbox:
+            self._loop.call_soon(self._flush, index)
+        outbox.append((cmd, acted))
+
+    def _flush(self, index: int) -> None:
+        batch, self._outbox[index] = self._outbox[index], []
+        if not batch or self._failure is not None or index in self._held:
+            return  # the commands of a lost actor wait for the new one (HostedBackend._held)
+        task = asyncio.ensure_future(self._exchange(index, batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _exchange(self, index: int, batch: list[tuple[Command, ObsSlot | None]]) -> None:
+        incarnation = self._incarnation[index]
+        try:
+            answer = await self._answer(self._actors[index].run.remote(batch))
+        except (TimeoutError, asyncio.TimeoutError):
+            if self._current(index, incarnation):
+                self._lost(index, [cmd.env_id for cmd, _ in batch])
+            return
+        except self.ray.exceptions.RayTaskError as exc:  # a bug in the actor itself, not the env's
+            self._fail(env_error(f"{self._where(index)} failed: {_first_line(exc)}", str(exc)))
+            return
+        except self.ray.exceptions.RayError as exc:  # the actor, or its node, died
+            if self._current(index, incarnation):
+                self._died(index, exc)
+            return
+        if self._current(index, incarnation):
+            self._receive(answer)
+
+    def _current(self, index: int, incarnation: int) -> bool:
+        """Whether an answer of actor `index` as it was then still counts (it was not given up)."""
+        return self._failure is None and incarnation == self._incarnation[index] and index not in self._held
+
+    def _died(self, index: int, exc: BaseException) -> None:
+        where, why = self._where(index), _first_line(exc)
+        self._host_lost(index, f"{where} died unexpectedly ({why}); the run cannot continue without its "
+                               "envs.", f"{where} died ({why}); started again", str(exc))
+
+    def _lost(self, index: int, env_ids: list[int]) -> None:
+        timeout = f"{self.args.env_timeout:g} s"
+        waiting = f"env {env_ids[0]}" if len(env_ids) == 1 else f"envs {', '.join(map(str, env_ids))}"
+        with contextlib.suppress(Exception):  # a stuck actor is killed: nothing is left running
+            self.ray.kill(self._actors[index], no_restart=True)
+        self._host_lost(index, f"{waiting} on {self._where(index)} gave no answer within {timeout} "
+                               "(--env-timeout), so the run stopped.",
+                        f"{waiting} on {self._where(index)} gave no answer within {timeout} "
+                        "(--env-timeout); its actor was started again")
+
+    def _receive(self, answer: HostReply) -> None:
+        buffers, name = self.args.buffers, self.args.factory.name
+        obs_row = final_row = 0
+        for reply in answer.replies:
+            env_id = reply.env_id
+            assert env_id is not None
+            if reply.kind == "error":
+                self._fail(env_error(f"env {env_id} of {name!r} failed: {reply.message}", reply.details))
+                return
+            cmd = self._commands[env_id]
+            if cmd.kind in ("reset", "step", "lost_step"):
+                into = buffers.slot(cmd.buf, cmd.row + (cmd.kind != "reset"), env_id)
+                for key, view in into.items():
+                    view[...] = answer.obs[key][obs_row]
+                obs_row += 1
+            if _wrote_final(cmd, reply.value):
+                for key, view in buffers.final_slot(env_id).items():
+                    view[...] = answer.final[key][final_row]
+                final_row += 1
+            self._resolve(env_id, reply.value)
+            if self._failure is not None:
+                return
+
+    async def aclose(self) -> None:
+        """Close every actor's envs (briefly), kill every actor, and stop Ray if this run started it."""
+        await self._cancel_respawns()
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        actors = [actor for actor in self._actors if actor is not None]
+        self._actors = [None] * self.num_hosts
+        if actors:
+            closing = [asyncio.wrap_future(actor.close.remote().future()) for actor in actors]
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_TIMEOUT_S)
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
+        if self._connected:
+            self._connected = False
+            self.ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
