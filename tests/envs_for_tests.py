@@ -244,3 +244,22 @@ class _HangsInWorkers(gym.Wrapper):
 
 def hanging_cartpole() -> gym.Env:
     return _HangsInWorkers(gym.make("CartPole-v1"))
+
+
+class _HangsAfter(gym.Wrapper):
+    """Steps normally 40 times (the start-up probe takes one), then never answers again."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._steps = 0
+
+    def step(self, action):
+        self._steps += 1
+        if self._steps > 40:
+            while True:
+                time.sleep(3600)
+        return super().step(action)
+
+
+def hangs_after_40_steps_cartpole() -> gym.Env:
+    return _HangsAfter(gym.make("CartPole-v1"))

@@ -42,6 +42,9 @@ from htsrl_aio.envs.worker import Command, Reply, run_command
 
 # How long actors get to close their envs politely when the run ends, before they are killed.
 CLOSE_TIMEOUT_S = 5.0
+# An actor may take this long to be placed and build its envs even when --env-timeout is shorter (a
+# worker process to start, packages to import); --env-timeout 0 waits for ever (an autoscaling cluster).
+START_TIMEOUT_S = 60.0
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
 
 
@@ -108,12 +111,12 @@ class ReplicaHost:
         self.slots = GroupSlots(spec.obs.arrays(), env_ids, rollout)
         self.replicas: dict[int, Replica] = {}
 
-    def start(self) -> tuple[str, tuple[str, str] | None]:
-        """Build every replica: (this node's address, None), or the failure as (message, traceback)."""
+    def start(self) -> tuple[tuple[str, str], tuple[str, str] | None]:
+        """Build every replica: ((node id, node address), None), or the failure as (message, traceback)."""
         import ray
 
         factory, spec, env_ids, run_seed, restart_on_error, lineage = self.args
-        node = ray.util.get_node_ip_address()
+        node = (ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
         try:
             for env_id in env_ids:
                 self.replicas[env_id] = Replica(env_id, factory, spec.obs, spec.action, run_seed,
@@ -157,7 +160,7 @@ class RayBackend(HostedBackend):
         self.ray = import_ray()
         self._connected = False  # this backend called ray.init, so it calls ray.shutdown
         self._actors: list[Any] = []
-        self._nodes: list[str] = []
+        self._nodes: list[tuple[str, str]] = []  # (node id, address) of each actor
         self._outbox: list[list[tuple[Command, ObsSlot | None]]] = []
         self._incarnation: list[int] = []  # replies of an actor given up for lost are ignored
         self._unsynced: set[int] = set()  # envs whose actor does not hold the observation they stand at
@@ -166,9 +169,14 @@ class RayBackend(HostedBackend):
         self._actor_cpus = 1.0
 
     @property
+    def actors(self) -> tuple[Any, ...]:
+        """The actor handles, by index (None while one is being created again)."""
+        return tuple(self._actors)
+
+    @property
     def placement(self) -> str:
         """Where the envs run, for the run's config.json."""
-        nodes = len(set(self._nodes))
+        nodes = len({node_id for node_id, _ in self._nodes})
         return f"on {self.num_hosts} Ray actors ({nodes} node{'s' if nodes != 1 else ''})"
 
     async def start(self) -> None:
@@ -187,7 +195,7 @@ class RayBackend(HostedBackend):
         # more actors than CPUs (many small env groups) never leaves actors waiting to be placed.
         self._actor_cpus = min(1.0, math.floor(cpus / self.num_hosts * 1e4) / 1e4)
         self._actors = [None] * self.num_hosts
-        self._nodes = [""] * self.num_hosts
+        self._nodes = [("", "")] * self.num_hosts
         self._outbox = [[] for _ in range(self.num_hosts)]
         self._incarnation = [0] * self.num_hosts
         self._actor_class = self.ray.remote(ReplicaHost)
@@ -208,7 +216,8 @@ class RayBackend(HostedBackend):
         self._connected = True
 
     def _where(self, index: int) -> str:
-        node = f" on node {self._nodes[index]}" if self._nodes[index] else ""
+        address = self._nodes[index][1]
+        node = f" on node {address}" if address else ""
         return f"Ray actor {index} ({self._envs_of(index)} of {self.args.factory.name!r}){node}"
 
     async def _launch(self, index: int) -> None:
@@ -224,21 +233,22 @@ class RayBackend(HostedBackend):
             a.factory, a.spec, self._slices[index], a.run_seed, rollout, a.restart_on_error,
             self._lineage(index))
         self._actors[index] = actor
+        timeout = None if a.env_timeout is None else max(a.env_timeout, START_TIMEOUT_S)
         try:
-            node, failure = await self._answer(actor.start.remote())
+            node, failure = await self._answer(actor.start.remote(), timeout)
         except (TimeoutError, asyncio.TimeoutError):
-            raise env_error(f"{self._where(index)} did not start within {a.env_timeout:g} s (--env-timeout): "
-                            "no node may have the resources it asks for, or its envs take that long to "
-                            "build.", "") from None
+            raise env_error(f"{self._where(index)} did not start within {timeout:g} s: no node may have the "
+                            "resources it asks for, or its envs take that long to build (--env-timeout 0 "
+                            "waits for ever).", "") from None
         except self.ray.exceptions.RayError as exc:
             raise env_error(f"{self._where(index)} could not start: {_first_line(exc)}", str(exc)) from None
         self._nodes[index] = node
         if failure is not None:
             raise env_error(f"{self._where(index)} could not create its envs: {failure[0]}", failure[1])
 
-    async def _answer(self, ref: Any) -> Any:
-        """The value of a remote call, awaited without blocking the loop, within --env-timeout."""
-        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.args.env_timeout)
+    async def _answer(self, ref: Any, timeout: float | None) -> Any:
+        """The value of a remote call, awaited without blocking the loop, within `timeout` seconds."""
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
     def _deliver(self, index: int, cmd: Command) -> None:
         assert self._loop is not None
@@ -267,7 +277,7 @@ class RayBackend(HostedBackend):
     async def _exchange(self, index: int, batch: list[tuple[Command, ObsSlot | None]]) -> None:
         incarnation = self._incarnation[index]
         try:
-            answer = await self._answer(self._actors[index].run.remote(batch))
+            answer = await self._answer(self._actors[index].run.remote(batch), self.args.env_timeout)
         except (TimeoutError, asyncio.TimeoutError):
             if self._current(index, incarnation):
                 self._lost(index, [cmd.env_id for cmd, _ in batch])

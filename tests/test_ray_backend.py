@@ -1,0 +1,161 @@
+"""--env-backend ray: the same bits as worker processes whatever the actors or nodes, a dead actor is a dead
+worker (stop in one sentence, or start it again), no answer within --env-timeout is a failure, and a run
+that started its own Ray instance leaves no Ray process behind."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from htsrl_aio import EnvError, TrainConfig, Trainer, train
+from htsrl_aio.cli import main as cli_main
+
+ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
+pytestmark = pytest.mark.ray
+
+TESTS = str(Path(__file__).parent)
+NUM_ENVS, ROLLOUT, UPDATES = 6, 16, 4
+
+
+def config(run_dir: Path, **overrides) -> TrainConfig:
+    base = {"env": "CartPole-v1", "num_envs": NUM_ENVS, "rollout": ROLLOUT,
+            "total_steps": NUM_ENVS * ROLLOUT * UPDATES, "minibatches": 2, "logdir": str(run_dir),
+            "progress": False, "env_backend": "ray", "learner": "thread"}
+    return TrainConfig(**{**base, **overrides})
+
+
+def actions_trace(run_dir: Path) -> list[str]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["actions_sha256"] for line in lines]
+
+
+def ray_processes() -> list[str]:
+    """Command lines of this process's descendants (a local Ray instance's gcs_server, raylet, workers)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    mine, found = {os.getpid()}, True
+    while found:
+        found = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                found = True
+    mine.discard(os.getpid())
+    lines = []
+    for pid in mine:
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return [line for line in lines if "ray" in line]
+
+
+@pytest.fixture(scope="class")
+def ray_instance():
+    """One small local Ray instance for the tests of a class (a run joins it and leaves it running)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.usefixtures("ray_instance")
+class TestOnOneRayInstance:
+    def test_same_bits_as_worker_processes_whatever_the_actors(self, tmp_path):
+        runs = {name: train(config(tmp_path / name, **overrides)) for name, overrides in [
+            ("processes", {"env_backend": "process", "workers": 2}),
+            ("two_actors", {"ray_actors": 2}),
+            ("three_actors", {"envs_per_actor": 2, "max_batch": 3}),
+        ]}
+        assert len({summary["final_params_sha256"] for summary in runs.values()}) == 1, runs
+        traces = [actions_trace(tmp_path / name) for name in runs]
+        assert len(traces[0]) == UPDATES and traces[0] == traces[1] == traces[2]
+        env_runs = json.loads((tmp_path / "three_actors" / "config.json").read_text())["env_runs"]
+        assert env_runs == "on 3 Ray actors (1 node)"
+        assert ray.is_initialized()  # a run that joined a running instance leaves it running
+
+    async def test_a_killed_actor_stops_the_run_in_one_sentence_naming_its_envs(self, tmp_path):
+        with pytest.raises(EnvError) as failed:
+            async with Trainer(config(tmp_path / "run", ray_actors=2)) as trainer:
+                async for _ in trainer.updates():
+                    ray.kill(trainer.pool.actors[1])
+        message = str(failed.value)
+        assert message.startswith("Ray actor 1 (envs 3-5 of 'CartPole-v1') on node ")
+        assert "died unexpectedly" in message
+        assert message.endswith("the run cannot continue without its envs.")
+        assert "\n" not in message
+
+    async def test_a_killed_actor_is_started_again_with_its_envs(self, tmp_path):
+        cfg = config(tmp_path / "run", ray_actors=2, on_env_error="restart")
+        async with Trainer(cfg) as trainer:
+            async for metrics in trainer.updates():
+                if metrics["update"] == 1:
+                    ray.kill(trainer.pool.actors[1])
+        assert trainer.summary["updates"] == UPDATES
+        last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["env_restarts"] == 3  # the actor hosted envs 3, 4 and 5: all start again
+        assert "Ray actor 1 (envs 3-5 of 'CartPole-v1')" in (tmp_path / "run" / "error.log").read_text()
+
+    def test_no_answer_within_the_timeout_is_an_env_failure(self, tmp_path):
+        started = time.monotonic()
+        stopped = (r"^envs? [\d, ]+ on Ray actor \d .* gave no answer within 2 s \(--env-timeout\), so the "
+                   "run stopped")
+        with pytest.raises(EnvError, match=stopped):
+            train(config(tmp_path / "run", env="envs_for_tests:hangs_after_40_steps_cartpole", env_timeout=2,
+                         ray_actors=2))
+        assert time.monotonic() - started < 30
+
+
+def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    reference = train(config(tmp_path / "loop", env_backend="loop"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        summary = train(config(tmp_path / "cluster", ray_address=cluster.address, ray_actors=3))
+        assert not ray.is_initialized()  # the run disconnected; the cluster is still there
+        env_runs = json.loads((tmp_path / "cluster" / "config.json").read_text())["env_runs"]
+    finally:
+        cluster.shutdown()
+    assert summary["final_params_sha256"] == reference["final_params_sha256"]
+    assert actions_trace(tmp_path / "cluster") == actions_trace(tmp_path / "loop")
+    assert env_runs == "on 3 Ray actors (3 nodes)"
+
+
+def test_a_run_that_started_ray_leaves_no_ray_process(tmp_path):
+    assert not ray.is_initialized()
+    summary = train(config(tmp_path / "run", ray_actors=2))
+    assert summary["updates"] == UPDATES and not ray.is_initialized()
+    deadline = time.monotonic() + 20
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_processes() == []
+
+
+def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["train", "--env-backend", "ray", "--logdir", str(tmp_path / "run")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'htsrl-aio: error: --env-backend ray needs Ray, which is not installed; install it with pip install '
+        '"htsrl-aio[ray]".']
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_core_never_imports_ray():
+    code = "import sys, htsrl_aio, htsrl_aio.trainer, htsrl_aio.cli; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
