@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,29 @@ def no_leaks():
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@contextlib.contextmanager
+def tests_importable() -> Iterator[None]:
+    """Let the processes of a Ray instance started meanwhile import the tests' own envs (envs_for_tests)
+    by module name, as spawned worker processes do through sys.path."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), before]))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+@pytest.fixture(scope="class")
+def ray_instance():
+    """One small local Ray instance for the tests of a class (a run joins it and leaves it running);
+    skipped when Ray is not installed."""
+    ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
+    with tests_importable():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -49,6 +49,20 @@ def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind
     assert len(set(traces[0])) == UPDATES  # the policy acted differently each rollout
 
 
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
+class TestOnRayActors:
+    @pytest.mark.parametrize("kind", list(KINDS))
+    def test_same_bits_as_the_event_loop(self, tmp_path, no_leaks, kind):
+        """Observations of every kind travel back from the actors to the slots their tickets name."""
+        runs = {name: train(config(tmp_path / name, kind, **overrides)) for name, overrides in [
+            ("event_loop", {"env_backend": "loop", "learner": "thread"}),
+            ("ray_actors", {"env_backend": "ray", "ray_actors": 3, "learner": "thread"}),
+        ]}
+        assert runs["event_loop"]["final_params_sha256"] == runs["ray_actors"]["final_params_sha256"]
+        assert actions_trace(tmp_path / "event_loop") == actions_trace(tmp_path / "ray_actors")
+
+
 def test_resume_restores_normalisation_statistics_exactly(tmp_path, no_leaks):
     overrides = {"normalize_reward": True, "workers": 2, "checkpoint_every": 2,
                  "total_steps": NUM_ENVS * ROLLOUT * 5}

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tests_importable
 
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
@@ -17,7 +18,6 @@ from htsrl_aio.cli import main as cli_main
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
 pytestmark = pytest.mark.ray
 
-TESTS = str(Path(__file__).parent)
 NUM_ENVS, ROLLOUT, UPDATES = 6, 16, 4
 
 
@@ -57,15 +57,6 @@ def ray_processes() -> list[str]:
         except OSError:
             continue
     return [line for line in lines if "ray" in line]
-
-
-@pytest.fixture(scope="class")
-def ray_instance():
-    """One small local Ray instance for the tests of a class (a run joins it and leaves it running)."""
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.usefixtures("ray_instance")
@@ -115,12 +106,12 @@ class TestOnOneRayInstance:
         assert time.monotonic() - started < 30
 
 
-def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path, monkeypatch):
+def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
     from ray.cluster_utils import Cluster
 
     reference = train(config(tmp_path / "loop", env_backend="loop"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    with tests_importable():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
