@@ -32,7 +32,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def tests_importable() -> Iterator[None]:
+def envs_for_tests_importable() -> Iterator[None]:
     """Let the processes of a Ray instance started meanwhile import the tests' own envs (envs_for_tests)
     by module name, as spawned worker processes do through sys.path."""
     before = os.environ.get("PYTHONPATH")
@@ -51,7 +51,7 @@ def ray_instance():
     """One small local Ray instance for the tests of a class (a run joins it and leaves it running);
     skipped when Ray is not installed."""
     ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
-    with tests_importable():
+    with envs_for_tests_importable():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tests_importable
+from conftest import envs_for_tests_importable
 
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
@@ -110,7 +110,7 @@ def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
     from ray.cluster_utils import Cluster
 
     reference = train(config(tmp_path / "loop", env_backend="loop"))
-    with tests_importable():
+    with envs_for_tests_importable():
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         for _ in range(2):
