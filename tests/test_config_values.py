@@ -97,3 +97,20 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     assert last.startswith(f"htsrl_aio.config.ConfigError: {script} starts training at its top level "
                            "(line 4) without `if __name__ == \"__main__\":`"), done.stderr
     assert "died unexpectedly" not in done.stderr
+
+
+@pytest.mark.parametrize("flags,sentence", [
+    (["--ray-actors", "2"], "--ray-actors applies to Ray actors only; add --env-backend ray or drop it."),
+    (["--env-backend", "ray", "--num-envs", "8", "--ray-actors", "9"],
+     "--ray-actors 9 is more than the 8 envs they would host; use at most --ray-actors 8."),
+    (["--env-backend", "ray", "--num-envs", "8", "--ray-actors", "3", "--envs-per-actor", "2"],
+     "--ray-actors 3 and --envs-per-actor 2 disagree for 8 envs (4 actors of at most 2 envs); give one of "
+     "them."),
+    (["--env-backend", "ray", "--envs-per-actor", "0"],
+     "--envs-per-actor must be a positive integer, got 0."),
+    (["--env-timeout", "-1"], "--env-timeout must be a number of seconds (0 turns it off), got -1.0."),
+])
+def test_ray_and_timeout_flags_are_checked_before_anything_starts(tmp_path, capsys, flags, sentence):
+    line = refused(["train", *flags, "--logdir", str(tmp_path / "run")], capsys)
+    assert line == f"htsrl-aio: error: {sentence}"
+    assert not (tmp_path / "run").exists()
