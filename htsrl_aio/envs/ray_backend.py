@@ -45,6 +45,10 @@ CLOSE_TIMEOUT_S = 5.0
 # An actor may take this long to be placed and build its envs even when --env-timeout is shorter (a
 # worker process to start, packages to import); --env-timeout 0 waits for ever (an autoscaling cluster).
 START_TIMEOUT_S = 60.0
+# An actor's envs ready together go in up to this many messages, so that the actor steps one while the
+# head node turns the replies of the other into actions (double buffering, as Sample Factory's env
+# groups): with the whole group in one message the actor would idle for every round trip.
+PIPELINE = 2
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
 
 
@@ -165,6 +169,7 @@ class RayBackend(HostedBackend):
         self._incarnation: list[int] = []  # replies of an actor given up for lost are ignored
         self._unsynced: set[int] = set()  # envs whose actor does not hold the observation they stand at
         self._in_flight: set[asyncio.Task] = set()
+        self._message_size: list[int] = []  # most commands per message, by actor
         self._actor_class: Any = None
         self._actor_cpus = 1.0
 
@@ -198,6 +203,7 @@ class RayBackend(HostedBackend):
         self._nodes = [("", "")] * self.num_hosts
         self._outbox = [[] for _ in range(self.num_hosts)]
         self._incarnation = [0] * self.num_hosts
+        self._message_size = [max(1, -(-len(ids) // PIPELINE)) for ids in self._slices]
         self._actor_class = self.ray.remote(ReplicaHost)
         await super().start()
 
@@ -265,19 +271,21 @@ class RayBackend(HostedBackend):
         if not outbox:
             self._loop.call_soon(self._flush, index)
         outbox.append((cmd, acted))
+        if len(outbox) >= self._message_size[index]:
+            self._flush(index)
 
     def _flush(self, index: int) -> None:
         batch, self._outbox[index] = self._outbox[index], []
         if not batch or self._failure is not None or index in self._held:
             return  # the commands of a lost actor wait for the new one (HostedBackend._held)
-        task = asyncio.ensure_future(self._exchange(index, batch))
+        task = asyncio.ensure_future(self._exchange(index, batch, self._actors[index].run.remote(batch)))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _exchange(self, index: int, batch: list[tuple[Command, ObsSlot | None]]) -> None:
+    async def _exchange(self, index: int, batch: list[tuple[Command, ObsSlot | None]], sent: Any) -> None:
         incarnation = self._incarnation[index]
         try:
-            answer = await self._answer(self._actors[index].run.remote(batch), self.args.env_timeout)
+            answer = await self._answer(sent, self.args.env_timeout)
         except (TimeoutError, asyncio.TimeoutError):
             if self._current(index, incarnation):
                 self._lost(index, [cmd.env_id for cmd, _ in batch])
