@@ -56,7 +56,7 @@ class InstantEnv:
 
 def side_by_side(args: argparse.Namespace, tmp: Path) -> list[dict]:
     rows = []
-    for delay_ms in (0.0, args.delay_ms):
+    for delay_ms in args.delay_ms:
         settings = argparse.Namespace(
             env="CartPole-v1", step_delay_ms=delay_ms, algo="ppo", mode="hts", num_envs=args.num_envs,
             rollout=args.rollout, total_steps=args.delay_total_steps if delay_ms else args.total_steps,
@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--rollout", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="worker processes, and as many Ray actors")
     parser.add_argument("--total-steps", type=int, default=40_960, help="per CartPole run")
-    parser.add_argument("--delay-ms", type=float, default=1.0, help="mean step delay of the latency env")
+    parser.add_argument("--delay-ms", type=float, nargs="+", default=[0.0, 1.0],
+                        help="mean step delays to add (0: CartPole-v1 as it is)")
     parser.add_argument("--delay-total-steps", type=int, default=16_384, help="per latency-env run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64, 256])
