@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import traceback
 from collections.abc import Mapping
 from types import ModuleType
@@ -49,6 +50,7 @@ START_TIMEOUT_S = 60.0
 # head node turns the replies of the other into actions (double buffering, as Sample Factory's env
 # groups): with the whole group in one message the actor would idle for every round trip.
 PIPELINE = 2
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the names in its error messages
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
 
 
@@ -363,5 +365,9 @@ class RayBackend(HostedBackend):
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """One line for a Ray error: the exception raised inside the actor when it carries a traceback
+    (an env that cannot be imported on the node, say), else its own first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
