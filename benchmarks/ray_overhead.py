@@ -3,8 +3,7 @@
 1. Side by side (alternating runs, medians): hts steps/s with `--env-backend process` (`--workers W`)
    and `--env-backend ray` (`--ray-actors W`), the same envs and settings otherwise, for CartPole-v1
    as it is and with an exponential sleep of mean `--delay-ms` added to every step (throughput.py's
-   `ExponentialStepDelay`, the step-time model of latency.py and the paper's Claim 1). "ray/p": the
-   ready envs of an actor go in up to p messages (`--pipeline`, `ray_backend.PIPELINE`).
+   `ExponentialStepDelay`, the step-time model of latency.py and the paper's Claim 1).
 2. The round trip of one actor message carrying k env steps (CartPole-v1, k in `--k`): wall time and
    the head node's CPU time per message, through the backend's own `ReplicaHost`, awaited from
    asyncio as the backend does.
@@ -33,7 +32,7 @@ import ray
 from throughput import run_once
 
 from htsrl_aio import TrainConfig, train
-from htsrl_aio.envs import probe_env, ray_backend, resolve_env
+from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.ray_backend import ReplicaHost
 from htsrl_aio.envs.worker import Command
 from htsrl_aio.train import run_event_loop
@@ -62,17 +61,14 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> list[dict]:
             env="CartPole-v1", step_delay_ms=delay_ms, algo="ppo", mode="hts", num_envs=args.num_envs,
             rollout=args.rollout, total_steps=args.delay_total_steps if delay_ms else args.total_steps,
             workers=args.workers, device="cpu", learner="process", seed=1)
-        runs: dict[str, list[dict]] = {"process": [], **{f"ray/{p}": [] for p in args.pipeline}}
+        runs: dict[str, list[dict]] = {"process": [], "ray": []}
         for repeat in range(args.repeats):
-            for variant in runs:
-                overrides = ({"env_backend": "process"} if variant == "process"
-                             else {"env_backend": "ray", "ray_actors": args.workers})
-                if variant != "process":
-                    ray_backend.PIPELINE = int(variant.split("/")[1])
-                runs[variant].append(run_once(settings, overrides, tmp / f"{delay_ms}-{variant}-{repeat}"))
-        steady = {variant: statistics.median(r["steady_sps"] for r in results)
-                  for variant, results in runs.items()}
-        rows.append({"delay_ms": delay_ms, **steady})
+            for backend, overrides in (("process", {"env_backend": "process"}),
+                                       ("ray", {"env_backend": "ray", "ray_actors": args.workers})):
+                runs[backend].append(run_once(settings, overrides, tmp / f"{delay_ms}-{backend}-{repeat}"))
+        steady = {backend: statistics.median(r["steady_sps"] for r in results)
+                  for backend, results in runs.items()}
+        rows.append({"delay_ms": delay_ms, **steady, "ratio": steady["ray"] / steady["process"]})
     return rows
 
 
@@ -117,8 +113,6 @@ def main() -> None:
                         help="mean step delays to add (0: CartPole-v1 as it is)")
     parser.add_argument("--delay-total-steps", type=int, default=16_384, help="per latency-env run")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--pipeline", type=int, nargs="+", default=[ray_backend.PIPELINE],
-                        help="messages an actor's ready envs are split into (ray_backend.PIPELINE)")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--calls", type=int, default=300, help="messages timed per k")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance")
@@ -135,12 +129,10 @@ def main() -> None:
 
     print(f"\nhts PPO, {args.num_envs} envs, rollout {args.rollout}, {args.workers} worker processes vs "
           f"{args.workers} Ray actors, {args.repeats} alternating repeats (median steady steps/s)")
-    rays = [f"ray/{p}" for p in args.pipeline]
-    print(f"{'env':<28}{'process':>10}" + "".join(f"{r:>10}{r + ' vs process':>20}" for r in rays))
+    print(f"{'env':<28}{'process':>10}{'ray':>10}{'ray/process':>13}")
     for row in rows:
         env = "CartPole-v1" if not row["delay_ms"] else f"CartPole-v1 + exp({row['delay_ms']:g} ms)"
-        print(f"{env:<28}{row['process']:>10.0f}"
-              + "".join(f"{row[r]:>10.0f}{row[r] / row['process']:>20.2f}" for r in rays))
+        print(f"{env:<28}{row['process']:>10.0f}{row['ray']:>10.0f}{row['ratio']:>13.2f}")
     print(f"\nhead node alone (in-loop envs that cost nothing): {ceiling:.0f} steps/s")
     print(f"\none actor message of k CartPole steps\n{'k':>5}{'wall ms':>10}{'head CPU ms':>13}"
           f"{'head CPU us/step':>18}{'steps/s per head core':>23}")

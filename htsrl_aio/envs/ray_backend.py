@@ -46,10 +46,6 @@ CLOSE_TIMEOUT_S = 5.0
 # An actor may take this long to be placed and build its envs even when --env-timeout is shorter (a
 # worker process to start, packages to import); --env-timeout 0 waits for ever (an autoscaling cluster).
 START_TIMEOUT_S = 60.0
-# An actor's envs ready together go in up to this many messages, so that the actor steps one while the
-# head node turns the replies of the other into actions (double buffering, as Sample Factory's env
-# groups): with the whole group in one message the actor would idle for every round trip.
-PIPELINE = 2
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the names in its error messages
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
 
@@ -171,7 +167,6 @@ class RayBackend(HostedBackend):
         self._incarnation: list[int] = []  # replies of an actor given up for lost are ignored
         self._unsynced: set[int] = set()  # envs whose actor does not hold the observation they stand at
         self._in_flight: set[asyncio.Task] = set()
-        self._message_size: list[int] = []  # most commands per message, by actor
         self._actor_class: Any = None
         self._actor_cpus = 1.0
 
@@ -205,7 +200,6 @@ class RayBackend(HostedBackend):
         self._nodes = [("", "")] * self.num_hosts
         self._outbox = [[] for _ in range(self.num_hosts)]
         self._incarnation = [0] * self.num_hosts
-        self._message_size = [max(1, -(-len(ids) // PIPELINE)) for ids in self._slices]
         self._actor_class = self.ray.remote(ReplicaHost)
         await super().start()
 
@@ -273,8 +267,6 @@ class RayBackend(HostedBackend):
         if not outbox:
             self._loop.call_soon(self._flush, index)
         outbox.append((cmd, acted))
-        if len(outbox) >= self._message_size[index]:
-            self._flush(index)
 
     def _flush(self, index: int) -> None:
         batch, self._outbox[index] = self._outbox[index], []
