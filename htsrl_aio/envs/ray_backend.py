@@ -27,6 +27,8 @@ import contextlib
 import logging
 import math
 import re
+import signal
+import threading
 import traceback
 from collections.abc import Mapping
 from types import ModuleType
@@ -207,6 +209,7 @@ class RayBackend(HostedBackend):
         ray, address = self.ray, self.args.ray_address
         if ray.is_initialized():  # this process already joined a cluster (or started one): use it
             return
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             # Without an address, ray.init starts a local instance sized to this machine (or joins
             # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more.
@@ -215,6 +218,11 @@ class RayBackend(HostedBackend):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "start a local Ray instance" if address is None else f"connect to Ray at {address!r}"
             raise env_error(f"could not {where}: {exc}", traceback.format_exc()) from None
+        finally:
+            # ray.init replaces the SIGTERM handler with sys.exit, which would skip the run's cleanup
+            # (checkpoint, actors, this Ray instance): the process keeps the one it had.
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
         self._connected = True
 
     def _where(self, index: int) -> str:
