@@ -150,3 +150,15 @@ def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypa
 def test_the_core_never_imports_ray():
     code = "import sys, htsrl_aio, htsrl_aio.trainer, htsrl_aio.cli; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ray_errors_become_one_line_naming_what_the_actor_raised():
+    from htsrl_aio.envs.ray_backend import _first_line
+
+    creation = RuntimeError("The actor died because of an error raised in its creation task, "
+                            "\x1b[36mray::ReplicaHost.__init__()\x1b[39m (pid=1)\n  traceback: Traceback "
+                            "(most recent call last):\n    ...\n"
+                            "ModuleNotFoundError: No module named 'my_envs'\n")
+    assert _first_line(creation) == "ModuleNotFoundError: No module named 'my_envs'"
+    killed = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: X")
+    assert _first_line(killed) == "RuntimeError: The actor died unexpectedly before finishing this task."

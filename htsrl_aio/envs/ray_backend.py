@@ -49,6 +49,7 @@ CLOSE_TIMEOUT_S = 5.0
 # worker process to start, packages to import); --env-timeout 0 waits for ever (an autoscaling cluster).
 START_TIMEOUT_S = 60.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the names in its error messages
+_RAISED = re.compile(r"^[\w.]*(Error|Exception): ")  # a traceback's last line: "ModuleNotFoundError: ..."
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
 
 
@@ -251,7 +252,10 @@ class RayBackend(HostedBackend):
                             "resources it asks for, or its envs take that long to build (--env-timeout 0 "
                             "waits for ever).", "") from None
         except self.ray.exceptions.RayError as exc:
-            raise env_error(f"{self._where(index)} could not start: {_first_line(exc)}", str(exc)) from None
+            why = _first_line(exc)
+            if "No module named" in why:
+                why += " (every node needs the packages that define the env: see docs/cluster.md)"
+            raise env_error(f"{self._where(index)} could not start: {why}", str(exc)) from None
         self._nodes[index] = node
         if failure is not None:
             raise env_error(f"{self._where(index)} could not create its envs: {failure[0]}", failure[1])
@@ -368,6 +372,7 @@ def _first_line(exc: BaseException) -> str:
     """One line for a Ray error: the exception raised inside the actor when it carries a traceback
     (an env that cannot be imported on the node, say), else its own first line."""
     lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):
-        return lines[-1]
+    raised = [line for line in lines if _RAISED.match(line)]
+    if raised:
+        return raised[-1]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
