@@ -1,7 +1,7 @@
 """The env-backend protocol: how the schedule steps env replicas, in step-ticket terms.
 
-A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop;
-a C++ vector engine or Ray actors plug in the same way) and answers per env id:
+A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop,
+Ray actors; a C++ vector engine would plug in the same way) and answers per env id:
 
 - `reset(ticket)`: start env `ticket.env`'s episode; its observation becomes the observation of
   `ticket`.
@@ -13,10 +13,11 @@ a C++ vector engine or Ray actors plug in the same way) and answers per env id:
 - `get_state(env)` / `set_state(env, state)`: checkpoint and restore an idle replica.
 
 The observation of ticket (j, i, t) lives at row t, env i of storage j % 2 (`obs_slot_of`): the
-backend writes it in place (shared memory for worker processes), and only ids, actions and rewards
-travel. A backend may carry many replicas' commands in one message (batching is its own business);
-the schedule only ever has one command in flight per env, and results are matched by env id, never
-by arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`.
+backend writes it in place (shared memory for worker processes; a remote host ships it back and the
+backend writes it on arrival, as ray_backend.py does), and only ids, actions and rewards travel. A
+backend may carry many replicas' commands in one message (batching is its own business); the
+schedule only ever has one command in flight per env, and results are matched by env id, never by
+arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`.
 
 To add a backend: implement this protocol around `Replica` (its life cycle is already written), add
 it to `BACKENDS` in envs/backends.py, and run tests/test_determinism_spaces.py with it.
