@@ -108,9 +108,10 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = _opt(
         "keyword arguments for the env: KEY=VALUE ... on the command line (VALUE is JSON, else a string), "
         "a table in a --config file", default_factory=dict)
-    env_backend: Literal["auto", "process", "loop"] = _opt(
+    env_backend: Literal["auto", "process", "loop", "engine"] = _opt(
         "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or any "
-        "env for debugging); auto picks loop for an AsyncEnv and process otherwise", default="auto")
+        "env for debugging), engine (C++ vector engines: ALE/... and envpool:... ids); auto picks engine "
+        "for those ids, loop for an AsyncEnv and process otherwise", default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
@@ -124,6 +125,12 @@ class TrainConfig:
                      default=1)
     logdir: str | None = _opt("run directory (default: runs/<env>-<algo>-<mode>-s<seed>)", default=None)
     workers: int | None = _opt("env worker processes (default: number of cores)", default=None)
+    engine_batch: int | None = _opt(
+        "engine backend: envs per C++ engine; the engines step independently, each in lockstep "
+        "(default: half the envs, so one engine steps while the other's actions are inferred)", default=None)
+    engine_threads: int | None = _opt(
+        "engine backend: C++ threads of each engine (default: the cores divided among the engines)",
+        default=None)
     max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
                                  default=None)
     inference_block: int = _opt(
@@ -219,6 +226,11 @@ class TrainConfig:
             cfg.workers = os.cpu_count() or 1
         if cfg.max_batch is None:
             cfg.max_batch = cfg.num_envs
+        if cfg.engine_batch is None:
+            cfg.engine_batch = max(1, (cfg.num_envs + 1) // 2)
+        if cfg.engine_threads is None:
+            engines = -(-cfg.num_envs // cfg.engine_batch) if _positive_int(cfg.engine_batch) else 1
+            cfg.engine_threads = max(1, (os.cpu_count() or 1) // engines)
         cfg.hidden = tuple(cfg.hidden)
         cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
         cfg._validate()
@@ -226,9 +238,9 @@ class TrainConfig:
 
     def _validate(self) -> None:
         for name in ("num_envs", "rollout", "total_steps", "workers", "max_batch", "epochs", "minibatches",
-                     "torch_threads", "inference_block"):
+                     "torch_threads", "inference_block", "engine_batch", "engine_threads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _positive_int(value):
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}.")
         every, keep = self.checkpoint_every, self.keep_checkpoints
         if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -239,9 +251,9 @@ class TrainConfig:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose 'hts' or 'sync'.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"unknown --device {self.device!r}; choose 'cpu', 'cuda' or 'auto'.")
-        if self.env_backend not in ("auto", "process", "loop"):
-            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process' or "
-                              "'loop'.")
+        if self.env_backend not in _choices(typing.get_type_hints(TrainConfig)["env_backend"]):
+            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process', "
+                              "'loop' or 'engine'.")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"--env-kwargs must be KEY=VALUE pairs (a table in TOML), got "
                               f"{self.env_kwargs!r}.")
@@ -319,6 +331,10 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _real(value: Any) -> bool:

@@ -36,6 +36,7 @@ from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
 from htsrl_aio.envs.backends import backend_name, make_backend
+from htsrl_aio.envs.engine_backend import engine_groups
 from htsrl_aio.envs.replica import ReplicaState, TrackerState
 from htsrl_aio.envs.shm import SharedArray, remove_stale_segments
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
@@ -61,7 +62,8 @@ from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
 # Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
-RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints")
+RESUME_OVERRIDABLE = ("workers", "max_batch", "engine_batch", "engine_threads", "learner", "progress",
+                      "checkpoint_every", "keep_checkpoints")
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
 
@@ -151,7 +153,7 @@ class Trainer:
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
         spec = self.spec = await probe_env(factory)
-        backend = backend_name(cfg.env_backend, spec)
+        backend = backend_name(cfg.env_backend, factory, spec)
         device = _resolve_device(cfg.device)
         resume = self._resume
         if resume is None:
@@ -166,8 +168,7 @@ class Trainer:
         self._stack.callback(self._scalars.close)
         self.run_dir.write_json(CONFIG, {**cfg.to_json_dict(), "logdir": str(logdir),
                                          "tensorboard": self._scalars.status,
-                                         "env_runs": "in the event loop" if backend == "loop"
-                                         else f"in {min(cfg.workers, cfg.num_envs)} worker processes",
+                                         "env_runs": _where_envs_run(backend, cfg),
                                          "determinism": _determinism_note(cfg, device)})
         self._stack.enter_context(_torch_settings(cfg, device))
         model = build_model(spec, cfg)
@@ -205,6 +206,7 @@ class Trainer:
         buffers = ObsBuffers(tuple({key: arrays[OBS_PREFIX + key] for key in obs_arrays}
                                    for arrays in storage_arrays), final_obs)
         pool = make_backend(backend, BackendArgs(factory, spec, cfg.num_envs, cfg.seed, buffers, cfg.workers,
+                                                 cfg.engine_batch, cfg.engine_threads,
                                                  cfg.on_env_error == "restart", self._log_restart))
         self.learner = learner
         self.pool = pool
@@ -372,6 +374,16 @@ def _resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     return torch.device(name)
+
+
+def _where_envs_run(backend: str, cfg: TrainConfig) -> str:
+    if backend == "loop":
+        return "in the event loop"
+    if backend == "engine":
+        groups = len(engine_groups(cfg.num_envs, cfg.engine_batch))
+        return (f"in {groups} C++ vector engine(s) of up to {cfg.engine_batch} envs, "
+                f"{cfg.engine_threads} thread(s) each")
+    return f"in {min(cfg.workers, cfg.num_envs)} worker processes"
 
 
 def _determinism_note(cfg: TrainConfig, device: torch.device) -> str:

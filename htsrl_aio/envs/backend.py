@@ -1,7 +1,7 @@
 """The env-backend protocol: how the schedule steps env replicas, in step-ticket terms.
 
-A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop;
-a C++ vector engine or Ray actors plug in the same way) and answers per env id:
+A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop,
+C++ vector engines; Ray actors plug in the same way) and answers per env id:
 
 - `reset(ticket)`: start env `ticket.env`'s episode; its observation becomes the observation of
   `ticket`.
@@ -67,6 +67,8 @@ class BackendArgs:
     run_seed: int
     buffers: ObsBuffers
     workers: int = 1  # worker processes (process backend)
+    engine_batch: int | None = None  # envs per C++ engine (engine backend; None: all in one)
+    engine_threads: int | None = None  # C++ threads of each engine (engine backend)
     restart_on_error: bool = False  # --on-env-error restart
     on_restart: Callable[[str, str], None] = lambda message, details: None
 

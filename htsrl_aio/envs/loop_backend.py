@@ -34,11 +34,15 @@ class LoopBackend:
         a = self.args
         try:
             for env_id in range(a.num_envs):
-                self._replicas.append(Replica(env_id, a.factory, a.spec.obs, a.spec.action, a.run_seed,
-                                              a.restart_on_error))
+                self._replicas.append(Replica(env_id, self.env_factory(env_id), a.spec.obs, a.spec.action,
+                                              a.run_seed, a.restart_on_error))
         except Exception as exc:
             raise env_error(f"could not create env of {a.factory.name!r}: {type(exc).__name__}: {exc}",
                             "") from exc
+
+    def env_factory(self, env_id: int) -> Callable[[], Any]:
+        """What builds env `env_id` (again, after a failure): the user's factory here."""
+        return self.args.factory
 
     def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
         return self._spawn(ticket.env, self._reset, ticket)

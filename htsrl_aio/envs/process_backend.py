@@ -2,6 +2,8 @@
 
 Each worker is a `WatchedChild`: its pipe and exit are loop callbacks, so waiting for envs costs
 nothing and never spins. Commands and replies carry the env id; a reply resolves that env's future.
+The commands for one worker issued during one loop iteration (the envs whose actions one inference
+batch produced) travel as one message, and their replies as one message back.
 
 With `--on-env-error restart`, an env that raises is re-created by its `Replica`, and a worker that
 dies is spawned again with its envs (fresh seed lineage); each lost step becomes a truncation
@@ -44,6 +46,7 @@ class ProcessBackend:
         self._held: dict[int, list[int]] = {}  # worker index -> envs whose commands wait for its respawn
         self._stale: set[int] = set()  # envs of a dead worker: their next step is a lost step
         self._respawning: set[asyncio.Task] = set()
+        self._outbox: dict[int, list[Command]] = {}  # worker index -> commands sent at the next flush
         self._ready: list[asyncio.Future] = []
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,11 +113,27 @@ class ProcessBackend:
         if env_id in self._stale and cmd.kind in ("step", "reset"):
             self._stale.discard(env_id)
             cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
-        worker = self._workers[index]
-        assert worker is not None
-        worker.send(cmd)
+        if not self._outbox:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        self._outbox.setdefault(index, []).append(cmd)
 
-    def _dispatch(self, where: str, ready: asyncio.Future, reply: Reply) -> None:
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for index, commands in outbox.items():
+            worker = self._workers[index]
+            if worker is None:  # closed meanwhile: the run is stopping
+                continue
+            try:
+                worker.send(commands)
+            except OSError:  # it died just now: its exit callback re-sends them (restart) or fails the run
+                pass
+
+    def _dispatch(self, where: str, ready: asyncio.Future, replies: list[Reply]) -> None:
+        for reply in replies:
+            self._resolve(where, ready, reply)
+
+    def _resolve(self, where: str, ready: asyncio.Future, reply: Reply) -> None:
         if reply.kind == "ready":
             if not ready.done():
                 ready.set_result(None)
