@@ -24,7 +24,8 @@ _EXPORTS = {
     "train_async": "htsrl_aio.train",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "TrainConfig", "Trainer", "__version__",
+           "resume", "resume_async", "train", "train_async"]
 
 if TYPE_CHECKING:
     from htsrl_aio.config import ConfigError, TrainConfig

@@ -223,14 +223,14 @@ class TrainConfig:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
         if cfg.workers is None:
-            cfg.workers = os.cpu_count() or 1
+            cfg.workers = available_cores()
         if cfg.max_batch is None:
             cfg.max_batch = cfg.num_envs
         if cfg.engine_batch is None:
             cfg.engine_batch = max(1, (cfg.num_envs + 1) // 2)
         if cfg.engine_threads is None:
             engines = -(-cfg.num_envs // cfg.engine_batch) if _positive_int(cfg.engine_batch) else 1
-            cfg.engine_threads = max(1, (os.cpu_count() or 1) // engines)
+            cfg.engine_threads = max(1, available_cores() // engines)
         cfg.hidden = tuple(cfg.hidden)
         cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
         cfg._validate()
@@ -327,6 +327,14 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"the config stored in {where} is not usable: {exc}.") from None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (taskset, cgroups' cpusets), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _flag(name: str) -> str:

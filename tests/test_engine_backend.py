@@ -9,11 +9,13 @@ import builtins
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness import as_if_crashed_after
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.cli import main as cli_main
+from htsrl_aio.envs import resolve_env
 from htsrl_aio.envs.engine_backend import engine_groups
 
 
@@ -54,8 +56,9 @@ def test_atari_engines_give_the_bits_of_worker_processes_whatever_the_grouping(t
                         engine_batch=batch, engine_threads=threads, max_batch=max_batch, **base))
     assert_same_bits(runs)
     assert runs[0][0]["episodes"] >= 1
-    config = json.loads((tmp_path / f"b2t2m{engines[-1][2] if mode == 'sync' else 5}" / "config.json").read_text())
-    assert config["env_runs"] == "in 3 C++ vector engine(s) of up to 2 envs, 2 thread(s) each"
+    batch, threads, max_batch = engines[-1] if mode == "sync" else engines[1]
+    config = json.loads((tmp_path / f"b{batch}t{threads}m{max_batch}" / "config.json").read_text())
+    assert config["env_runs"] == f"in 3 C++ vector engine(s) of up to 2 envs, {threads} thread(s) each"
 
 
 def test_envpool_engines_give_the_bits_of_worker_processes_with_truncations(tmp_path, no_leaks):
@@ -114,3 +117,18 @@ def test_missing_envpool_names_the_extra(tmp_path, capsys, monkeypatch):
         cli_main(["train", "--env", "envpool:Pong-v5", "--logdir", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install "htsrl-aio[envpool]"' in err[0]
+
+
+def test_football_from_envpool_stacks_four_super_mini_maps_as_the_paper(no_leaks):
+    pytest.importorskip("envpool")
+    env = resolve_env("envpool:gfootball/academy_empty_goal_close-v1")()
+    assert env.observation_space.shape == (72, 96, 16)  # 4 frames of the 4-channel SMM, channels last
+    first, _ = env.reset(seed=3)
+    assert all(np.array_equal(first[..., :4], first[..., 4 * i:4 * i + 4]) for i in range(4))
+    window = [first[..., :4]] * 4
+    for _ in range(3):
+        obs = env.step(5)[0]  # 5: move right, so the players move
+        window = [*window[1:], obs[..., 12:]]
+        assert np.array_equal(obs, np.concatenate(window, axis=-1))
+    assert not np.array_equal(window[0], window[-1])
+    env.close()

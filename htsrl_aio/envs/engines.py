@@ -69,6 +69,45 @@ def row(batch: Any, k: int) -> Any:
     return batch[k]
 
 
+class StackedEngine:
+    """An engine whose image observations are its last `k` frames stacked along the channel axis (the
+    paper's 4 stacked super-mini-maps for GFootball); the axis is the shorter of first and last."""
+
+    def __init__(self, engine: VectorEngine, k: int) -> None:
+        space = engine.observation_space
+        if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 3):
+            raise ValueError(f"--frame-stack needs image observations (3 dimensions), but this task's are "
+                             f"{space}")
+        self._engine = engine
+        self.k = k
+        self.axis = 0 if space.shape[0] <= space.shape[-1] else 2
+        self.num_envs = engine.num_envs
+        self.seeded_at_build = engine.seeded_at_build
+        self.observation_space = gym.spaces.Box(np.repeat(space.low, k, self.axis),
+                                                np.repeat(space.high, k, self.axis), dtype=space.dtype)
+        self.action_space = engine.action_space
+        self._stacks: dict[int, np.ndarray] = {}
+
+    def reset(self, envs: Sequence[int], seeds: Sequence[int]) -> list[Any]:
+        frames = self._engine.reset(envs, seeds)
+        for env, frame in zip(envs, frames):
+            self._stacks[env] = np.concatenate([frame] * self.k, self.axis)
+        return [self._stacks[env].copy() for env in envs]
+
+    def step(self, actions: Sequence[Any]) -> list[GymStep]:
+        steps = self._engine.step(actions)
+        stacked = []
+        for env, (frame, reward, terminated, truncated, info) in enumerate(steps):
+            channels = frame.shape[self.axis]
+            rest = np.take(self._stacks[env], range(channels, channels * self.k), self.axis)
+            self._stacks[env] = np.concatenate([rest, frame], self.axis)
+            stacked.append((self._stacks[env].copy(), reward, terminated, truncated, info))
+        return stacked
+
+    def close(self) -> None:
+        self._engine.close()
+
+
 class OneEngineEnv(gym.Env):
     """One env of a one-env engine, as a gymnasium env (its engine is built at the first reset)."""
 

@@ -3,7 +3,9 @@ MuJoCo, Procgen, ViZDoom, MiniGrid, highway-env and more, from one wheel (the `e
 
 EnvPool's Atari tasks get the same preprocessing as ALE ids (sticky actions at 0.25 for v5, no-op and
 fire resets, reward clipping with raw returns logged, optional episodic life: `AtariOutcome`); every
-other task is used as EnvPool defines it, with `--env-kwargs` passed to `envpool.make_gymnasium`.
+other task is used as EnvPool defines it, with `--env-kwargs` passed to `envpool.make_gymnasium`, and
+`--frame-stack K` stacks image observations. GFootball tasks stack 4 super-mini-map frames unless
+`--frame-stack` says otherwise, as the paper's runs did.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.envs.atari import AtariOptions, AtariOutcome
-from htsrl_aio.envs.engines import GymStep, row
+from htsrl_aio.envs.engines import GymStep, StackedEngine, VectorEngine, row
 
 ENVPOOL_PREFIX = "envpool:"
+FOOTBALL_STACK = 4  # the paper stacks the last 4 super-mini-maps
 INSTALL_HINT = 'install it with `pip install "htsrl-aio[envpool]"` (Linux, Python >= 3.11)'
 
 
@@ -43,13 +46,15 @@ class EnvPoolSpec:
     task_id: str
     kwargs: tuple[tuple[str, Any], ...] = ()  # --env-kwargs
     atari: AtariOptions | None = None  # set for Atari tasks
+    frame_stack: int = 1  # --frame-stack: image observations of this many frames
 
     @property
     def name(self) -> str:
         return ENVPOOL_PREFIX + self.task_id
 
-    def build(self, num_envs: int, threads: int, seeds: Sequence[int]) -> EnvPoolEngine:
-        return EnvPoolEngine(self, num_envs, threads, seeds)
+    def build(self, num_envs: int, threads: int, seeds: Sequence[int]) -> VectorEngine:
+        engine = EnvPoolEngine(self, num_envs, threads, seeds)
+        return engine if self.frame_stack == 1 else StackedEngine(engine, self.frame_stack)
 
 
 class EnvPoolEngine:

@@ -24,7 +24,13 @@ import numpy as np
 from htsrl_aio.config import ConfigError, TrainConfig
 from htsrl_aio.envs.atari import AleSpec, AtariOptions, is_atari_id
 from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
-from htsrl_aio.envs.envpool_engine import ENVPOOL_PREFIX, EnvPoolSpec, import_envpool, is_envpool_atari
+from htsrl_aio.envs.envpool_engine import (
+    ENVPOOL_PREFIX,
+    FOOTBALL_STACK,
+    EnvPoolSpec,
+    import_envpool,
+    is_envpool_atari,
+)
 from htsrl_aio.envs.football import (
     FootballEnv,
     FootballSpec,
@@ -178,7 +184,9 @@ def _envpool_spec(task_id: str, kwargs: tuple[tuple[str, Any], ...], config: Tra
             "print(envpool.list_all_envs())'` lists them."
         raise ConfigError(f"unknown EnvPool task {task_id!r}.{hint}")
     atari = _atari_options(config) if is_envpool_atari(task_id) else None
-    return EnvPoolSpec(task_id, kwargs, atari)
+    stack = config.frame_stack if config is not None and config.frame_stack > 1 else \
+        FOOTBALL_STACK if task_id.startswith("gfootball/") else 1
+    return EnvPoolSpec(task_id, kwargs, atari, stack)
 
 
 def _frame_options(config: TrainConfig | None) -> FrameOptions | None:

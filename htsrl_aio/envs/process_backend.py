@@ -13,6 +13,7 @@ dies is spawned again with its envs (fresh seed lineage); each lost step becomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any
 
@@ -124,10 +125,9 @@ class ProcessBackend:
             worker = self._workers[index]
             if worker is None:  # closed meanwhile: the run is stopping
                 continue
-            try:
+            # If it died just now, its exit callback re-sends them (restart) or fails the run.
+            with contextlib.suppress(OSError):
                 worker.send(commands)
-            except OSError:  # it died just now: its exit callback re-sends them (restart) or fails the run
-                pass
 
     def _dispatch(self, where: str, ready: asyncio.Future, replies: list[Reply]) -> None:
         for reply in replies:
