@@ -190,10 +190,12 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
 
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
     from htsrl_aio.envs import check_env, resolve_env
+    from htsrl_aio.envs.backends import backend_name
     from htsrl_aio.train import run_event_loop
 
     try:
-        report = run_event_loop(check_env(resolve_env(env, TrainConfig(env_kwargs=env_kwargs)), steps=steps))
+        factory = resolve_env(env, TrainConfig(env_kwargs=env_kwargs))
+        report = run_event_loop(check_env(factory, steps=steps))
     except ConfigError as exc:
         print(f"htsrl-aio: error: {exc}", file=sys.stderr)
         return 2
@@ -203,7 +205,8 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
         return 1
     spec = report.spec
     assert spec is not None
-    where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
+    where = {"loop": "in the event loop (AsyncEnv)", "process": "in worker processes",
+             "engine": "in C++ vector engines"}[backend_name("auto", factory, spec)]
     print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs.describe()}, "
           f"{spec.action.describe()}; runs {where}).")
     return 0
