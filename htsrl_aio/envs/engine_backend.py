@@ -64,6 +64,9 @@ class EngineGroup:
     def _ask(self, queue: dict[int, tuple[Any, asyncio.Future]], env_id: int, value: Any) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         k = self._index[env_id]
+        for pending in (self._steps, self._resets):
+            if k in pending and pending[k][1].done():  # its caller gave up (a timeout): replaced
+                del pending[k]
         assert k not in self._steps and k not in self._resets, f"env {env_id} already has a request"
         queue[k] = (value, future)
         if self._running is None and self._ready():
