@@ -74,7 +74,8 @@ def read_rows(logdir: Path) -> list[dict]:
 
 def run_htsrl(args: argparse.Namespace, logdir: Path, **settings: Any) -> dict[str, Any]:
     settings = {"env": args.env, "env_backend": args.env_backend, "workers": args.workers,
-                "device": args.device, "torch_threads": args.torch_threads, "seed": 1, **settings}
+                "device": args.device, "torch_threads": args.torch_threads,
+                "inference_block": args.inference_block, "seed": 1, **settings}
     start = time.perf_counter()
     summary = train(TrainConfig(**settings, logdir=str(logdir), progress=False, checkpoint_every=0))
     wall = time.perf_counter() - start  # process start to the end, as SB3's is measured
@@ -129,7 +130,8 @@ def inference_core_ms(args: argparse.Namespace) -> float:
     from htsrl_aio.envs.check import probe_env
     from htsrl_aio.models import build_model
 
-    cfg = TrainConfig(env=args.env, preset="atari-ppo", device=args.device).resolved()
+    cfg = TrainConfig(env=args.env, preset="atari-ppo", device=args.device,
+                      inference_block=args.inference_block).resolved()
     spec = asyncio.run(probe_env(resolve_env(cfg.env, cfg)))
     model = build_model(spec, cfg).to(args.device)
     obs = {k: torch.zeros((cfg.inference_block, *shape), dtype=getattr(torch, np.dtype(dtype).name),
@@ -153,6 +155,8 @@ def main() -> None:
     parts = ["bound", "raw", "collect", "engine", "ppo", "a2c", "scaling"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--env-backend", default="auto", help="htsrl-aio's --env-backend")
+    parser.add_argument("--inference-block", type=int, default=8,
+                        help="htsrl-aio's --inference-block (larger blocks suit a GPU)")
     parser.add_argument("--engine-batches", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--engine-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--env", default="ALE/Pong-v5")
@@ -278,6 +282,8 @@ def plot(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -
     if plt is None:
         return
     parts = [p for p in ("collect", "engine", "ppo", "a2c", "scaling") if any(k[0] == p for k in results)]
+    if not parts:
+        return
     fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.6), squeeze=False)
     for ax, part in zip(axes[0], parts):
         variants = [v for p, v in results if p == part]
