@@ -127,7 +127,8 @@ class TrainConfig:
     workers: int | None = _opt("env worker processes (default: number of cores)", default=None)
     engine_batch: int | None = _opt(
         "engine backend: envs per C++ engine; the engines step independently, each in lockstep "
-        "(default: half the envs, so one engine steps while the other's actions are inferred)", default=None)
+        "(default: half the envs, so one engine steps while the other's actions are inferred, rounded up "
+        "to a multiple of --inference-block, so no inference pass is padded)", default=None)
     engine_threads: int | None = _opt(
         "engine backend: C++ threads of each engine (default: the cores divided among the engines)",
         default=None)
@@ -226,8 +227,8 @@ class TrainConfig:
             cfg.workers = available_cores()
         if cfg.max_batch is None:
             cfg.max_batch = cfg.num_envs
-        if cfg.engine_batch is None:
-            cfg.engine_batch = max(1, (cfg.num_envs + 1) // 2)
+        if cfg.engine_batch is None and _positive_int(cfg.num_envs) and _positive_int(cfg.inference_block):
+            cfg.engine_batch = default_engine_batch(cfg.num_envs, cfg.inference_block)
         if cfg.engine_threads is None:
             engines = -(-cfg.num_envs // cfg.engine_batch) if _positive_int(cfg.engine_batch) else 1
             cfg.engine_threads = max(1, available_cores() // engines)
@@ -327,6 +328,14 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"the config stored in {where} is not usable: {exc}.") from None
+
+
+def default_engine_batch(num_envs: int, block: int) -> int:
+    """Half the envs rounded up to whole inference blocks, at most all of them: 8 envs with 8-row
+    blocks make one engine, 16 make two (docs/benchmarks.md: padded inference passes cost more than
+    the overlap of two engines gains)."""
+    half = -(-num_envs // 2)
+    return min(num_envs, -(-half // block) * block)
 
 
 def available_cores() -> int:
