@@ -141,6 +141,25 @@ def nan_reward_cartpole() -> gym.Env:
     return _SpoiledAfter(gym.make("CartPole-v1"), 40, _nan_reward)
 
 
+def _inf_obs(result):
+    obs, reward, terminated, truncated, info = result
+    return np.full_like(obs, np.inf), reward, terminated, truncated, info
+
+
+def inf_obs_cartpole() -> gym.Env:
+    return _SpoiledAfter(gym.make("CartPole-v1", max_episode_steps=500), 5, _inf_obs)
+
+
+def _huge_reward(result):
+    obs, _reward, terminated, truncated, info = result
+    return obs, 1e30, terminated, truncated, info
+
+
+def huge_reward_cartpole() -> gym.Env:
+    """Finite rewards so large that squared value errors overflow: the learner's losses become Inf."""
+    return _SpoiledAfter(gym.make("CartPole-v1"), 40, _huge_reward)
+
+
 class _HoldsALock(gym.Wrapper):
     """An env with a live OS handle, like a socket to a simulator: it cannot be pickled."""
 

@@ -36,6 +36,8 @@ class FaultyEnv(gym.Env):
             return np.zeros(5, np.float32)
         if self.fault == "dict_obs_missing_key":
             return {"x": np.zeros(4, np.float32)}
+        if self.fault == "nan_obs" and self.t == 3:
+            return np.array([0, np.nan, 0, 0], np.float32)
         return np.zeros(4, np.float64 if self.fault == "dtype" else np.float32)
 
     def reset(self, *, seed=None, options=None):
@@ -50,6 +52,7 @@ class FaultyEnv(gym.Env):
         if self.fault == "four_tuple":
             return self._obs(), 1.0, done, {}
         reward = np.ones(1) if self.fault == "reward_array" else 1.0
+        reward = float("inf") if self.fault == "inf_reward" else reward
         terminated = int(done) if self.fault == "int_flag" else done
         return self._obs(), reward, terminated, False, {}
 
@@ -89,6 +92,8 @@ async def problems_of(env) -> list[str]:
     ("reward_array", r"step\(\) returned a reward of type ndarray; return a float"),
     ("int_flag", r"step\(\) returned terminated of type int; return a bool"),
     ("raises", r"step\(\) raised ConnectionError: simulator unreachable\.$"),
+    ("nan_obs", r"step\(\) returned a non-finite observation; make the env return finite numbers"),
+    ("inf_reward", r"step\(\) returned a non-finite reward \(inf\); make the env return finite numbers"),
 ])
 async def test_each_problem_gets_one_sentence(fault, message):
     problems = await problems_of(functools.partial(faulty, fault))

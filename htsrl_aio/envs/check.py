@@ -7,6 +7,7 @@ Every run checks its first env cheaply (one reset, one step) before any process 
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 from htsrl_aio.config import ConfigError
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.spaces import SINGLE_KEY, UnsupportedSpace
+from htsrl_aio.envs.spaces import SINGLE_KEY, NonFinite, UnsupportedSpace
 from htsrl_aio.seeding import env_reset_seed
 
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
@@ -162,6 +163,9 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
     if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
         problems.append(f"step() returned a reward of type {type(reward).__name__}; return a float.")
         ok = False
+    elif not math.isfinite(reward):
+        problems.append(f"{NonFinite('step()', f'reward ({float(reward)})')}.")
+        ok = False
     for flag, value in (("terminated", terminated), ("truncated", truncated)):
         if not isinstance(value, (bool, np.bool_)):
             problems.append(f"step() returned {flag} of type {type(value).__name__}; return a bool.")
@@ -172,6 +176,9 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
     try:
         spec.obs.encode(obs, where)
+    except NonFinite as exc:
+        problems.append(f"{exc}.")
+        return False
     except ValueError as exc:
         problems.append(f"{exc}; make them agree.")
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, NamedTuple, TypeVar
@@ -23,7 +24,7 @@ import numpy as np
 
 from htsrl_aio.envs import state as env_state
 from htsrl_aio.envs.async_env import close_env
-from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+from htsrl_aio.envs.spaces import ActionSpec, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError
 from htsrl_aio.seeding import env_reset_seed
 
@@ -98,6 +99,8 @@ class EpisodeTracker:
         if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
             raise TypeError(f"step() returned a reward of type {type(reward).__name__}; it must be a number")
         reward = float(reward)
+        if not math.isfinite(reward):
+            raise NonFinite("step()", f"reward ({reward})")
         info = info if isinstance(info, dict) else {}
         # An env that trains on a transformed reward (Atari's clipped one) reports the game's own in
         # info["raw_reward"]: returns are logged in the game's units.
@@ -167,17 +170,23 @@ class Replica:
 
     async def _reset(self, into: ObsSlot) -> None:
         obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
-        self.layout.write(obs, into, "reset()")
+        try:
+            self.layout.write(obs, into, "reset()")
+        except NonFinite as exc:
+            raise exc.at(f"the reset of episode {self.tracker.episodes - 1}") from None
 
     async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
-        result, obs = self.tracker.on_step(await _call(self.env.step(self.action.to_env(action))))
-        if result.episode is not None:
-            if result.truncated and not result.terminated:  # its value is the bootstrap target
-                self.layout.write(obs, final, "step()")
-            obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
-            self.layout.write(obs, into, "reset()")
-        else:
-            self.layout.write(obs, into, "step()")
+        step, episode = self.tracker.episode_length + 1, self.tracker.episodes - 1
+        try:
+            result, obs = self.tracker.on_step(await _call(self.env.step(self.action.to_env(action))))
+            if result.episode is not None:
+                if result.truncated and not result.terminated:  # its value is the bootstrap target
+                    self.layout.write(obs, final, "step()")
+                await self._reset(into)
+            else:
+                self.layout.write(obs, into, "step()")
+        except NonFinite as exc:
+            raise exc.at(f"step {step} of episode {episode}") from None
         return result
 
     async def _recreate(self) -> None:
