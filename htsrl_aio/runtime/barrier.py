@@ -50,8 +50,11 @@ class SwapBarrier:
                 await self._release()
             return await future
         except asyncio.CancelledError:
-            # A party that leaves can never arrive again: everyone else must not wait for it.
+            # A party that leaves can never arrive again: everyone else must not wait for it. Its own
+            # future is cancelled first: nobody awaits it now, so it must not be left holding the abort
+            # (a party cancelled while running on_swap would print "exception was never retrieved").
             if not future.done() or future.cancelled():
+                future.cancel()
                 self.abort()
             raise
 
