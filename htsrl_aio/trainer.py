@@ -90,6 +90,7 @@ class Trainer:
         self._resume_note: dict[str, Any] = {}
         self._stop_timer: asyncio.TimerHandle | None = None
         self._stop_timed_out = False
+        self._stopped_at_swap = False  # the swap checkpoint of a requested stop is written
         self.stop_note = ""  # how an early stop ended: which checkpoint holds the run, and how it resumes
 
     async def __aenter__(self) -> Trainer:
@@ -149,8 +150,7 @@ class Trainer:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-            stopped_at_swap = hasattr(self, "_scheduler") and self._scheduler.stopped_at is not None
-            if self.summary is None and hasattr(self, "_scheduler") and not stopped_at_swap:
+            if self.summary is None and hasattr(self, "_scheduler") and not self._stopped_at_swap:
                 try:
                     await self._save_stop_checkpoint()
                 except CheckpointWriteError:
@@ -315,6 +315,7 @@ class Trainer:
         await loop.run_in_executor(None, self.run_dir.save_periodic, state, generation, keep)
         if stopping:
             await loop.run_in_executor(None, self.run_dir.save_checkpoint, state)
+            self._stopped_at_swap = True
             self.stop_note = (f"stopped at the swap after update {learner.version} with a checkpoint that "
                               f"resumes exactly ({checkpoint.periodic_name(generation)})")
 

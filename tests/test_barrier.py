@@ -70,7 +70,8 @@ async def test_failing_swap_action_aborts_the_barrier():
     assert barrier.generation == 0
 
 
-async def test_a_party_cancelled_during_the_swap_leaves_no_unretrieved_exception():
+@pytest.mark.parametrize("aborted_first", [False, True], ids=["cancelled", "aborted-then-cancelled"])
+async def test_a_party_cancelled_during_the_swap_leaves_no_unretrieved_exception(aborted_first):
     # Ctrl-C during a swap checkpoint: the party running on_swap is cancelled; nothing may be left for
     # asyncio to report as "Future exception was never retrieved" after the run's final sentence.
     import gc
@@ -87,6 +88,8 @@ async def test_a_party_cancelled_during_the_swap_leaves_no_unretrieved_exception
     waiting = asyncio.ensure_future(barrier.wait())
     releasing = asyncio.ensure_future(barrier.wait())
     await checkpointing.wait()
+    if aborted_first:  # the run stopping: it aborts every barrier, then cancels every party
+        barrier.abort()
     releasing.cancel()
     results = await asyncio.gather(waiting, releasing, return_exceptions=True)
     assert isinstance(results[0], BarrierAborted) and isinstance(results[1], asyncio.CancelledError)

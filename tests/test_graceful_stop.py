@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,14 +24,18 @@ RUN = {"env": "envs_for_tests:jitter_cartpole", "num_envs": 4, "rollout": 16, "t
 
 
 def _flags(settings: dict) -> list[str]:
-    return [arg for key, value in settings.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+    flags = []
+    for key, value in settings.items():
+        flags += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, tuple) else [value])]
+    return flags
 
 
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *, again_when=None) -> tuple[int, str]:
+def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *,
+                   again_when: Callable[[], bool] | None = None) -> tuple[int, str]:
     """Start `htsrl-aio train`, send `sig` once it has written a metrics row (and again once `again_when()`
     holds, if given); return its exit status and stderr."""
     argv = [sys.executable, "-m", "htsrl_aio.cli", "train", *_flags(settings), "--logdir", str(run),
@@ -66,22 +71,24 @@ def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tm
     stopped = torch.load(run / "checkpoint.pt", weights_only=True)
     update = stopped["update"]
     assert stopped["kind"] == "swap" and 0 < update < full["updates"], "the signal came too late"
-    assert stderr.endswith(f"stopped at the swap after update {update} with a checkpoint that resumes exactly "
-                           f"(checkpoints/update-{update:07d}.pt); workers stopped and shared memory freed.\n")
+    assert stderr.endswith(f"stopped at the swap after update {update} with a checkpoint that resumes "
+                           f"exactly (checkpoints/update-{update:07d}.pt); workers stopped and shared memory "
+                           "freed.\n")
     assert _rows(run)[-1]["update"] == update  # the checkpointed update's row is there
 
     assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["final_params_sha256"] == full["final_params_sha256"]
     assert [r["update"] for r in _rows(run)] == list(range(1, full["updates"] + 1))
-    assert [r["actions_sha256"] for r in _rows(run)] == [r["actions_sha256"] for r in _rows(tmp_path / "full")]
+    full_rows = _rows(tmp_path / "full")
+    assert [r["actions_sha256"] for r in _rows(run)] == [r["actions_sha256"] for r in full_rows]
     assert _rows(run)[update]["resume_envs"] == "restored"
 
 
 def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its_checkpoint(tmp_path):
     # A learner busy most of the time (many epochs), so the stop lands inside an update: that update
     # finishes, and its row is written before checkpoint.pt names it.
-    settings = {**RUN, "epochs": 30, "hidden": "256", "stop_timeout": 0}
+    settings = {**RUN, "epochs": 30, "hidden": (256,), "stop_timeout": 0}
     run = tmp_path / "run"
     code, stderr = _signalled_run(run, settings, signal.SIGTERM)
     assert code == 143, stderr
@@ -93,3 +100,19 @@ def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its
 
     assert cli_main(["train", "--resume", str(run), "--no-progress", "--stop-timeout", "20"]) == 0
     assert [r["update"] for r in _rows(run)] == list(range(1, 41))  # no update missing, none twice
+
+
+def test_a_second_ctrl_c_during_the_swap_checkpoint_prints_nothing_after_the_final_sentence(tmp_path):
+    # Large layers make the swap checkpoint slow to write, so the second Ctrl-C lands while it is written.
+    settings = {**RUN, "hidden": (2048, 2048)}
+    run = tmp_path / "run"
+
+    def checkpoint_being_written() -> bool:
+        return any((run / "checkpoints").glob(".*.tmp"))
+
+    code, stderr = _signalled_run(run, settings, signal.SIGINT, again_when=checkpoint_being_written)
+    assert code == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("htsrl-aio: interrupted; stopped at once with checkpoint.pt of update"), stderr
+    assert "never retrieved" not in stderr
