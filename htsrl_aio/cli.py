@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
     check.add_argument("--env-kwargs", type=_key_value, nargs="+", default=[], metavar="KEY=VALUE",
                        help="keyword arguments for the env, as for train")
+    check.add_argument("--env-timeout", type=float, default=TrainConfig.env_timeout, metavar="SECONDS",
+                       help="seconds each reset or step may take, as for train (0: no limit; default: "
+                            f"{TrainConfig.env_timeout:g})")
     evaluate = commands.add_parser("eval", help="play a trained agent and report its mean return")
     evaluate.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
                           help="a run directory (its newest checkpoint) or a checkpoint file")
@@ -100,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "diff":
         return _diff(args.run_a, args.run_b)
     if args.command == "check-env":
-        return _check_env(args.env, args.steps, dict(args.env_kwargs))
+        return _check_env(args.env, args.steps, dict(args.env_kwargs), args.env_timeout)
     if args.command == "plot":
         return _plot(parser, args.runs, args.output)
     if args.command == "eval":
@@ -197,12 +200,14 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
             loop.remove_signal_handler(signum)
 
 
-def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
+def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.train import run_event_loop
 
     try:
-        report = run_event_loop(check_env(resolve_env(env, TrainConfig(env_kwargs=env_kwargs)), steps=steps))
+        config = TrainConfig(env_kwargs=env_kwargs, env_timeout=timeout).resolved()  # checks the timeout
+        factory = resolve_env(env, config)
+        report = run_event_loop(check_env(factory, steps=steps, timeout=timeout or None))
     except ConfigError as exc:
         print(f"htsrl-aio: error: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ from htsrl_aio.seeding import Stream, generator
 _DONE = object()
 # Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
 RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints",
-                      "stop_timeout")
+                      "stop_timeout", "env_timeout")
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
 
@@ -190,7 +190,7 @@ class Trainer:
         start_resource_tracker()
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
-        spec = self.spec = await probe_env(factory)
+        spec = self.spec = await probe_env(factory, cfg.env_timeout or None)
         backend = backend_name(cfg.env_backend, spec)
         device = _resolve_device(cfg.device)
         resume = self._resume
@@ -245,7 +245,8 @@ class Trainer:
         buffers = ObsBuffers(tuple({key: arrays[OBS_PREFIX + key] for key in obs_arrays}
                                    for arrays in storage_arrays), final_obs)
         pool = make_backend(backend, BackendArgs(factory, spec, cfg.num_envs, cfg.seed, buffers, cfg.workers,
-                                                 cfg.on_env_error == "restart", self._log_restart))
+                                                 cfg.on_env_error == "restart", self._log_restart,
+                                                 env_timeout=cfg.env_timeout or None))
         self.learner = learner
         self.pool = pool
         self._stack.push_async_callback(pool.aclose)

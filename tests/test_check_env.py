@@ -141,9 +141,15 @@ def test_every_run_checks_its_first_env_before_starting(tmp_path):
     ("CartPole-v1", 0, "CartPole-v1: ok (50 steps; observations (4,) float32, 2 actions; runs in worker "
                        "processes)."),
     ("envs_for_tests:half_async", 1, "envs_for_tests:half_async: reset() is a coroutine but step() is not"),
+    ("envs_for_tests:hangs_at_first_step", 1,
+     "envs_for_tests:hangs_at_first_step: step() did not answer within --env-timeout 1 s (after 0 steps); "
+     "make the env answer sooner"),
+    ("envs_for_tests:exits_at_first_step", 1, "envs_for_tests:exits_at_first_step: step() ended the env's "
+                                              "process (exit code 3, after 0 steps) without raising"),
 ])
 def test_check_env_command(env, code, output):
-    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50"],
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50",
+                           "--env-timeout", "1"],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith(output)

@@ -13,6 +13,7 @@ a worker drives them to completion without an event loop (`run_to_completion`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import math
@@ -114,13 +115,25 @@ class EpisodeTracker:
         return StepResult(reward, bool(terminated), bool(truncated), episode), obs
 
 
+class EnvTimeout(Exception):
+    """An env's reset or step did not answer within --env-timeout."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(f"{what} did not answer within --env-timeout {timeout:g} s; make the env answer "
+                         "sooner (give its I/O a timeout of its own) or raise --env-timeout")
+
+
 class Replica:
     def __init__(self, env_id: int, factory: Callable[[], Any], layout: ObsLayout, action: ActionSpec,
-                 run_seed: int, restart_on_error: bool = False, lineage: tuple[int, ...] = ()) -> None:
+                 run_seed: int, restart_on_error: bool = False, lineage: tuple[int, ...] = (),
+                 timeout: float | None = None) -> None:
+        """`timeout` (--env-timeout) bounds each awaited call of an AsyncEnv; a plain env's calls are
+        bounded by whoever hosts it (a worker process is killed)."""
         self.factory = factory
         self.layout = layout
         self.action = action
         self.restart_on_error = restart_on_error  # --on-env-error restart
+        self.timeout = timeout
         self.tracker = EpisodeTracker(env_id, run_seed, lineage)
         self.env = factory()
 
@@ -169,7 +182,7 @@ class Replica:
         return StepResult(0.0, False, True, None)
 
     async def _reset(self, into: ObsSlot) -> None:
-        obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
+        obs, _info = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
         try:
             self.layout.write(obs, into, "reset()")
         except NonFinite as exc:
@@ -178,7 +191,8 @@ class Replica:
     async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
         step, episode = self.tracker.episode_length + 1, self.tracker.episodes - 1
         try:
-            result, obs = self.tracker.on_step(await _call(self.env.step(self.action.to_env(action))))
+            result, obs = self.tracker.on_step(await self._call(self.env.step(self.action.to_env(action)),
+                                                                "step()"))
             if result.episode is not None:
                 if result.truncated and not result.terminated:  # its value is the bootstrap target
                     self.layout.write(obs, final, "step()")
@@ -188,6 +202,18 @@ class Replica:
         except NonFinite as exc:
             raise exc.at(f"step {step} of episode {episode}") from None
         return result
+
+    async def _call(self, value: Any, what: str) -> Any:
+        """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine), within the
+        timeout; a plain env's value passes through, so a worker needs no event loop."""
+        if not inspect.isawaitable(value):
+            return value
+        if self.timeout is None:
+            return await value
+        try:
+            return await asyncio.wait_for(value, self.timeout)
+        except asyncio.TimeoutError:
+            raise EnvTimeout(what, self.timeout) from None
 
     async def _recreate(self) -> None:
         with contextlib.suppress(Exception):
@@ -251,11 +277,6 @@ def env_error(message: str, details: str) -> EnvError:
 
 def _describe(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {exc}", traceback.format_exc()
-
-
-async def _call(value: Any) -> Any:
-    """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine)."""
-    return await value if inspect.isawaitable(value) else value
 
 
 def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
