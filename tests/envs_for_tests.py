@@ -323,3 +323,22 @@ def hangs_at_first_step() -> gym.Env:
 
 def exits_at_first_step() -> gym.Env:
     return _FirstStep(gym.make("CartPole-v1"), "exit")
+
+
+class _StartsProcesses(gym.Wrapper):
+    """Starts two long-lived processes it never stops, one in a session of its own, as a simulator
+    launcher might; their pids go to files in $HTSRL_TEST_SPAWN_DIR."""
+
+    def __init__(self, env: gym.Env) -> None:
+        import os
+        import subprocess
+        from pathlib import Path
+
+        super().__init__(env)
+        for new_session in (False, True):
+            sleeper = subprocess.Popen(["sleep", "600"], start_new_session=new_session)
+            (Path(os.environ["HTSRL_TEST_SPAWN_DIR"]) / str(sleeper.pid)).touch()
+
+
+def process_starting_cartpole() -> gym.Env:
+    return _StartsProcesses(jitter_cartpole())
