@@ -111,6 +111,7 @@ class _Progress:
     what: str = CONSTRUCTOR
     step: int = 0
     since: float | None = None  # None while the child is still starting (importing)
+    reported: bool = False  # the report has arrived: the child waits to be told to exit
 
 
 async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, timeout: float) -> CheckReport:
@@ -126,8 +127,10 @@ async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, t
         if message[0] == "calling":
             progress.what, progress.step, progress.since = message[1], message[2], loop.time()
             moved.set()
-        elif not outcome.done():
-            outcome.set_result(message[1])
+        else:
+            progress.reported = True
+            if not outcome.done():
+                outcome.set_result(message[1])
 
     def on_exit(code: int | None) -> None:
         if not outcome.done():
@@ -142,16 +145,20 @@ async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, t
         while not outcome.done():
             left = None if progress.since is None else progress.since + timeout - loop.time()
             if left is not None and left <= 0:
-                child.process.kill()
                 outcome.set_result(CheckReport(factory.name, problems=[
                     f"{progress.what} did not answer within --env-timeout {timeout:g} s (after "
                     f"{progress.step} steps); make the env answer sooner or raise --env-timeout."]))
                 break
             moved.clear()
             waiter = asyncio.ensure_future(moved.wait())
-            await asyncio.wait([outcome, waiter], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            try:
+                await asyncio.wait([outcome, waiter], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
     finally:
+        child.request_close()
+        if not progress.reported:
+            child.process.kill()  # still checking (timed out, or we were cancelled): nothing to wait for
         await close_children([child])
     return outcome.result()
 
