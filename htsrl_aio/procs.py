@@ -4,9 +4,9 @@ The pipe and the process sentinel are registered with `add_reader`, so waiting o
 nothing and never spins. Used for env workers, the env check and the learner process.
 
 Each child leads a process group of its own, which the processes an env starts (a simulator, a game
-server) join: when the child ends, however it ends, whatever is left of its group is killed, and so are
-descendants that left the group (a new session), found in /proc while the child still lived. Nothing
-an env started outlives the run.
+server) join: when the child ends, however it ends, whatever is left of its group is killed. Closing a
+child also kills its descendants that left the group (a new session), found in /proc (Linux) when it
+is asked to close. So nothing an env started outlives the run, short of a SIGKILL to the run itself.
 """
 
 from __future__ import annotations
