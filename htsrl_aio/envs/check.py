@@ -29,6 +29,8 @@ from htsrl_aio.envs.spaces import SINGLE_KEY, NonFinite, UnsupportedSpace
 from htsrl_aio.seeding import env_reset_seed
 
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
+CONSTRUCTOR = "the env's constructor"
+OnCall = Callable[[str, int], None]  # (the call about to be made, steps taken so far)
 
 
 @dataclass
@@ -64,9 +66,6 @@ async def probe_env(factory: EnvFactory, timeout: float | None = None) -> EnvSpe
     return report.spec
 
 
-OnCall = Callable[[str, int], None]  # (the call about to be made, steps taken so far)
-
-
 async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeout: float | None,
                       on_call: OnCall | None = None) -> CheckReport:
     report = CheckReport(factory.name)
@@ -91,9 +90,6 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
                 f"the factory {factory.factory!r} cannot be sent to worker processes ({exc}); define it "
                 "as a module-level function or pass 'package.module:factory'.")
     return report
-
-
-CONSTRUCTOR = "the env's constructor"
 
 
 def _picklable(factory: EnvFactory) -> bool:
