@@ -17,6 +17,7 @@ _EXPORTS = {
     "TrainConfig": "htsrl_aio.config",
     "EnvError": "htsrl_aio.errors",
     "HtsrlError": "htsrl_aio.errors",
+    "RunStopped": "htsrl_aio.trainer",
     "Trainer": "htsrl_aio.trainer",
     "resume": "htsrl_aio.train",
     "resume_async": "htsrl_aio.train",
@@ -24,15 +25,15 @@ _EXPORTS = {
     "train_async": "htsrl_aio.train",
 }
 
-__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "TrainConfig", "Trainer", "__version__",
-           "resume", "resume_async", "train", "train_async"]
+__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunStopped", "TrainConfig", "Trainer",
+           "__version__", "resume", "resume_async", "train", "train_async"]
 
 if TYPE_CHECKING:
     from htsrl_aio.config import ConfigError, TrainConfig
     from htsrl_aio.envs.async_env import AsyncEnv
     from htsrl_aio.errors import EnvError, HtsrlError
     from htsrl_aio.train import resume, resume_async, train, train_async
-    from htsrl_aio.trainer import Trainer
+    from htsrl_aio.trainer import RunStopped, Trainer
 
 
 def __getattr__(name: str) -> Any:

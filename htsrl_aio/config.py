@@ -202,6 +202,14 @@ class TrainConfig:
     on_env_error: Literal["stop", "restart"] = _opt(
         "when an env raises or its worker dies: stop the run (checkpointing the last update), or "
         "re-create that env with a new derived seed and go on (counted as env_restarts)", default="stop")
+    env_timeout: float = _opt(
+        "seconds an env's reset or step may take; one that does not answer in time is an env failure "
+        "(stopping the run or, with --on-env-error restart, replacing the env like a crash); 0 turns it "
+        "off", default=60.0)
+    stop_timeout: float = _opt(
+        "on SIGINT/SIGTERM/SIGHUP the run stops at the next swap with a checkpoint that resumes exactly; "
+        "if that takes longer than this many seconds, it stops at once with the last completed update",
+        default=20.0)
     tensorboard: bool = _opt("write TensorBoard scalars into the run directory (needs the tensorboard extra)",
                              default=True)
     checkpoint_every: int = _opt(
@@ -279,6 +287,11 @@ class TrainConfig:
                 bound = "0 or more" if zero_ok else "above 0"
                 raise ConfigError(f"--{_flag(name)} must be a finite number {bound} (usually about {usual}), "
                                   f"got {value!r}.")
+        for name in ("env_timeout", "stop_timeout"):
+            value = getattr(self, name)
+            if not _real(value) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{_flag(name)} must be a finite number of seconds, 0 or more, got "
+                                  f"{value!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"--seed must be 0 or a positive integer, got {self.seed!r}.")
         for name in ("gamma", "gae_lambda"):

@@ -113,3 +113,12 @@ def default_sigint() -> None:
     """Popen preexec_fn: let the child take Ctrl-C even when the test runner ignores SIGINT (a shell
     starts background jobs with SIGINT ignored, and children inherit that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has exited; only its exit status is left)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state

@@ -28,6 +28,7 @@ def refused(argv: list[str], capsys) -> str:
     (["--ent-coef", "nan"], "--ent-coef"), (["--ent-coef", "-0.01"], "--ent-coef"),
     (["--clip-coef", "-0.2"], "--clip-coef"), (["--clip-coef", "inf"], "--clip-coef"),
     (["--vf-coef", "inf"], "--vf-coef"), (["--gamma", "nan"], "--gamma"), (["--seed", "-1"], "--seed"),
+    (["--env-timeout", "-1"], "--env-timeout"), (["--stop-timeout", "nan"], "--stop-timeout"),
 ])
 def test_out_of_range_values_from_flags(tmp_path, capsys, flags, names):
     run = tmp_path / "run"

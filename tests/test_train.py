@@ -145,12 +145,22 @@ def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_parameters(run_dir, no_leaks, learner):
     with pytest.raises(HtsrlError, match=r"^update 3: .* became NaN or Inf, so training stopped"):
-        train(small(run_dir, env="envs_for_tests:nan_reward_cartpole", learner=learner,
+        train(small(run_dir, env="envs_for_tests:huge_reward_cartpole", learner=learner,
                     total_steps=4 * 16 * 10))
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] == 2
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
     assert "update 3" in (run_dir / "error.log").read_text()
+
+
+@pytest.mark.parametrize("env,message", [
+    ("nan_reward_cartpole", r"step\(\) returned a non-finite reward \(nan\) at step \d+ of episode \d+"),
+    ("inf_obs_cartpole", r"step\(\) returned a non-finite observation at step \d+ of episode \d+"),
+])
+def test_non_finite_env_output_stops_the_run_naming_env_and_step(run_dir, no_leaks, env, message):
+    with pytest.raises(EnvError, match=rf"^env \d of 'envs_for_tests:{env}' failed: NonFinite: {message}; "
+                                       "make the env return finite numbers"):
+        train(small(run_dir, env=f"envs_for_tests:{env}", total_steps=4 * 16 * 10))
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):

@@ -16,7 +16,9 @@ The observation of ticket (j, i, t) lives at row t, env i of storage j % 2 (`obs
 backend writes it in place (shared memory for worker processes), and only ids, actions and rewards
 travel. A backend may carry many replicas' commands in one message (batching is its own business);
 the schedule only ever has one command in flight per env, and results are matched by env id, never
-by arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`.
+by arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`. A reset
+or step with no answer within `BackendArgs.env_timeout` is a failure like an exception: name the env
+and the ticket, or (restarts on) replace the replica or whatever hosts it.
 
 To add a backend: implement this protocol around `Replica` (its life cycle is already written), add
 it to `BACKENDS` in envs/backends.py, and run tests/test_determinism_spaces.py with it.
@@ -71,6 +73,8 @@ class BackendArgs:
     engine_threads: int | None = None  # C++ threads of each engine (engine backend)
     restart_on_error: bool = False  # --on-env-error restart
     on_restart: Callable[[str, str], None] = lambda message, details: None
+    # --env-timeout: seconds a reset or step may take before it counts as an env failure (None: no limit)
+    env_timeout: float | None = None
 
 
 class EnvBackend(Protocol):
@@ -93,6 +97,11 @@ class EnvBackend(Protocol):
     async def aclose(self) -> None:
         """Stop every replica and release what the backend holds, however the run ended."""
         ...
+
+
+def describe_ticket(ticket: StepTicket) -> str:
+    """Where in the run a command was, for error messages."""
+    return f"(rollout {ticket.rollout}, step {ticket.step})"
 
 
 def as_wire_action(action: np.ndarray) -> Any:

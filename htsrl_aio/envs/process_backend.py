@@ -8,6 +8,10 @@ batch produced) travel as one message, and their replies as one message back.
 With `--on-env-error restart`, an env that raises is re-created by its `Replica`, and a worker that
 dies is spawned again with its envs (fresh seed lineage); each lost step becomes a truncation
 (`Replica.lost_step`), and every re-created env is charged to the `RestartBudget`.
+
+--env-timeout: a watchdog on the loop looks at the commands in flight; a worker holding one past the
+limit (counted from when the command was sent to it) is killed, which is then a worker death like any
+other: the run stops naming the env and ticket, or the worker is spawned again with its envs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from htsrl_aio.envs.backend import BackendArgs, as_wire_action, obs_slot_of
+from htsrl_aio.envs.backend import BackendArgs, as_wire_action, describe_ticket, obs_slot_of
 from htsrl_aio.envs.replica import ReplicaState, RestartBudget, StepResult, env_error
 from htsrl_aio.envs.worker import Command, Reply, WorkerArgs, worker_main
 from htsrl_aio.errors import EnvError
@@ -51,6 +55,12 @@ class ProcessBackend:
         self._ready: list[asyncio.Future] = []
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # --env-timeout: when each env's command in flight reached its worker, what it was, and why a
+        # worker was killed (the reason its death gets).
+        self._sent_at: dict[int, float] = {}
+        self._what: dict[int, tuple[str, StepTicket | None]] = {}
+        self._killed_because: dict[int, str] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def restarts(self) -> int:
@@ -60,6 +70,8 @@ class ProcessBackend:
         """Spawn the workers and wait until every replica is built."""
         self._loop = asyncio.get_running_loop()
         await asyncio.gather(*(self._spawn(index) for index in range(self.num_workers)))
+        if self.args.env_timeout:
+            self._watch()
 
     def _spawn(self, index: int) -> asyncio.Future:
         assert self._loop is not None
@@ -80,11 +92,11 @@ class ProcessBackend:
 
     def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
         buf, row = obs_slot_of(ticket)
-        return self._send(Command("reset", ticket.env, buf, row))
+        return self._send(Command("reset", ticket.env, buf, row), ticket)
 
     def step(self, ticket: StepTicket, action: Any) -> asyncio.Future[StepResult]:
         buf, row = obs_slot_of(ticket)
-        return self._send(Command("step", ticket.env, buf, row, as_wire_action(action)))
+        return self._send(Command("step", ticket.env, buf, row, as_wire_action(action)), ticket)
 
     def get_state(self, env_id: int) -> asyncio.Future[ReplicaState]:
         return self._send(Command("get_state", env_id))
@@ -92,7 +104,7 @@ class ProcessBackend:
     def set_state(self, env_id: int, state: ReplicaState) -> asyncio.Future[str | None]:
         return self._send(Command("set_state", env_id, state=state))
 
-    def _send(self, cmd: Command) -> asyncio.Future:
+    def _send(self, cmd: Command, ticket: StepTicket | None = None) -> asyncio.Future:
         assert self._loop is not None, "ProcessBackend.start() was not awaited"
         future = self._loop.create_future()
         if self._failure is not None:
@@ -102,6 +114,8 @@ class ProcessBackend:
         assert env_id not in self._pending, f"env {env_id} already has a command in flight"
         self._pending[env_id] = future
         self._commands[env_id] = cmd
+        if self.args.env_timeout:
+            self._what[env_id] = (cmd.kind, ticket)
         index = self._worker_index[env_id]
         if index in self._held:
             self._held[index].append(env_id)
@@ -114,8 +128,10 @@ class ProcessBackend:
         if env_id in self._stale and cmd.kind in ("step", "reset"):
             self._stale.discard(env_id)
             cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
+        assert self._loop is not None
+        if self.args.env_timeout:
+            self._sent_at[env_id] = self._loop.time()
         if not self._outbox:
-            assert self._loop is not None
             self._loop.call_soon(self._flush)
         self._outbox.setdefault(index, []).append(cmd)
 
@@ -154,17 +170,47 @@ class ProcessBackend:
                 self._fail(error)
                 return
         self._commands.pop(env_id, None)
+        self._sent_at.pop(env_id, None)
         future = self._pending.pop(env_id, None)
         if future is not None and not future.done():  # a cancelled collector has cancelled its future
             future.set_result(None if kind == "reset" else value)
 
+    def _watch(self) -> None:
+        """Kill the worker of every command in flight past --env-timeout; look again in a while."""
+        assert self._loop is not None and self.args.env_timeout
+        timeout = self.args.env_timeout
+        now = self._loop.time()
+        for env_id, sent in list(self._sent_at.items()):
+            if now - sent > timeout and env_id in self._sent_at:
+                self._time_out(env_id, timeout)
+        if self._failure is None:
+            self._watchdog = self._loop.call_later(min(timeout / 4, 1.0), self._watch)
+
+    def _time_out(self, env_id: int, timeout: float) -> None:
+        index = self._worker_index[env_id]
+        for other in self._slices[index]:  # its worker dies: none of its commands can be answered
+            self._sent_at.pop(other, None)
+        kind, ticket = self._what.get(env_id, ("command", None))
+        at = "" if ticket is None else f" {describe_ticket(ticket)}"
+        reason = (f"env {env_id} of {self.args.factory.name!r} did not answer its {kind}{at} within "
+                  f"--env-timeout {timeout:g} s")
+        self._killed_because[index] = reason
+        worker = self._workers[index]
+        if worker is not None:
+            worker.process.kill()  # its death (a loop callback) stops the run or spawns it again
+
     def _on_exit(self, index: int, where: str, exitcode: int | None) -> None:
+        timed_out = self._killed_because.pop(index, None)
         if not self.args.restart_on_error or self._failure is not None:
-            self._fail(env_error(f"{where} died unexpectedly (exit code {exitcode}); the run cannot "
+            self._fail(env_error(f"{timed_out}, so {where} was killed; make the env answer sooner, raise "
+                                 "--env-timeout, or pass --on-env-error restart to replace it."
+                                 if timed_out else
+                                 f"{where} died unexpectedly (exit code {exitcode}); the run cannot "
                                  "continue without its envs.", ""))
             return
         env_ids = self._slices[index]
-        error = self.budget.charge(env_ids, f"{where} died (exit code {exitcode}); started again", "")
+        death = f"{timed_out}; {where} was killed" if timed_out else f"{where} died (exit code {exitcode})"
+        error = self.budget.charge(env_ids, f"{death}; started again", "")
         if error is not None:
             self._fail(error)
             return
@@ -192,6 +238,7 @@ class ProcessBackend:
         if self._failure is not None:
             return
         self._failure = error
+        self._sent_at.clear()
         for future in (*self._pending.values(), *self._ready):
             if not future.done():
                 future.set_exception(error)
@@ -199,6 +246,8 @@ class ProcessBackend:
 
     async def aclose(self) -> None:
         """Stop every worker: ask politely, then terminate, then kill."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in list(self._respawning):
             task.cancel()
         await asyncio.gather(*self._respawning, return_exceptions=True)
