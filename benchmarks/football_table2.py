@@ -21,7 +21,7 @@ from pathlib import Path
 from plotting import football_id, pyplot, save
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 # "hts-behaviour": hts with --ppo-trust-region behaviour (the released code's PPO; the default is current).
 MODES = {"hts": ("hts", "current"), "sync": ("sync", "current"), "hts-behaviour": ("hts", "behaviour")}

@@ -28,7 +28,7 @@ from plotting import pyplot, save
 
 from htsrl_aio import RunStopped, TrainConfig, Trainer
 from htsrl_aio.envs.shm import SHM_PREFIX
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 WORKER_NAME = "htsrl-env-worker"
 

@@ -19,10 +19,10 @@ _EXPORTS = {
     "HtsrlError": "htsrl_aio.errors",
     "RunStopped": "htsrl_aio.trainer",
     "Trainer": "htsrl_aio.trainer",
-    "resume": "htsrl_aio.train",
-    "resume_async": "htsrl_aio.train",
-    "train": "htsrl_aio.train",
-    "train_async": "htsrl_aio.train",
+    "resume": "htsrl_aio.training",
+    "resume_async": "htsrl_aio.training",
+    "train": "htsrl_aio.training",
+    "train_async": "htsrl_aio.training",
 }
 
 __all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunStopped", "TrainConfig", "Trainer",
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from htsrl_aio.config import ConfigError, TrainConfig
     from htsrl_aio.envs.async_env import AsyncEnv
     from htsrl_aio.errors import EnvError, HtsrlError
-    from htsrl_aio.train import resume, resume_async, train, train_async
     from htsrl_aio.trainer import RunStopped, Trainer
+    from htsrl_aio.training import resume, resume_async, train, train_async
 
 
 def __getattr__(name: str) -> Any:

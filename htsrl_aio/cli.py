@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(parser, args)
     if args.command == "clean":
         return _clean()
-    from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
+    from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
 
     try:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -203,7 +203,7 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.envs.backends import backend_name
-    from htsrl_aio.train import run_event_loop
+    from htsrl_aio.training import run_event_loop
 
     try:
         config = TrainConfig(env_kwargs=env_kwargs, env_timeout=timeout).resolved()  # checks the timeout
@@ -227,7 +227,7 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float)
 
 def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from htsrl_aio.evaluate import evaluate, format_result
-    from htsrl_aio.train import run_event_loop
+    from htsrl_aio.training import run_event_loop
 
     try:
         result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))

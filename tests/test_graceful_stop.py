@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import default_sigint, wait_until
+from harness import terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
@@ -42,7 +42,7 @@ def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *,
             "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=default_sigint, start_new_session=True)
+                            preexec_fn=terminal_signals, start_new_session=True)
     try:
         metrics = run / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "a metrics row")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import alive, default_sigint, wait_until
+from harness import alive, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
@@ -44,7 +44,7 @@ def _spawned_children(pid: int) -> set[int]:
 def _start(argv: list[str]) -> subprocess.Popen:
     # A session of its own: signals can go to its process group, as a terminal or `timeout` sends them.
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint, start_new_session=True)
+                            preexec_fn=terminal_signals, start_new_session=True)
 
 
 def _dead_pid() -> int:

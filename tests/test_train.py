@@ -115,8 +115,9 @@ def test_bad_config_is_one_sentence_before_any_process_starts(run_dir, no_leaks,
         train(small(run_dir, **overrides))
 
 
-def test_cli_exits_2_with_one_line_on_bad_input(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "train", "--env", "CartPol-v1",
+@pytest.mark.parametrize("module", ["htsrl_aio", "htsrl_aio.cli"])
+def test_cli_exits_2_with_one_line_on_bad_input(tmp_path, module):
+    proc = subprocess.run([sys.executable, "-m", module, "train", "--env", "CartPol-v1",
                            "--logdir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -134,6 +135,17 @@ def test_cli_trains_and_reports(tmp_path, no_leaks):
     assert proc.returncode == 0, proc.stderr
     assert "done: 128 steps" in proc.stdout
     assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_the_public_names_are_what_they_say_whatever_was_imported_first():
+    # The package exports lazily (PEP 562); a submodule named like an export would replace it once imported.
+    script = ("import importlib, pkgutil, sys, types, htsrl_aio\n"
+              "for m in pkgutil.walk_packages(htsrl_aio.__path__, 'htsrl_aio.'):\n"
+              "    importlib.import_module(m.name)\n"
+              "bad = [n for n in htsrl_aio.__all__ if isinstance(getattr(htsrl_aio, n), types.ModuleType)]\n"
+              "sys.exit(f'modules, not the exported names: {bad}' if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
