@@ -3,10 +3,17 @@ and scaling with the number of envs. Prints one table and writes a PNG.
 
 Parts (`--parts`, all by default):
 
+- bound:   the machine's bound from three per-step costs measured here, in core-milliseconds per env
+           step: the emulator (AtariVectorEnv on one thread), inference (the CNN's forward pass over
+           one `--inference-block` of rows, per row) and the learner (its busy time per env step in
+           the sync PPO runs of part `ppo`). Collection is bounded by cores / (emulator + inference),
+           training by cores / (all three).
 - raw:     ale-py's AtariVectorEnv stepping `--num-envs` envs with random actions on all cores (its
            own C++ thread pool): the ceiling for env stepping, no inference at all.
 - collect: htsrl-aio collecting with batched inference and no learning (the learner is replaced by
-           one that returns at once), same envs: the runtime's overhead against `raw`.
+           one that returns at once), same envs: the runtime's overhead against `raw` and the bound.
+- engine:  collection only for each --engine-batch in `--engine-batches` and each --engine-threads in
+           `--engine-threads`: what the engine backend's defaults should be.
 - ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating.
 - a2c:     atari-a2c preset, hts vs sync vs SB3 A2C, alternating.
 - scaling: hts PPO (atari-ppo) steps/s for each of `--scaling-envs`.
@@ -21,8 +28,8 @@ step counts) so the same script runs on a many-core or GPU machine:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -36,6 +43,7 @@ from plotting import pyplot, save
 
 import htsrl_aio.trainer
 from htsrl_aio import TrainConfig, train
+from htsrl_aio.config import available_cores
 from htsrl_aio.runtime.learner import ThreadLearner
 from htsrl_aio.runtime.storage import RolloutStorage
 
@@ -65,8 +73,9 @@ def read_rows(logdir: Path) -> list[dict]:
 
 
 def run_htsrl(args: argparse.Namespace, logdir: Path, **settings: Any) -> dict[str, Any]:
-    settings = {"env": args.env, "workers": args.workers, "device": args.device,
-                "torch_threads": args.torch_threads, "seed": 1, **settings}
+    settings = {"env": args.env, "env_backend": args.env_backend, "workers": args.workers,
+                "device": args.device, "torch_threads": args.torch_threads,
+                "inference_block": args.inference_block, "seed": 1, **settings}
     start = time.perf_counter()
     summary = train(TrainConfig(**settings, logdir=str(logdir), progress=False, checkpoint_every=0))
     wall = time.perf_counter() - start  # process start to the end, as SB3's is measured
@@ -80,21 +89,25 @@ def run_sb3(args: argparse.Namespace, algo: str, steps: int, logdir: Path) -> di
     return {"sps": rows[-1]["global_step"] / (time.perf_counter() - start), **steady(rows)}
 
 
-def run_collect(args: argparse.Namespace, logdir: Path, deterministic: bool) -> dict[str, Any]:
+def run_collect(args: argparse.Namespace, logdir: Path, deterministic: bool = True,
+                **settings: Any) -> dict[str, Any]:
     original = htsrl_aio.trainer.ThreadLearner
     htsrl_aio.trainer.ThreadLearner = CollectOnlyLearner
     try:
-        return run_htsrl(args, logdir, preset="atari-ppo", num_envs=args.num_envs, learner="thread",
-                         total_steps=args.collect_steps, deterministic=deterministic)
+        settings = {"preset": "atari-ppo", "num_envs": args.num_envs, "learner": "thread",
+                    "total_steps": args.collect_steps, "deterministic": deterministic, **settings}
+        return run_htsrl(args, logdir, **settings)
     finally:
         htsrl_aio.trainer.ThreadLearner = original
 
 
-def run_raw(args: argparse.Namespace) -> dict[str, Any]:
+def run_raw(args: argparse.Namespace, threads: int | None = None) -> dict[str, Any]:
+    """AtariVectorEnv stepping random actions: steps/s and core-ms per step (threads: all cores)."""
     from ale_py.vector_env import AtariVectorEnv
 
+    threads = threads or available_cores()
     kwargs = gym.spec(args.env).kwargs
-    env = AtariVectorEnv(kwargs["game"], num_envs=args.num_envs, num_threads=os.cpu_count() or 1,
+    env = AtariVectorEnv(kwargs["game"], num_envs=args.num_envs, num_threads=threads,
                          repeat_action_probability=kwargs.get("repeat_action_probability", 0.25))
     env.reset(seed=1)
     rng = np.random.default_rng(1)
@@ -103,16 +116,49 @@ def run_raw(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     for _ in range(rounds):
         env.step(rng.integers(n, size=args.num_envs))
-    sps = rounds * args.num_envs / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
     env.close()
-    return {"sps": sps, "steady_sps": sps}
+    sps = rounds * args.num_envs / seconds
+    return {"sps": sps, "steady_sps": sps, "core_ms": 1000 * threads / sps}
+
+
+def inference_core_ms(args: argparse.Namespace) -> float:
+    """The CNN's forward pass over one inference block, per row, on one thread, as the runtime runs it."""
+    import torch
+
+    from htsrl_aio.envs import resolve_env
+    from htsrl_aio.envs.check import probe_env
+    from htsrl_aio.models import build_model
+
+    cfg = TrainConfig(env=args.env, preset="atari-ppo", device=args.device,
+                      inference_block=args.inference_block).resolved()
+    spec = asyncio.run(probe_env(resolve_env(cfg.env, cfg)))
+    model = build_model(spec, cfg).to(args.device)
+    obs = {k: torch.zeros((cfg.inference_block, *shape), dtype=getattr(torch, np.dtype(dtype).name),
+                          device=args.device) for k, (shape, dtype) in spec.obs.arrays().items()}
+    torch.set_num_threads(args.torch_threads)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(obs)
+        passes, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 3.0:
+            model(obs)
+            passes += 1
+        if args.device != "cpu":
+            torch.cuda.synchronize()
+    return 1000 * args.torch_threads * (time.perf_counter() - start) / (passes * cfg.inference_block)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["raw", "collect", "ppo", "a2c", "scaling"],
-                        choices=["raw", "collect", "ppo", "a2c", "scaling"])
+    parts = ["bound", "raw", "collect", "engine", "ppo", "a2c", "scaling"]
+    parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    parser.add_argument("--env-backend", default="auto", help="htsrl-aio's --env-backend")
+    parser.add_argument("--inference-block", type=int, default=8,
+                        help="htsrl-aio's --inference-block (larger blocks suit a GPU)")
+    parser.add_argument("--engine-batches", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--engine-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--env", default="ALE/Pong-v5")
     parser.add_argument("--num-envs", type=int, default=8, help="envs for raw and collect")
     parser.add_argument("--total-steps", type=int, default=20_480, help="env steps per PPO run")
@@ -142,17 +188,30 @@ def main() -> None:
             return Path(tmp) / f"run{next(counter)}"
 
         for _ in range(args.repeats):
+            if "bound" in args.parts:
+                record("bound", "emulator", {"core_ms": run_raw(args, threads=1)["core_ms"]})
+                record("bound", "inference", {"core_ms": inference_core_ms(args)})
             if "raw" in args.parts:
                 record("collect", "raw AtariVectorEnv", run_raw(args))
             if "collect" in args.parts:
-                record("collect", "htsrl collect", run_collect(args, fresh(), deterministic=True))
+                record("collect", "htsrl collect", run_collect(args, fresh()))
                 record("collect", "htsrl collect fastest", run_collect(args, fresh(), deterministic=False))
+            if "engine" in args.parts:
+                for batch in args.engine_batches:
+                    for threads in args.engine_threads:
+                        record("engine", f"B={batch} threads={threads}",
+                               run_collect(args, fresh(), env_backend="engine", engine_batch=batch,
+                                           engine_threads=threads))
             for algo, steps in (("ppo", args.total_steps), ("a2c", args.a2c_steps)):
                 if algo not in args.parts:
                     continue
                 for mode in ("hts", "sync"):
-                    record(algo, f"htsrl {mode}", run_htsrl(args, fresh(), preset=f"atari-{algo}", mode=mode,
-                                                            total_steps=steps))
+                    result = run_htsrl(args, fresh(), preset=f"atari-{algo}", mode=mode, total_steps=steps)
+                    record(algo, f"htsrl {mode}", result)
+                    if mode == "sync" and "bound" in args.parts:
+                        # The learner's busy seconds per env step, from the run itself.
+                        record("bound", f"learner {algo}", {"core_ms": 1000 * result["learner_busy_frac"]
+                                                            / result["steady_sps"]})
                 if not args.no_sb3:
                     record(algo, "SB3", run_sb3(args, algo, steps, fresh()))
         if "scaling" in args.parts:
@@ -165,7 +224,8 @@ def main() -> None:
     plot(results, args)
 
 
-BASELINES = {"collect": "raw AtariVectorEnv", "ppo": "SB3", "a2c": "SB3", "scaling": "hts 4 envs"}
+BASELINES = {"collect": "raw AtariVectorEnv", "engine": "B=8 threads=2", "ppo": "SB3", "a2c": "SB3",
+             "scaling": "hts 4 envs"}
 
 
 def median(runs: list[dict], key: str) -> float | None:
@@ -174,11 +234,13 @@ def median(runs: list[dict], key: str) -> float | None:
 
 
 def print_table(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> None:
-    print(f"\n{args.env}, {os.cpu_count()} cores, device {args.device}, median of {args.repeats} "
+    print(f"\n{args.env}, {available_cores()} cores, device {args.device}, median of {args.repeats} "
           "alternating repeats (scaling: one run each)")
     print(f"{'part':<8}{'variant':<24}{'steps/s':>9}{'steady':>9}{'learner busy':>14}{'collector busy':>16}"
           f"{'steady vs baseline':>20}")
     for (part, variant), runs in results.items():
+        if part == "bound":
+            continue
         base_runs = results.get((part, BASELINES[part]))
         base = median(base_runs, "steady_sps") if base_runs else None
         cells = [median(runs, k) for k in ("sps", "steady_sps", "learner_busy_frac", "collector_busy_frac")]
@@ -191,13 +253,37 @@ def print_table(results: dict[tuple[str, str], list[dict]], args: argparse.Names
         if hts and sync:
             print(f"{algo}: hts/sync {median(hts, 'steady_sps') / median(sync, 'steady_sps'):.2f}x steady, "
                   f"{median(hts, 'sps') / median(sync, 'sps'):.2f}x end to end")
+    print_bound(results)
+
+
+def print_bound(results: dict[tuple[str, str], list[dict]]) -> None:
+    """The machine's bound from the per-step costs, and each measured rate as a fraction of it."""
+    costs = {variant: median(runs, "core_ms") for (part, variant), runs in results.items() if part == "bound"}
+    if "emulator" not in costs or "inference" not in costs:
+        return
+    cores = available_cores()
+    print("\nper-step costs (core-ms): " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
+    collect_bound = 1000 * cores / (costs["emulator"] + costs["inference"])
+    rows = [("collect", "htsrl collect", collect_bound)]
+    for algo in ("ppo", "a2c"):
+        if f"learner {algo}" in costs:
+            bound = 1000 * cores / (costs["emulator"] + costs["inference"] + costs[f"learner {algo}"])
+            rows += [(algo, "htsrl hts", bound), (algo, "htsrl sync", bound)]
+    for part, variant, bound in rows:
+        runs = results.get((part, variant))
+        if runs:
+            steady = median(runs, "steady_sps")
+            print(f"{part}/{variant}: bound {bound:.0f} steps/s on {cores} cores; measured {steady:.0f} "
+                  f"= {steady / bound:.2f} of it")
 
 
 def plot(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> None:
     plt = pyplot()
     if plt is None:
         return
-    parts = [p for p in ("collect", "ppo", "a2c", "scaling") if any(k[0] == p for k in results)]
+    parts = [p for p in ("collect", "engine", "ppo", "a2c", "scaling") if any(k[0] == p for k in results)]
+    if not parts:
+        return
     fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.6), squeeze=False)
     for ax, part in zip(axes[0], parts):
         variants = [v for p, v in results if p == part]
@@ -214,7 +300,7 @@ def plot(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -
             ax.set_xticks(range(len(variants)), [v.replace(" ", "\n", 1) for v in variants], fontsize=7)
         ax.set_title(part, fontsize=10)
         ax.set_ylabel("steady env steps/s")
-    fig.suptitle(f"{args.env}, {os.cpu_count()} cores, {args.device}", fontsize=10)
+    fig.suptitle(f"{args.env}, {available_cores()} cores, {args.device}", fontsize=10)
     save(fig, args.plot)
 
 

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from plotting import pyplot, save
+from plotting import football_id, pyplot, save
 
 from htsrl_aio import TrainConfig, train
 
@@ -33,7 +33,8 @@ def steady_sps(logdir: Path) -> float:
 
 
 def run_once(args: argparse.Namespace, num_envs: int, mode: str, logdir: Path) -> dict:
-    cfg = TrainConfig(env=f"gfootball/{args.scenario}", football_representation=args.representation,
+    cfg = TrainConfig(env=football_id(args.source, args.scenario),
+                      football_representation=args.representation,
                       preset="football-ppo", mode=mode, num_envs=num_envs, rollout=args.rollout,
                       total_steps=num_envs * args.rollout * args.updates, workers=args.workers,
                       device=args.device, seed=args.seed, logdir=str(logdir), progress=False)
@@ -45,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="academy_counterattack_hard")
+    parser.add_argument("--source", default="envpool", choices=["envpool", "gfootball"],
+                        help="EnvPool's GFootball (pip) or gfootball built from source")
     parser.add_argument("--representation", default="simple115v2", choices=["simple115v2", "extracted"])
     parser.add_argument("--num-envs", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--rollout", type=int, default=128)

@@ -18,10 +18,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from plotting import pyplot, save
+from plotting import football_id, pyplot, save
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 # "hts-behaviour": hts with --ppo-trust-region behaviour (the released code's PPO; the default is current).
 MODES = {"hts": ("hts", "current"), "sync": ("sync", "current"), "hts-behaviour": ("hts", "behaviour")}
@@ -30,7 +30,8 @@ COLORS = {"hts": "tab:blue", "sync": "tab:gray", "hts-behaviour": "tab:orange"}
 
 async def run_until_score(args: argparse.Namespace, mode: str, seed: int, logdir: Path) -> dict:
     schedule, trust_region = MODES[mode]
-    cfg = TrainConfig(env=f"gfootball/{args.scenario}", preset="football-ppo", mode=schedule, seed=seed,
+    cfg = TrainConfig(env=football_id(args.source, args.scenario), preset="football-ppo", mode=schedule,
+                      seed=seed,
                       num_envs=args.num_envs, total_steps=args.max_steps, workers=args.workers,
                       logdir=str(logdir), progress=False, ppo_trust_region=trust_region)
     reached: dict[str, list[float] | None] = {str(t): None for t in args.targets}
@@ -52,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="academy_empty_goal_close")
+    parser.add_argument("--source", default="envpool", choices=["envpool", "gfootball"],
+                        help="EnvPool's GFootball (pip) or gfootball built from source")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--modes", nargs="+", default=["hts", "sync"], choices=list(MODES))
     parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.8])

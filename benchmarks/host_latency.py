@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 
 async def measure(args: argparse.Namespace, learner: str, logdir: Path) -> tuple[list[float], float]:

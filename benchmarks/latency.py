@@ -30,7 +30,7 @@ from plotting import pyplot, save
 from scipy import stats
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 EULER_GAMMA = 0.5772156649
 

@@ -24,3 +24,8 @@ def save(fig: Any, path: Path, dpi: int = 120) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     print(f"plot: {path}")
+
+
+def football_id(source: str, scenario: str) -> str:
+    """The --env of a GFootball scenario from EnvPool's wheel or from gfootball built from source."""
+    return f"envpool:gfootball/{scenario}-v1" if source == "envpool" else f"gfootball/{scenario}"

@@ -35,7 +35,7 @@ from htsrl_aio import TrainConfig, train
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.ray_backend import ReplicaHost
 from htsrl_aio.envs.worker import Command
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 
 class InstantEnv:

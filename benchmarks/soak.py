@@ -26,9 +26,9 @@ from pathlib import Path
 
 from plotting import pyplot, save
 
-from htsrl_aio import TrainConfig, Trainer
+from htsrl_aio import RunStopped, TrainConfig, Trainer
 from htsrl_aio.envs.shm import SHM_PREFIX
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 WORKER_NAME = "htsrl-env-worker"
 
@@ -75,10 +75,14 @@ async def soak(args: argparse.Namespace, logdir: Path) -> dict:
             samples.append((elapsed / 60, tree_rss_mib(), shm_segments(), restarts))
             print(f"{elapsed / 60:6.1f} min  rss {samples[-1][1]:8.1f} MiB  shm {samples[-1][2]:3d}  "
                   f"restarts {restarts:3d}  kills {kills}", flush=True)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # The stop a signal makes: at the next swap, with a checkpoint that resumes exactly.
+        if not trainer.stop_at_next_swap():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RunStopped):
             await task
-    return {"samples": samples, "kills": kills, "restarts": restarts, "shm_after": shm_segments()}
+    print(f"stop: {trainer.stop_note}")
+    return {"samples": samples, "kills": kills, "restarts": restarts, "shm_after": shm_segments(),
+            "workers_after": len(multiprocessing.active_children())}
 
 
 def main() -> None:
@@ -111,7 +115,8 @@ def main() -> None:
     print(f"| {samples[-1][0]:.1f} | {result['kills']} | {result['restarts']} | {base:.0f} MiB "
           f"| {end:.0f} MiB | {peak:.0f} MiB | {growth:+.1f}% | {result['shm_after']} |")
     print(f"target < 5% growth after warm-up: {'met' if growth < 5 else 'NOT met'}; leaked shared memory: "
-          f"{'none' if result['shm_after'] == 0 else result['shm_after']}")
+          f"{'none' if result['shm_after'] == 0 else result['shm_after']}; child processes left: "
+          f"{result['workers_after']}")
     plt = pyplot()
     if plt is not None:
         fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 
 async def status_server(status: dict[str, Any], port: int) -> asyncio.Server:

@@ -1,12 +1,44 @@
-"""htsrl-aio: High-Throughput Synchronous RL (Liu, Yeh & Schwing, NeurIPS 2020) on asyncio."""
+"""htsrl-aio: High-Throughput Synchronous RL (Liu, Yeh & Schwing, NeurIPS 2020) on asyncio.
 
-from htsrl_aio.config import ConfigError, TrainConfig
-from htsrl_aio.envs.async_env import AsyncEnv
-from htsrl_aio.errors import EnvError, HtsrlError
-from htsrl_aio.train import resume, resume_async, train, train_async
-from htsrl_aio.trainer import Trainer
+The public names are imported on first use (PEP 562), so a process that needs only a submodule (an
+env worker imports htsrl_aio.envs.worker) does not load torch and the runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "TrainConfig", "Trainer", "__version__",
-           "resume", "resume_async", "train", "train_async"]
+_EXPORTS = {
+    "AsyncEnv": "htsrl_aio.envs.async_env",
+    "ConfigError": "htsrl_aio.config",
+    "TrainConfig": "htsrl_aio.config",
+    "EnvError": "htsrl_aio.errors",
+    "HtsrlError": "htsrl_aio.errors",
+    "RunStopped": "htsrl_aio.trainer",
+    "Trainer": "htsrl_aio.trainer",
+    "resume": "htsrl_aio.training",
+    "resume_async": "htsrl_aio.training",
+    "train": "htsrl_aio.training",
+    "train_async": "htsrl_aio.training",
+}
+
+__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunStopped", "TrainConfig", "Trainer",
+           "__version__", "resume", "resume_async", "train", "train_async"]
+
+if TYPE_CHECKING:
+    from htsrl_aio.config import ConfigError, TrainConfig
+    from htsrl_aio.envs.async_env import AsyncEnv
+    from htsrl_aio.errors import EnvError, HtsrlError
+    from htsrl_aio.trainer import RunStopped, Trainer
+    from htsrl_aio.training import resume, resume_async, train, train_async
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'htsrl_aio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -4,9 +4,11 @@ Kinds (the "kind" key):
 - "swap": taken inside swap g every --checkpoint-every updates (checkpoints/update-<g>.pt, the last
   --keep-checkpoints kept). It holds the learner (current and behaviour parameters, optimizer, update
   count), rollout g waiting to be learned, every env replica's state where it can be saved, and the
-  episode statistics, so a run resumed from it ends bit-identical to one never stopped.
-- "stop": written when a run is interrupted or fails (checkpoint.pt): the parameters and optimizer of
-  the last completed update. Resuming from it restarts the envs with fresh derived seeds.
+  episode statistics, so a run resumed from it ends bit-identical to one never stopped. A stop signal
+  ends the run at the next swap with one, written to checkpoint.pt as well.
+- "stop": written when a run fails, is cancelled, or its stop did not reach a swap in time
+  (checkpoint.pt): the parameters and optimizer of the last completed update. Resuming from it
+  restarts the envs with fresh derived seeds.
 - "final": the end of a finished run (checkpoint.pt).
 Every random stream of a run is derived from (seed, purpose, ids), so the update count and the episode
 counts stored per env are the whole random state.

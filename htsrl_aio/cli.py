@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--steps", type=int, default=500, help="random steps to take (default: 500)")
     check.add_argument("--env-kwargs", type=_key_value, nargs="+", default=[], metavar="KEY=VALUE",
                        help="keyword arguments for the env, as for train")
+    check.add_argument("--env-timeout", type=float, default=TrainConfig.env_timeout, metavar="SECONDS",
+                       help="seconds each reset or step may take, as for train (0: no limit; default: "
+                            f"{TrainConfig.env_timeout:g})")
     evaluate = commands.add_parser("eval", help="play a trained agent and report its mean return")
     evaluate.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
                           help="a run directory (its newest checkpoint) or a checkpoint file")
@@ -100,14 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "diff":
         return _diff(args.run_a, args.run_b)
     if args.command == "check-env":
-        return _check_env(args.env, args.steps, dict(args.env_kwargs))
+        return _check_env(args.env, args.steps, dict(args.env_kwargs), args.env_timeout)
     if args.command == "plot":
         return _plot(parser, args.runs, args.output)
     if args.command == "eval":
         return _eval(parser, args)
     if args.command == "clean":
         return _clean()
-    from htsrl_aio.train import run_event_loop  # torch is imported only when a run starts
+    from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
 
     try:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -133,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("htsrl-aio: interrupted; workers stopped and shared memory freed.", file=sys.stderr)
         return 130
     except _Terminated as exc:
-        print(f"htsrl-aio: {exc.what}; workers stopped and shared memory freed.", file=sys.stderr)
+        note = f"; {exc.note}" if exc.note else ""
+        print(f"htsrl-aio: {exc.what}{note}; workers stopped and shared memory freed.", file=sys.stderr)
         return 128 + exc.signum
     ret = summary["episode_return_mean"]
     print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
@@ -142,32 +146,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-# Stop signals from supervisors (SIGINT arrives as KeyboardInterrupt): the exit status is 128 + signal.
-_STOPPED_BY = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
+# Stop signals from a terminal or a supervisor: the exit status is 128 + signal.
+_STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
 
 
 class _Terminated(Exception):
-    """SIGTERM or SIGHUP arrived; the run was cancelled, checkpointed and cleaned up."""
+    """A stop signal arrived; the run stopped, checkpointed and cleaned up (`note` says how)."""
 
-    def __init__(self, signum: signal.Signals) -> None:
+    def __init__(self, signum: signal.Signals, note: str) -> None:
         super().__init__(signum.name)
         self.signum = int(signum)
         self.what = _STOPPED_BY[signum]
+        self.note = note
 
 
 async def _train_until_signalled(config: TrainConfig | None, resume: Path | None = None,
                                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `config`, or resume from `resume`; SIGTERM and SIGHUP (a closed terminal) cancel the run
-    like Ctrl-C does, so the checkpoint and cleanup run instead of a hard exit."""
-    from htsrl_aio.train import resume_async, train_async
+    """Train `config`, or resume from `resume`. The first stop signal ends the run at the next swap with
+    a checkpoint that resumes exactly (at once if training has not started, or after --stop-timeout);
+    a second one stops it at once. Either way the checkpoint and cleanup run instead of a hard exit."""
+    from htsrl_aio.trainer import RunStopped, Trainer
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     received: list[signal.Signals] = []
+    trainer: Trainer | None = None
 
     def on_signal(signum: signal.Signals) -> None:
         received.append(signum)
+        if len(received) == 1 and trainer is not None and trainer.stop_at_next_swap():
+            return
         task.cancel()
 
     # A signal the caller ignores stays ignored: `nohup htsrl-aio train` must survive its terminal.
@@ -176,24 +185,30 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         if config is not None:
-            return await train_async(config)
-        assert resume is not None
-        return await resume_async(resume, **(overrides or {}))
-    except asyncio.CancelledError:
+            trainer = Trainer(config)
+        else:
+            assert resume is not None
+            trainer = Trainer.resume(resume, **(overrides or {}))
+        async with trainer:
+            return await trainer.run()
+    except (asyncio.CancelledError, RunStopped):
         if received:
-            raise _Terminated(received[0]) from None
+            raise _Terminated(received[0], "" if trainer is None else trainer.stop_note) from None
         raise
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
 
 
-def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
+def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
     from htsrl_aio.envs import check_env, resolve_env
-    from htsrl_aio.train import run_event_loop
+    from htsrl_aio.envs.backends import backend_name
+    from htsrl_aio.training import run_event_loop
 
     try:
-        report = run_event_loop(check_env(resolve_env(env, TrainConfig(env_kwargs=env_kwargs)), steps=steps))
+        config = TrainConfig(env_kwargs=env_kwargs, env_timeout=timeout).resolved()  # checks the timeout
+        factory = resolve_env(env, config)
+        report = run_event_loop(check_env(factory, steps=steps, timeout=timeout or None))
     except ConfigError as exc:
         print(f"htsrl-aio: error: {exc}", file=sys.stderr)
         return 2
@@ -203,7 +218,8 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
         return 1
     spec = report.spec
     assert spec is not None
-    where = "in the event loop (AsyncEnv)" if spec.in_loop else "in worker processes"
+    where = {"loop": "in the event loop (AsyncEnv)", "process": "in worker processes",
+             "engine": "in C++ vector engines"}[backend_name("auto", factory, spec)]
     print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs.describe()}, "
           f"{spec.action.describe()}; runs {where}).")
     return 0
@@ -211,7 +227,7 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any]) -> int:
 
 def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from htsrl_aio.evaluate import evaluate, format_result
-    from htsrl_aio.train import run_event_loop
+    from htsrl_aio.training import run_event_loop
 
     try:
         result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))

@@ -108,10 +108,11 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = _opt(
         "keyword arguments for the env: KEY=VALUE ... on the command line (VALUE is JSON, else a string), "
         "a table in a --config file", default_factory=dict)
-    env_backend: Literal["auto", "process", "loop", "ray"] = _opt(
+    env_backend: Literal["auto", "process", "loop", "engine", "ray"] = _opt(
         "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or any "
-        "env for debugging), ray (Ray actors, on this machine or across a cluster: needs the ray extra); "
-        "auto picks loop for an AsyncEnv and process otherwise", default="auto")
+        "env for debugging), engine (C++ vector engines: ALE/... and envpool:... ids), ray (Ray actors, "
+        "on this machine or across a cluster: needs the ray extra); auto picks engine for ALE/... and "
+        "envpool:... ids, loop for an AsyncEnv and process otherwise", default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
@@ -125,6 +126,13 @@ class TrainConfig:
                      default=1)
     logdir: str | None = _opt("run directory (default: runs/<env>-<algo>-<mode>-s<seed>)", default=None)
     workers: int | None = _opt("env worker processes (default: number of cores)", default=None)
+    engine_batch: int | None = _opt(
+        "engine backend: envs per C++ engine; the engines step independently, each in lockstep "
+        "(default: half the envs, so one engine steps while the other's actions are inferred, rounded up "
+        "to a multiple of --inference-block, so no inference pass is padded)", default=None)
+    engine_threads: int | None = _opt(
+        "engine backend: C++ threads of each engine (default: the cores divided among the engines)",
+        default=None)
     ray_address: str | None = _opt(
         "--env-backend ray: the Ray cluster to run envs on: 'auto' joins the cluster this machine belongs "
         "to (started with `ray start`), an address (host:port, ray://host:port) joins that one; by "
@@ -136,9 +144,6 @@ class TrainConfig:
     envs_per_actor: int | None = _opt(
         "--env-backend ray: envs hosted by each Ray actor, stepped together in one message (another way "
         "to say --ray-actors: num_envs / envs_per_actor actors, rounded up)", default=None)
-    env_timeout: float = _opt(
-        "a step or reset with no answer within this many seconds is an env failure; 0 turns it off",
-        default=60.0)
     max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
                                  default=None)
     inference_block: int = _opt(
@@ -209,6 +214,14 @@ class TrainConfig:
     on_env_error: Literal["stop", "restart"] = _opt(
         "when an env raises or its worker dies: stop the run (checkpointing the last update), or "
         "re-create that env with a new derived seed and go on (counted as env_restarts)", default="stop")
+    env_timeout: float = _opt(
+        "seconds an env's reset or step may take; one that does not answer in time is an env failure "
+        "(stopping the run or, with --on-env-error restart, replacing the env like a crash); 0 turns it "
+        "off", default=60.0)
+    stop_timeout: float = _opt(
+        "on SIGINT/SIGTERM/SIGHUP the run stops at the next swap with a checkpoint that resumes exactly; "
+        "if that takes longer than this many seconds, it stops at once with the last completed update",
+        default=20.0)
     tensorboard: bool = _opt("write TensorBoard scalars into the run directory (needs the tensorboard extra)",
                              default=True)
     checkpoint_every: int = _opt(
@@ -231,9 +244,14 @@ class TrainConfig:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
         if cfg.workers is None:
-            cfg.workers = os.cpu_count() or 1
+            cfg.workers = available_cores()
         if cfg.max_batch is None:
             cfg.max_batch = cfg.num_envs
+        if cfg.engine_batch is None and _positive_int(cfg.num_envs) and _positive_int(cfg.inference_block):
+            cfg.engine_batch = default_engine_batch(cfg.num_envs, cfg.inference_block)
+        if cfg.engine_threads is None:
+            engines = -(-cfg.num_envs // cfg.engine_batch) if _positive_int(cfg.engine_batch) else 1
+            cfg.engine_threads = max(1, available_cores() // engines)
         cfg.hidden = tuple(cfg.hidden)
         cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
         cfg._validate()
@@ -241,9 +259,9 @@ class TrainConfig:
 
     def _validate(self) -> None:
         for name in ("num_envs", "rollout", "total_steps", "workers", "max_batch", "epochs", "minibatches",
-                     "torch_threads", "inference_block"):
+                     "torch_threads", "inference_block", "engine_batch", "engine_threads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _positive_int(value):
                 raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}.")
         every, keep = self.checkpoint_every, self.keep_checkpoints
         if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -254,13 +272,10 @@ class TrainConfig:
             raise ConfigError(f"unknown --mode {self.mode!r}; choose 'hts' or 'sync'.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"unknown --device {self.device!r}; choose 'cpu', 'cuda' or 'auto'.")
-        if self.env_backend not in ("auto", "process", "loop", "ray"):
+        if self.env_backend not in _choices(typing.get_type_hints(TrainConfig)["env_backend"]):
             raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process', "
-                              "'loop' or 'ray'.")
+                              "'loop', 'engine' or 'ray'.")
         self._validate_ray()
-        if not _real(self.env_timeout) or not 0 <= self.env_timeout < math.inf:
-            raise ConfigError(f"--env-timeout must be a number of seconds (0 turns it off), got "
-                              f"{self.env_timeout!r}.")
         if not isinstance(self.env_kwargs, dict):
             raise ConfigError(f"--env-kwargs must be KEY=VALUE pairs (a table in TOML), got "
                               f"{self.env_kwargs!r}.")
@@ -285,6 +300,11 @@ class TrainConfig:
                 bound = "0 or more" if zero_ok else "above 0"
                 raise ConfigError(f"--{_flag(name)} must be a finite number {bound} (usually about {usual}), "
                                   f"got {value!r}.")
+        for name in ("env_timeout", "stop_timeout"):
+            value = getattr(self, name)
+            if not _real(value) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{_flag(name)} must be a finite number of seconds, 0 or more, got "
+                                  f"{value!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"--seed must be 0 or a positive integer, got {self.seed!r}.")
         for name in ("gamma", "gae_lambda"):
@@ -358,8 +378,28 @@ class TrainConfig:
             raise ConfigError(f"the config stored in {where} is not usable: {exc}.") from None
 
 
+def default_engine_batch(num_envs: int, block: int) -> int:
+    """Half the envs rounded up to whole inference blocks, at most all of them: 8 envs with 8-row
+    blocks make one engine, 16 make two (docs/benchmarks.md: padded inference passes cost more than
+    the overlap of two engines gains)."""
+    half = -(-num_envs // 2)
+    return min(num_envs, -(-half // block) * block)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (taskset, cgroups' cpusets), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _real(value: Any) -> bool:

@@ -1,7 +1,12 @@
 """Child processes watched by the event loop: messages and deaths arrive as loop callbacks.
 
 The pipe and the process sentinel are registered with `add_reader`, so waiting on a child costs
-nothing and never spins. Used for env workers and for the learner process.
+nothing and never spins. Used for env workers, the env check and the learner process.
+
+Each child leads a process group of its own, which the processes an env starts (a simulator, a game
+server) join: when the child ends, however it ends, whatever is left of its group is killed. Closing a
+child also kills its descendants that left the group (a new session), found in /proc (Linux) when it
+is asked to close. So nothing an env started outlives the run, short of a SIGKILL to the run itself.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from multiprocessing import resource_tracker
+from multiprocessing import connection, resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,7 @@ class WatchedChild:
         child_conn.close()
         self._watching = True
         self._closing = False
+        self._started: dict[int, int] = {}  # its descendants, as found when it was asked to close
         self._loop.add_reader(self.conn.fileno(), self._readable)
         self._loop.add_reader(self.process.sentinel, self._exited)
         # uvloop makes a watched fd non-blocking, but Connection.recv() reads a message in several
@@ -77,6 +83,7 @@ class WatchedChild:
     def _exited(self) -> None:
         self._unwatch()
         if not self._closing:
+            _kill_group(self.process)  # what its envs started dies with it (before it is reaped)
             self.process.join(timeout=1.0)
             self._on_exit(self.process.exitcode)
 
@@ -92,15 +99,24 @@ class WatchedChild:
             return
         self._closing = True
         self._unwatch()
+        # Found while it lives: once it has exited they are orphans, no longer found from it.
+        self._started = _descendants(self.process.pid)
         with contextlib.suppress(OSError):
             self.conn.send(("close",))
 
     def join(self) -> None:
-        """Blocking: wait for the child, then kill it (it ignores SIGTERM). Run it off the loop thread."""
-        self.process.join(timeout=CLOSE_TIMEOUT_S)
-        if self.process.is_alive():
+        """Blocking: wait for the child, then kill it (it ignores SIGTERM), and what it started. Run it
+        off the loop thread."""
+        if not connection.wait([self.process.sentinel], CLOSE_TIMEOUT_S):
             self.process.kill()
-            self.process.join()
+            connection.wait([self.process.sentinel])
+        # Exited but not reaped yet: its pid cannot be reused, so neither can its group's id.
+        _kill_group(self.process)
+        for pid, start_time in self._started.items():
+            if _start_time(pid) == start_time:  # still that process, not a new one with its pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        self.process.join()
         self.conn.close()
 
 
@@ -134,8 +150,42 @@ def start_resource_tracker() -> None:
         resource_tracker.ensure_running()
 
 
+def _kill_group(process: Any) -> None:
+    """Kill what is left of the process group `process` led (the processes its envs started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Every process below `pid` (Linux /proc; empty elsewhere), with its start time."""
+    found: dict[int, int] = {}
+    below = [pid]
+    while below:
+        parent = below.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in map(int, children.read_text().split()):
+                    start_time = _start_time(child)
+                    if start_time is not None and child not in found:
+                        found[child] = start_time
+                        below.append(child)
+    return found
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot), None if there is none: with the pid it names
+    one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+
+
 def _child_main(target: Callable[..., None], parent_pid: int, *args: Any) -> None:
-    """Every child's entry: leave stop signals to the parent, die with the parent, then run `target`."""
+    """Every child's entry: leave stop signals to the parent, die with the parent, lead a process group
+    for whatever its envs start, then run `target`."""
+    os.setpgid(0, 0)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -7,8 +7,10 @@
 
 It wires the pieces together (env backend, shared memory, storages, inference, learner, scheduler,
 run directory) and guarantees that however the run ends (finished, failed, cancelled), no worker
-process and no shared-memory block outlives it. Cancelling the task that runs it stops training,
-writes a checkpoint of the last completed update, and re-raises CancelledError.
+process and no shared-memory block outlives it. Cancelling the task that runs it stops training at
+once, writes a checkpoint of the last completed update, and re-raises CancelledError;
+`stop_at_next_swap()` stops it at the next swap instead, with a checkpoint that resumes exactly
+(`run()` then raises RunStopped).
 
 `Trainer.resume(path)` continues the run of a run directory (or from one checkpoint file) to its
 configured total steps; see checkpoint.py for what each kind of checkpoint restores.
@@ -36,6 +38,7 @@ from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
 from htsrl_aio.envs.backends import backend_name, make_backend
+from htsrl_aio.envs.engine_backend import engine_groups
 from htsrl_aio.envs.replica import ReplicaState, TrackerState
 from htsrl_aio.envs.shm import SharedArray, remove_stale_segments
 from htsrl_aio.errors import HtsrlError, TrainingDiverged
@@ -61,10 +64,16 @@ from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
 # Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
-RESUME_OVERRIDABLE = ("workers", "max_batch", "learner", "progress", "checkpoint_every", "keep_checkpoints",
-                      "env_timeout", "ray_address", "ray_actors", "envs_per_actor")
+RESUME_OVERRIDABLE = ("workers", "max_batch", "engine_batch", "engine_threads", "learner", "progress",
+                      "checkpoint_every", "keep_checkpoints", "stop_timeout", "env_timeout", "ray_address",
+                      "ray_actors", "envs_per_actor")
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
+
+
+class RunStopped(Exception):
+    """The run stopped at a swap, as asked (`Trainer.stop_at_next_swap`), after a checkpoint that resumes
+    exactly; the message says which."""
 
 
 class Trainer:
@@ -81,6 +90,10 @@ class Trainer:
         self._last_params: dict[str, torch.Tensor] | None = None  # as of the last completed update
         self._failure: HtsrlError | None = None
         self._resume_note: dict[str, Any] = {}
+        self._stop_timer: asyncio.TimerHandle | None = None
+        self._stop_timed_out = False
+        self._stopped_at_swap = False  # the swap checkpoint of a requested stop is written
+        self.stop_note = ""  # how an early stop ended: which checkpoint holds the run, and how it resumes
 
     async def __aenter__(self) -> Trainer:
         try:
@@ -112,13 +125,34 @@ class Trainer:
         config = dataclasses.replace(stored, **overrides, logdir=str(run_dir))
         return cls(config, resume_from=state)
 
+    def stop_at_next_swap(self) -> bool:
+        """Stop at the next swap: every env finishes its rollout and the learner its update, a checkpoint
+        that resumes exactly is written (checkpoints/ and checkpoint.pt), and `run()` raises RunStopped.
+        If that takes longer than `stop_timeout` seconds, the run is cancelled instead (the stop
+        checkpoint of the last completed update). False when training has not started: cancel instead.
+        """
+        if self._task is None or self._task.done():
+            return False
+        if self._stop_timer is None:
+            self._scheduler.request_stop()
+            self._stop_timer = asyncio.get_running_loop().call_later(self.cfg.stop_timeout, self._stop_now)
+        return True
+
+    def _stop_now(self) -> None:
+        assert self._task is not None
+        if not self._task.done():
+            self._stop_timed_out = True
+            self._task.cancel()
+
     async def __aexit__(self, *exc_info: object) -> None:
         try:
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
             if self._task is not None and not self._task.done():
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-            if self.summary is None and hasattr(self, "_scheduler"):
+            if self.summary is None and hasattr(self, "_scheduler") and not self._stopped_at_swap:
                 try:
                     await self._save_stop_checkpoint()
                 except CheckpointWriteError:
@@ -136,7 +170,9 @@ class Trainer:
         try:
             if diverged:
                 raise self._failure  # the parameters may hold NaN: keep the last good ones
-            # An update still running in the learner finishes (bounded), so parameters and optimizer agree.
+            # An update still running in the learner finishes (bounded) and writes its metrics row, so
+            # parameters, optimizer and metrics agree.
+            await asyncio.wait_for(self._scheduler.settle(), SETTLE_TIMEOUT_S)
             await asyncio.wait_for(self.learner.settle(), SETTLE_TIMEOUT_S)
             state.update(model=self.learner.model.state_dict(), update=self.learner.version,
                          optimizer=await self.learner.optimizer_state())
@@ -145,14 +181,19 @@ class Trainer:
                 return
             state.update(model=self._last_params, update=self._last["update"], optimizer=None)
         self.run_dir.save_checkpoint(state)
+        resumable = "its envs restart on resume" if state["optimizer"] is not None else "not resumable"
+        waited = (f"the next swap did not come within --stop-timeout {self.cfg.stop_timeout:g} s, so it "
+                  if self._stop_timed_out else "")
+        self.stop_note = (f"{waited}stopped at once with checkpoint.pt of update {state['update']} "
+                          f"({resumable})")
 
     async def _setup(self) -> None:
         remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
         start_resource_tracker()
         cfg = self.cfg = self.config.resolved()
         factory = resolve_env(cfg.env, cfg)
-        spec = self.spec = await probe_env(factory)
-        backend = backend_name(cfg.env_backend, spec)
+        spec = self.spec = await probe_env(factory, cfg.env_timeout or None)
+        backend = backend_name(cfg.env_backend, factory, spec)
         device = _resolve_device(cfg.device)
         resume = self._resume
         if resume is None:
@@ -165,10 +206,9 @@ class Trainer:
         resume_step = None if resume is None else resume["update"] * cfg.num_envs * cfg.rollout + 1
         self._scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
         self._stack.callback(self._scalars.close)
-        env_runs = {"loop": "in the event loop", "ray": "on Ray actors (how many: once Ray has started)",
-                    }.get(backend, f"in {min(cfg.workers, cfg.num_envs)} worker processes")
         config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": self._scalars.status,
-                       "env_runs": env_runs, "determinism": _determinism_note(cfg, device)}
+                       "env_runs": _where_envs_run(backend, cfg),
+                       "determinism": _determinism_note(cfg, device)}
         self.run_dir.write_json(CONFIG, config_json)
         self._stack.enter_context(_torch_settings(cfg, device))
         model = build_model(spec, cfg)
@@ -206,6 +246,7 @@ class Trainer:
         buffers = ObsBuffers(tuple({key: arrays[OBS_PREFIX + key] for key in obs_arrays}
                                    for arrays in storage_arrays), final_obs)
         pool = make_backend(backend, BackendArgs(factory, spec, cfg.num_envs, cfg.seed, buffers, cfg.workers,
+                                                 cfg.engine_batch, cfg.engine_threads,
                                                  cfg.on_env_error == "restart", self._log_restart,
                                                  env_timeout=cfg.env_timeout or None,
                                                  ray_address=cfg.ray_address, ray_actors=cfg.ray_actors,
@@ -261,13 +302,14 @@ class Trainer:
                              else f"restarted with new derived seeds: {problems[0]}"}
         return start
 
-    async def _save_swap_checkpoint(self, generation: int) -> None:
-        """Inside swap `generation`: everything is paused, so this state resumes exactly."""
+    async def _save_swap_checkpoint(self, generation: int, stopping: bool) -> None:
+        """Inside swap `generation`: everything is paused, so this state resumes exactly. A stop there
+        also writes it as checkpoint.pt, so either file resumes exactly."""
         learner, scheduler = self.learner, self._scheduler
         envs = await asyncio.gather(*(self.pool.get_state(i) for i in range(self.cfg.num_envs)))
         storage = scheduler.storages[generation % 2]
         state = {
-            "kind": "swap", "interrupted": False, "config": self.cfg.to_json_dict(),
+            "kind": "swap", "interrupted": stopping, "config": self.cfg.to_json_dict(),
             "update": learner.version, "model": learner.model.state_dict(),
             "behaviour": learner.behaviour.state_dict(), "behaviour_version": learner.behaviour_version,
             "optimizer": await learner.optimizer_state(),
@@ -276,8 +318,14 @@ class Trainer:
                       "tracker": [*tracker[:3], list(tracker[3])]} for blob, tracker in envs],
             "schedule": _schedule_dict(scheduler.snapshot()),
         }
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.run_dir.save_periodic, state, generation, self.cfg.keep_checkpoints)
+        loop = asyncio.get_running_loop()
+        keep = self.cfg.keep_checkpoints
+        await loop.run_in_executor(None, self.run_dir.save_periodic, state, generation, keep)
+        if stopping:
+            await loop.run_in_executor(None, self.run_dir.save_checkpoint, state)
+            self._stopped_at_swap = True
+            self.stop_note = (f"stopped at the swap after update {learner.version} with a checkpoint that "
+                              f"resumes exactly ({checkpoint.periodic_name(generation)})")
 
     def _log_restart(self, message: str, details: str) -> None:
         """The terminal gets one line per restart; error.log gets the traceback too."""
@@ -309,6 +357,8 @@ class Trainer:
         steps_before = self._scheduler.start.rollout * self.cfg.num_envs * self.cfg.rollout
         try:
             await self._scheduler.run()
+            if self._scheduler.stopped_at is not None:
+                raise RunStopped(self.stop_note)
             optimizer_state = await self.learner.optimizer_state()
         except HtsrlError as exc:
             self._failure = exc
@@ -379,6 +429,18 @@ def _resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     return torch.device(name)
+
+
+def _where_envs_run(backend: str, cfg: TrainConfig) -> str:
+    if backend == "loop":
+        return "in the event loop"
+    if backend == "ray":
+        return "on Ray actors (how many: once Ray has started)"
+    if backend == "engine":
+        groups = len(engine_groups(cfg.num_envs, cfg.engine_batch))
+        return (f"in {groups} C++ vector engine(s) of up to {cfg.engine_batch} envs, "
+                f"{cfg.engine_threads} thread(s) each")
+    return f"in {min(cfg.workers, cfg.num_envs)} worker processes"
 
 
 def _determinism_note(cfg: TrainConfig, device: torch.device) -> str:

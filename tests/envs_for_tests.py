@@ -141,6 +141,25 @@ def nan_reward_cartpole() -> gym.Env:
     return _SpoiledAfter(gym.make("CartPole-v1"), 40, _nan_reward)
 
 
+def _inf_obs(result):
+    obs, reward, terminated, truncated, info = result
+    return np.full_like(obs, np.inf), reward, terminated, truncated, info
+
+
+def inf_obs_cartpole() -> gym.Env:
+    return _SpoiledAfter(gym.make("CartPole-v1", max_episode_steps=500), 5, _inf_obs)
+
+
+def _huge_reward(result):
+    obs, _reward, terminated, truncated, info = result
+    return obs, 1e30, terminated, truncated, info
+
+
+def huge_reward_cartpole() -> gym.Env:
+    """Finite rewards so large that squared value errors overflow: the learner's losses become Inf."""
+    return _SpoiledAfter(gym.make("CartPole-v1"), 40, _huge_reward)
+
+
 class _HoldsALock(gym.Wrapper):
     """An env with a live OS handle, like a socket to a simulator: it cannot be pickled."""
 
@@ -160,6 +179,22 @@ def always_raising_cartpole() -> gym.Env:
     return _SpoiledAfter(gym.make("CartPole-v1"), 1, _lose_connection)
 
 
+def _first_to_get_here(marker_variable: str) -> bool:
+    """True for the first caller in this test (any process): it creates the file $marker_variable names."""
+    import os
+
+    try:
+        os.close(os.open(os.environ[marker_variable], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _hang() -> None:
+    while True:
+        time.sleep(3600)
+
+
 class _DiesOnce(gym.Wrapper):
     """Kills its worker process at its 50th step, once per test: the first env to get there wins."""
 
@@ -167,13 +202,8 @@ class _DiesOnce(gym.Wrapper):
         import os
 
         self.steps = getattr(self, "steps", 0) + 1
-        if self.steps == 50:
-            try:
-                os.close(os.open(os.environ["HTSRL_TEST_DEATH_MARKER"], os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                pass
-            else:
-                os._exit(9)
+        if self.steps == 50 and _first_to_get_here("HTSRL_TEST_DEATH_MARKER"):
+            os._exit(9)
         return super().step(action)
 
 
@@ -227,23 +257,91 @@ class ManySpacesEnv(gym.Env):
 
 
 class _HangsInWorkers(gym.Wrapper):
-    """Steps forever inside a worker process (the start-up probe in the main process passes), after
-    touching a file named after its pid in $HTSRL_TEST_HANG_DIR, so a test knows it is stuck."""
+    """Steps forever inside an env worker process (the start-up probe passes), after touching a file
+    named after its pid in $HTSRL_TEST_HANG_DIR, so a test knows it is stuck."""
 
     def step(self, action):
         import multiprocessing
         import os
         from pathlib import Path
 
-        if multiprocessing.parent_process() is not None:
+        if multiprocessing.current_process().name.startswith("htsrl-env-worker"):
             (Path(os.environ["HTSRL_TEST_HANG_DIR"]) / str(os.getpid())).touch()
-            while True:
-                time.sleep(3600)
+            _hang()
         return super().step(action)
 
 
 def hanging_cartpole() -> gym.Env:
     return _HangsInWorkers(gym.make("CartPole-v1"))
+
+
+class _HangsOnce(gym.Wrapper):
+    """Never answers its 30th step, once per test ($HTSRL_TEST_HANG_MARKER): the first env to get there."""
+
+    def step(self, action):
+        self.steps = getattr(self, "steps", 0) + 1
+        if self.steps == 30 and _first_to_get_here("HTSRL_TEST_HANG_MARKER"):
+            _hang()
+        return super().step(action)
+
+
+def hangs_once_cartpole() -> gym.Env:
+    return _HangsOnce(gym.make("CartPole-v1"))
+
+
+class _AsyncHangsOnce(AsyncCartPole):
+    """An AsyncEnv whose 30th step awaits forever, once per test ($HTSRL_TEST_HANG_MARKER)."""
+
+    async def step(self, action):
+        if self.steps == 29 and _first_to_get_here("HTSRL_TEST_HANG_MARKER"):
+            await asyncio.Event().wait()
+        return await super().step(action)
+
+
+def async_hangs_once_cartpole() -> AsyncCartPole:
+    return _AsyncHangsOnce()
+
+
+class _FirstStep(gym.Wrapper):
+    """Its first step hangs or ends the process: what the start-up probe and check-env must survive."""
+
+    def __init__(self, env: gym.Env, fault: str) -> None:
+        super().__init__(env)
+        self.fault = fault
+
+    def step(self, action):
+        import os
+
+        if self.fault == "exit":
+            os._exit(3)
+        _hang()
+
+
+def hangs_at_first_step() -> gym.Env:
+    return _FirstStep(gym.make("CartPole-v1"), "hang")
+
+
+def exits_at_first_step() -> gym.Env:
+    return _FirstStep(gym.make("CartPole-v1"), "exit")
+
+
+class _StartsProcesses(gym.Wrapper):
+    """Starts two long-lived processes it never stops, one in a session of its own, as a simulator
+    launcher might; their pids go to files in $HTSRL_TEST_SPAWN_DIR."""
+
+    def __init__(self, env: gym.Env) -> None:
+        import os
+        import subprocess
+        from pathlib import Path
+
+        super().__init__(env)
+        for new_session in (False, True):
+            sleeper = subprocess.Popen(["sleep", "600"], start_new_session=new_session)
+            (Path(os.environ["HTSRL_TEST_SPAWN_DIR"]) / str(sleeper.pid)).touch()
+
+
+def process_starting_cartpole() -> gym.Env:
+    return _StartsProcesses(jitter_cartpole())
 
 
 class _HangsAfter(gym.Wrapper):
@@ -256,8 +354,7 @@ class _HangsAfter(gym.Wrapper):
     def step(self, action):
         self._steps += 1
         if self._steps > 40:
-            while True:
-                time.sleep(3600)
+            _hang()
         return super().step(action)
 
 

@@ -109,7 +109,18 @@ def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:
     return copy
 
 
-def default_sigint() -> None:
-    """Popen preexec_fn: let the child take Ctrl-C even when the test runner ignores SIGINT (a shell
-    starts background jobs with SIGINT ignored, and children inherit that)."""
+def terminal_signals() -> None:
+    """Popen preexec_fn: let the child take Ctrl-C and a hang-up as from a terminal even when the test
+    runner ignores them (a shell starts background jobs with SIGINT ignored, `nohup` ignores SIGHUP, and
+    children inherit both; the runtime rightly leaves an ignored signal ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has exited; only its exit status is left)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state

@@ -44,8 +44,9 @@ def test_latency_and_batching_never_change_a_result(tmp_path, no_leaks, algo, ro
 
 
 def test_an_async_env_that_raises_is_named(tmp_path, no_leaks):
-    with pytest.raises(EnvError, match=r"env \d of 'envs_for_tests:failing_async_cartpole' failed: "
-                                       r"ConnectionResetError: game server hung up"):
+    with pytest.raises(EnvError, match=r"env \d of 'envs_for_tests:failing_async_cartpole' failed "
+                                       r"\(rollout \d+, step \d+\): ConnectionResetError: game server "
+                                       r"hung up"):
         train(config(tmp_path / "run", env="envs_for_tests:failing_async_cartpole", total_steps=6 * 16 * 20))
 
 

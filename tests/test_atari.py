@@ -12,7 +12,8 @@ from htsrl_aio import ConfigError, TrainConfig, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.config import PRESETS
 from htsrl_aio.envs import EnvSpec, resolve_env
-from htsrl_aio.envs.atari import AtariOptions, PreprocessedAtariEnv
+from htsrl_aio.envs.atari import AleSpec, AtariOptions, PreprocessedAtariEnv
+from htsrl_aio.envs.engines import OneEngineEnv
 from htsrl_aio.envs.replica import EpisodeTracker
 from htsrl_aio.models import build_model
 from htsrl_aio.models.cnn import NatureCNN
@@ -132,9 +133,10 @@ def test_cnn_needs_images_and_auto_picks_by_observation_shape():
 def test_atari_flags_reach_the_env():
     factory = resolve_env("ALE/Breakout-v5", TrainConfig(atari_sticky=0.0, atari_episodic_life=True,
                                                          atari_fire_reset=False, atari_noop_max=0))
-    assert factory.atari == AtariOptions(sticky=0.0, episodic_life=True, fire_reset=False, noop_max=0)
+    assert factory.engine == AleSpec("ALE/Breakout-v5", AtariOptions(sticky=0.0, episodic_life=True,
+                                                                      fire_reset=False, noop_max=0))
     env = factory()
-    assert env.options == factory.atari and isinstance(env, PreprocessedAtariEnv)
+    assert isinstance(env, OneEngineEnv) and env.spec_ == factory.engine
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -68,3 +68,32 @@ async def test_failing_swap_action_aborts_the_barrier():
     assert isinstance(results[1], ValueError)
     assert isinstance(results[0], BarrierAborted) and isinstance(results[0].__cause__, ValueError)
     assert barrier.generation == 0
+
+
+@pytest.mark.parametrize("aborted_first", [False, True], ids=["cancelled", "aborted-then-cancelled"])
+async def test_a_party_cancelled_during_the_swap_leaves_no_unretrieved_exception(aborted_first):
+    # Ctrl-C during a swap checkpoint: the party running on_swap is cancelled; nothing may be left for
+    # asyncio to report as "Future exception was never retrieved" after the run's final sentence.
+    import gc
+
+    reported: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    checkpointing = asyncio.Event()
+
+    async def checkpoint(generation: int) -> None:
+        checkpointing.set()
+        await asyncio.Event().wait()  # a checkpoint write that never ends
+
+    barrier = SwapBarrier(2, on_swap=checkpoint)
+    waiting = asyncio.ensure_future(barrier.wait())
+    releasing = asyncio.ensure_future(barrier.wait())
+    await checkpointing.wait()
+    if aborted_first:  # the run stopping: it aborts every barrier, then cancels every party
+        barrier.abort()
+    releasing.cancel()
+    results = await asyncio.gather(waiting, releasing, return_exceptions=True)
+    assert isinstance(results[0], BarrierAborted) and isinstance(results[1], asyncio.CancelledError)
+    del waiting, releasing, results
+    gc.collect()
+    await asyncio.sleep(0)
+    assert reported == []

@@ -36,6 +36,8 @@ class FaultyEnv(gym.Env):
             return np.zeros(5, np.float32)
         if self.fault == "dict_obs_missing_key":
             return {"x": np.zeros(4, np.float32)}
+        if self.fault == "nan_obs" and self.t == 3:
+            return np.array([0, np.nan, 0, 0], np.float32)
         return np.zeros(4, np.float64 if self.fault == "dtype" else np.float32)
 
     def reset(self, *, seed=None, options=None):
@@ -50,6 +52,7 @@ class FaultyEnv(gym.Env):
         if self.fault == "four_tuple":
             return self._obs(), 1.0, done, {}
         reward = np.ones(1) if self.fault == "reward_array" else 1.0
+        reward = float("inf") if self.fault == "inf_reward" else reward
         terminated = int(done) if self.fault == "int_flag" else done
         return self._obs(), reward, terminated, False, {}
 
@@ -89,6 +92,8 @@ async def problems_of(env) -> list[str]:
     ("reward_array", r"step\(\) returned a reward of type ndarray; return a float"),
     ("int_flag", r"step\(\) returned terminated of type int; return a bool"),
     ("raises", r"step\(\) raised ConnectionError: simulator unreachable\.$"),
+    ("nan_obs", r"step\(\) returned a non-finite observation; make the env return finite numbers"),
+    ("inf_reward", r"step\(\) returned a non-finite reward \(inf\); make the env return finite numbers"),
 ])
 async def test_each_problem_gets_one_sentence(fault, message):
     problems = await problems_of(functools.partial(faulty, fault))
@@ -136,9 +141,15 @@ def test_every_run_checks_its_first_env_before_starting(tmp_path):
     ("CartPole-v1", 0, "CartPole-v1: ok (50 steps; observations (4,) float32, 2 actions; runs in worker "
                        "processes)."),
     ("envs_for_tests:half_async", 1, "envs_for_tests:half_async: reset() is a coroutine but step() is not"),
+    ("envs_for_tests:hangs_at_first_step", 1,
+     "envs_for_tests:hangs_at_first_step: step() did not answer within --env-timeout 1 s (after 0 steps); "
+     "make the env answer sooner"),
+    ("envs_for_tests:exits_at_first_step", 1, "envs_for_tests:exits_at_first_step: step() ended the env's "
+                                              "process (exit code 3, after 0 steps) without raising"),
 ])
 def test_check_env_command(env, code, output):
-    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50"],
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50",
+                           "--env-timeout", "1"],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith(output)

@@ -28,6 +28,7 @@ def refused(argv: list[str], capsys) -> str:
     (["--ent-coef", "nan"], "--ent-coef"), (["--ent-coef", "-0.01"], "--ent-coef"),
     (["--clip-coef", "-0.2"], "--clip-coef"), (["--clip-coef", "inf"], "--clip-coef"),
     (["--vf-coef", "inf"], "--vf-coef"), (["--gamma", "nan"], "--gamma"), (["--seed", "-1"], "--seed"),
+    (["--env-timeout", "-1"], "--env-timeout"), (["--stop-timeout", "nan"], "--stop-timeout"),
 ])
 def test_out_of_range_values_from_flags(tmp_path, capsys, flags, names):
     run = tmp_path / "run"
@@ -108,9 +109,8 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
      "them."),
     (["--env-backend", "ray", "--envs-per-actor", "0"],
      "--envs-per-actor must be a positive integer, got 0."),
-    (["--env-timeout", "-1"], "--env-timeout must be a number of seconds (0 turns it off), got -1.0."),
 ])
-def test_ray_and_timeout_flags_are_checked_before_anything_starts(tmp_path, capsys, flags, sentence):
+def test_ray_flags_are_checked_before_anything_starts(tmp_path, capsys, flags, sentence):
     line = refused(["train", *flags, "--logdir", str(tmp_path / "run")], capsys)
     assert line == f"htsrl-aio: error: {sentence}"
     assert not (tmp_path / "run").exists()

@@ -40,3 +40,24 @@ async def receive_all() -> list[tuple[int, int]]:
 def test_large_messages_arrive_whole_on_uvloop(no_leaks):
     # uvloop makes watched fds non-blocking; a half-read message used to look like a dead child.
     assert uvloop.run(receive_all()) == [(i, SIZE) for i in range(MESSAGES)]
+
+
+def test_a_workers_commands_of_one_loop_iteration_travel_as_one_message(tmp_path, monkeypatch, no_leaks):
+    """One inference batch answers several envs of a worker at once: their steps go in one message."""
+    from htsrl_aio import TrainConfig, train
+
+    sent: list[int] = []
+    original = WatchedChild.send
+
+    def counting_send(self, message) -> None:
+        if isinstance(message, list):
+            sent.append(len(message))
+        original(self, message)
+
+    monkeypatch.setattr(WatchedChild, "send", counting_send)
+    num_envs, rollout, updates = 4, 16, 2
+    train(TrainConfig(env="CartPole-v1", num_envs=num_envs, rollout=rollout, workers=1, minibatches=2,
+                      total_steps=num_envs * rollout * updates, logdir=str(tmp_path / "run"), progress=False))
+    commands = sum(sent)
+    assert commands >= num_envs * rollout * updates  # every step (and reset) went to the worker
+    assert len(sent) < commands / 2 and max(sent) == num_envs

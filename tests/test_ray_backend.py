@@ -98,8 +98,9 @@ class TestOnOneRayInstance:
 
     def test_no_answer_within_the_timeout_is_an_env_failure(self, tmp_path):
         started = time.monotonic()
-        stopped = (r"^envs? [\d, ]+ on Ray actor \d .* gave no answer within 2 s \(--env-timeout\), so the "
-                   "run stopped")
+        stopped = (r"^env \d of 'envs_for_tests:hangs_after_40_steps_cartpole' did not answer its step "
+                   r"\(rollout \d+, step \d+\) within --env-timeout 2 s, so Ray actor \d "
+                   r"\(envs \d-\d of .*\).* was killed; make the env answer sooner")
         with pytest.raises(EnvError, match=stopped):
             train(config(tmp_path / "run", env="envs_for_tests:hangs_after_40_steps_cartpole", env_timeout=2,
                          ray_actors=2))

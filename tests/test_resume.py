@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from envs_for_tests import unpicklable_cartpole
-from harness import as_if_crashed_after, default_sigint, wait_until
+from harness import as_if_crashed_after, terminal_signals, wait_until
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.checkpoint import load
@@ -64,7 +64,7 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     argv = [sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4", "--rollout", "16",
             "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+                            preexec_fn=terminal_signals)
     try:
         wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, 120, "three updates")
         proc.send_signal(signal.SIGINT)
@@ -73,7 +73,7 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr
     stopped = load(run / "checkpoint.pt")
-    assert stopped["kind"] == "stop" and stopped["optimizer"] is not None
+    assert stopped["kind"] == "swap" and stopped["optimizer"] is not None  # stopped at the next swap
     stop_update = stopped["update"]
     assert stop_update < 400
 
@@ -83,7 +83,7 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     assert updates == sorted(updates) and updates[-1] == 400
     first_after = next(r for r in done if r["update"] > stop_update)
     assert first_after["resumed_from_update"] == stop_update
-    assert "restarted with new derived seeds" in first_after["resume_envs"]
+    assert first_after["resume_envs"] == "restored"
     assert json.loads((run / "summary.json").read_text())["updates"] == 400
 
 

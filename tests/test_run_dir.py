@@ -16,7 +16,7 @@ from harness import as_if_crashed_after
 from htsrl_aio import ConfigError, TrainConfig, Trainer, train
 from htsrl_aio.checkpoint import FORMAT
 from htsrl_aio.cli import main as cli_main
-from htsrl_aio.train import train_async
+from htsrl_aio.training import train_async
 
 UPDATES = 10
 

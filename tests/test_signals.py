@@ -4,6 +4,7 @@ SIGKILL left."""
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import default_sigint, wait_until
+from harness import alive, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
@@ -40,18 +41,10 @@ def _spawned_children(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "State:\tZ" not in state  # a zombie has exited; only its exit status is left
-
-
 def _start(argv: list[str]) -> subprocess.Popen:
     # A session of its own: signals can go to its process group, as a terminal or `timeout` sends them.
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint, start_new_session=True)
+                            preexec_fn=terminal_signals, start_new_session=True)
 
 
 def _dead_pid() -> int:
@@ -83,8 +76,10 @@ def test_stop_signal_checkpoints_and_cleans_up(tmp_path, sig, exit_code, said, g
     finally:
         proc.kill()
     assert proc.returncode == exit_code, stderr
-    assert stderr.strip() == f"htsrl-aio: {said}; workers stopped and shared memory freed."
-    wait_until(lambda: not any(_alive(c) for c in children), 30, "child processes to exit")
+    assert re.fullmatch(rf"htsrl-aio: {re.escape(said)}; stopped at the swap after update \d+ with a "
+                        r"checkpoint that resumes exactly \(checkpoints/update-\d+\.pt\); workers stopped "
+                        r"and shared memory freed\.", stderr.strip()), stderr
+    wait_until(lambda: not any(alive(c) for c in children), 30, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] >= 2
@@ -120,10 +115,10 @@ def test_killed_parent_takes_its_children_even_with_an_env_stuck_in_step(tmp_pat
         assert stuck <= children
         proc.kill()
         proc.wait()
-        wait_until(lambda: not any(_alive(c) for c in children), 30, "the orphans to exit")
+        wait_until(lambda: not any(alive(c) for c in children), 30, "the orphans to exit")
     finally:
         proc.kill()
-        for child in filter(_alive, children):  # what the test found still running: do not leak it
+        for child in filter(alive, children):  # what the test found still running: do not leak it
             os.kill(child, signal.SIGKILL)
 
 
@@ -158,3 +153,38 @@ def test_every_run_removes_stale_shared_memory_first(tmp_path, no_leaks):
         assert not os.path.exists(f"/dev/shm/{stale}")
     finally:
         Path("/dev/shm", stale).unlink(missing_ok=True)
+
+
+def _started_by_envs(spawned: Path) -> set[int]:
+    return {int(p.name) for p in spawned.iterdir()}
+
+
+@pytest.mark.parametrize("ending", ["finished", "terminated"])
+def test_processes_an_env_starts_do_not_outlive_the_run(tmp_path, monkeypatch, ending):
+    spawned = tmp_path / "spawned"
+    spawned.mkdir()
+    monkeypatch.setenv("HTSRL_TEST_SPAWN_DIR", str(spawned))
+    run = tmp_path / "run"
+    argv = [*TRAIN, "--env", "envs_for_tests:process_starting_cartpole", "--num-envs", "4", "--rollout", "16",
+            "--total-steps", str(4 * 16 * (4 if ending == "finished" else 10**6)), "--logdir", str(run)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                                              *sys.path])},
+                            start_new_session=True)
+    try:
+        if ending == "terminated":
+            metrics = run / "metrics.jsonl"
+            wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "an update")
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == (0 if ending == "finished" else 143), stderr
+    started = _started_by_envs(spawned)
+    try:
+        # The probe's env and the 4 replicas each started 2 (one of them in a session of its own).
+        assert len(started) == 2 * (1 + 4)
+        assert [pid for pid in started if alive(pid)] == []
+    finally:
+        for pid in filter(alive, started):
+            os.kill(pid, signal.SIGKILL)

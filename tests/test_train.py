@@ -115,8 +115,9 @@ def test_bad_config_is_one_sentence_before_any_process_starts(run_dir, no_leaks,
         train(small(run_dir, **overrides))
 
 
-def test_cli_exits_2_with_one_line_on_bad_input(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "train", "--env", "CartPol-v1",
+@pytest.mark.parametrize("module", ["htsrl_aio", "htsrl_aio.cli"])
+def test_cli_exits_2_with_one_line_on_bad_input(tmp_path, module):
+    proc = subprocess.run([sys.executable, "-m", module, "train", "--env", "CartPol-v1",
                            "--logdir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -136,6 +137,17 @@ def test_cli_trains_and_reports(tmp_path, no_leaks):
     assert (tmp_path / "r" / "summary.json").exists()
 
 
+def test_the_public_names_are_what_they_say_whatever_was_imported_first():
+    # The package exports lazily (PEP 562); a submodule named like an export would replace it once imported.
+    script = ("import importlib, pkgutil, sys, types, htsrl_aio\n"
+              "for m in pkgutil.walk_packages(htsrl_aio.__path__, 'htsrl_aio.'):\n"
+              "    importlib.import_module(m.name)\n"
+              "bad = [n for n in htsrl_aio.__all__ if isinstance(getattr(htsrl_aio, n), types.ModuleType)]\n"
+              "sys.exit(f'modules, not the exported names: {bad}' if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
     train(small(run_dir))
     with pytest.raises(ConfigError, match="already holds a run"):
@@ -145,12 +157,22 @@ def test_existing_run_directory_is_never_overwritten(run_dir, no_leaks):
 @pytest.mark.parametrize("learner", ["process", "thread"])
 def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_parameters(run_dir, no_leaks, learner):
     with pytest.raises(HtsrlError, match=r"^update 3: .* became NaN or Inf, so training stopped"):
-        train(small(run_dir, env="envs_for_tests:nan_reward_cartpole", learner=learner,
+        train(small(run_dir, env="envs_for_tests:huge_reward_cartpole", learner=learner,
                     total_steps=4 * 16 * 10))
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] == 2
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
     assert "update 3" in (run_dir / "error.log").read_text()
+
+
+@pytest.mark.parametrize("env,message", [
+    ("nan_reward_cartpole", r"step\(\) returned a non-finite reward \(nan\) at step \d+ of episode \d+"),
+    ("inf_obs_cartpole", r"step\(\) returned a non-finite observation at step \d+ of episode \d+"),
+])
+def test_non_finite_env_output_stops_the_run_naming_env_and_step(run_dir, no_leaks, env, message):
+    with pytest.raises(EnvError, match=rf"^env \d of 'envs_for_tests:{env}' failed: NonFinite: {message}; "
+                                       "make the env return finite numbers"):
+        train(small(run_dir, env=f"envs_for_tests:{env}", total_steps=4 * 16 * 10))
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):

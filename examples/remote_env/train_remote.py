@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from client import RemoteCartPole
 
 from htsrl_aio import TrainConfig, Trainer
-from htsrl_aio.train import run_event_loop
+from htsrl_aio.training import run_event_loop
 
 
 async def start_server(latency_ms: float) -> tuple[asyncio.subprocess.Process, int]:

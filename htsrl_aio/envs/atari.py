@@ -1,19 +1,15 @@
-"""Atari as one gymnasium-style env per replica, preprocessed in C++ by ale-py's AtariVectorEnv.
+"""Atari (ALE/... ids) on ale-py's C++ vector engine, and the Atari conventions every engine shares.
 
-Each replica is an `AtariVectorEnv` of a single env with one thread: the runtime steps replicas by env
-id, one action at a time, and the vector env's `send`/`recv` carry no env ids, so one vector env per
-replica is the fit. Its C++ pipeline does the standard preprocessing (4-frame skip with max-pooling
-over the last two frames, 84x84 grayscale, a stack of 4 frames, up to 30 no-op resets, fire reset,
-sticky actions), without needing OpenCV; one such replica stepped 2,060 steps/s on one core of the
-dev machine against 1,800 for gymnasium's Python wrappers (`AtariPreprocessing` +
-`FrameStackObservation`; docs/benchmarks.md, Atari section).
+`AleEngine` wraps `AtariVectorEnv`, whose C++ pipeline does the standard preprocessing (4-frame skip
+with max-pooling over the last two frames, 84x84 grayscale, a stack of 4 frames, up to 30 no-op
+resets, fire reset, sticky actions) without OpenCV. One engine serves a whole group of envs with the
+engine backend, and a single env everywhere else (`PreprocessedAtariEnv`); both give the same bits,
+because every episode starts from the seed the runtime derived for it (`reset(seed=...)` of exactly
+the envs that ended, with ALE's own autoreset never running).
 
-Done here rather than in C++, because the runtime needs them exactly so:
+Done here rather than in C++, because the runtime needs them exactly so (`AtariOutcome`, which the
+EnvPool adapter uses for its Atari tasks too):
 
-- Every reset is `reset(seed=[s])` with the seed the runtime derived for (env, episode), so episodes
-  are reproducible whatever the scheduling. ALE's own autoreset never runs: the runtime resets a
-  replica right after the step that ended its episode, which clears it (a reset after an episode end
-  replays exactly like a fresh env with the same seed; tests/test_atari.py).
 - Reward clipping: training sees sign(reward); `info["raw_reward"]` carries the game's reward, which
   the episode bookkeeping (`EpisodeTracker`) logs, so `episode_return_mean` is the game score.
 - Episodic life: a lost life ends the *training* episode (terminated=True cuts bootstrapping) with
@@ -23,12 +19,14 @@ Done here rather than in C++, because the runtime needs them exactly so:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from ale_py.vector_env import AtariVectorEnv
+
+from htsrl_aio.envs.engines import GymStep, OneEngineEnv
 
 ALE_PREFIX = "ALE/"
 
@@ -47,19 +45,56 @@ def is_atari_id(env_id: str) -> bool:
     return env_id.startswith(ALE_PREFIX)
 
 
-class PreprocessedAtariEnv(gym.Env):
-    """One Atari game with the standard DQN/PPO preprocessing: uint8 observations of shape (4, 84, 84)."""
+class AtariOutcome:
+    """Reward clipping and episodic life for a batch of Atari envs (it remembers each env's lives)."""
 
-    def __init__(self, env_id: str, options: AtariOptions | None = None) -> None:
-        options = options or AtariOptions()
+    def __init__(self, num_envs: int, episodic_life: bool) -> None:
+        self.episodic_life = episodic_life
+        self._lives = np.zeros(num_envs, dtype=np.int64)
+
+    def on_reset(self, envs: Sequence[int], lives: np.ndarray) -> None:
+        self._lives[list(envs)] = lives
+
+    def step(self, k: int, obs: Any, raw: float, lives: int, terminated: bool, truncated: bool) -> GymStep:
+        info: dict[str, Any] = {"raw_reward": raw, "lives": lives}
+        ended = terminated
+        if self.episodic_life and lives < self._lives[k] and not terminated and not truncated:
+            ended = True
+            info["game_over"] = False
+        self._lives[k] = lives
+        return obs, float(np.sign(raw)), ended, truncated, info
+
+
+@dataclass(frozen=True)
+class AleSpec:
+    """Engines for one ALE id, preprocessed as `options` say."""
+
+    env_id: str
+    options: AtariOptions = AtariOptions()
+
+    @property
+    def name(self) -> str:
+        return self.env_id
+
+    def build(self, num_envs: int, threads: int, seeds: Sequence[int]) -> AleEngine:
+        return AleEngine(self, num_envs, threads)
+
+
+class AleEngine:
+    """`num_envs` Atari games in one `AtariVectorEnv`, stepped together."""
+
+    seeded_at_build = False
+
+    def __init__(self, spec: AleSpec, num_envs: int, threads: int) -> None:
+        from ale_py.vector_env import AtariVectorEnv  # the core imports ale-py only where Atari runs
+
         # The registered id decides the game and its own defaults (sticky actions, action set, length).
-        kwargs = gym.spec(env_id).kwargs
-        sticky = options.sticky
-        if sticky is None:
-            sticky = kwargs.get("repeat_action_probability", 0.25)
-        self.options = options
+        kwargs = gym.spec(spec.env_id).kwargs
+        options = spec.options
+        sticky = kwargs.get("repeat_action_probability", 0.25) if options.sticky is None else options.sticky
+        self.num_envs = num_envs
         self._ale = AtariVectorEnv(
-            kwargs["game"], num_envs=1, num_threads=1, repeat_action_probability=sticky,
+            kwargs["game"], num_envs=num_envs, num_threads=threads, repeat_action_probability=sticky,
             full_action_space=kwargs.get("full_action_space", False),
             max_num_frames_per_episode=kwargs.get("max_num_frames_per_episode", 108_000),
             frameskip=4, stack_num=4, img_height=84, img_width=84, grayscale=True, maxpool=True,
@@ -67,29 +102,35 @@ class PreprocessedAtariEnv(gym.Env):
             episodic_life=False, reward_clipping=False)
         self.observation_space = self._ale.single_observation_space
         self.action_space = gym.spaces.Discrete(int(self._ale.single_action_space.n))
-        self._action = np.zeros(1, dtype=np.int64)
-        self._lives = 0
+        self._outcome = AtariOutcome(num_envs, options.episodic_life)
+        self._started = False
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        seeds = None if seed is None else np.array([seed])
-        obs, info = self._ale.reset(seed=seeds)
-        self._lives = int(info["lives"][0])
-        return obs[0], {"lives": self._lives}
+    def reset(self, envs: Sequence[int], seeds: Sequence[int]) -> list[Any]:
+        if self._started:
+            mask = np.zeros(self.num_envs, dtype=bool)
+            mask[list(envs)] = True
+            obs, info = self._ale.reset(seed=np.asarray(seeds, dtype=np.int64), options={"reset_mask": mask})
+        else:  # ale-py's first reset is of every env; the runtime starts them all together
+            assert list(envs) == list(range(self.num_envs)), "the first reset must start every env"
+            obs, info = self._ale.reset(seed=np.asarray(seeds, dtype=np.int64))
+            self._started = True
+        # A masked reset reports every env (the others unchanged): keep the ones asked for.
+        self._outcome.on_reset(envs, info["lives"][list(envs)])
+        return [obs[k] for k in envs]
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self._action[0] = action
-        obs, rewards, terminated, truncated, info = self._ale.step(self._action)
-        raw = float(rewards[0])
-        lives = int(info["lives"][0])
-        out: dict[str, Any] = {"raw_reward": raw, "lives": lives}
-        game_over = bool(terminated[0])
-        ended = game_over
-        if self.options.episodic_life and lives < self._lives and not game_over and not truncated[0]:
-            ended = True
-            out["game_over"] = False
-        self._lives = lives
-        return obs[0], float(np.sign(raw)), ended, bool(truncated[0]), out
+    def step(self, actions: Sequence[Any]) -> list[GymStep]:
+        obs, rewards, terminated, truncated, info = self._ale.step(np.asarray(actions, dtype=np.int64))
+        lives = info["lives"]
+        return [self._outcome.step(k, obs[k], float(rewards[k]), int(lives[k]), bool(terminated[k]),
+                                   bool(truncated[k])) for k in range(self.num_envs)]
 
     def close(self) -> None:
         self._ale.close()
+
+
+class PreprocessedAtariEnv(OneEngineEnv):
+    """One Atari game with the standard DQN/PPO preprocessing: uint8 observations of shape (4, 84, 84)."""
+
+    def __init__(self, env_id: str, options: AtariOptions | None = None) -> None:
+        self.options = options or AtariOptions()
+        super().__init__(AleSpec(env_id, self.options))

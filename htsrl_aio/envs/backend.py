@@ -1,7 +1,7 @@
 """The env-backend protocol: how the schedule steps env replicas, in step-ticket terms.
 
 A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop,
-Ray actors; a C++ vector engine would plug in the same way) and answers per env id:
+C++ vector engines, Ray actors) and answers per env id:
 
 - `reset(ticket)`: start env `ticket.env`'s episode; its observation becomes the observation of
   `ticket`.
@@ -17,7 +17,9 @@ backend writes it in place (shared memory for worker processes; a remote host sh
 backend writes it on arrival, as ray_backend.py does), and only ids, actions and rewards travel. A
 backend may carry many replicas' commands in one message (batching is its own business); the
 schedule only ever has one command in flight per env, and results are matched by env id, never by
-arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`.
+arrival order. Restarts after failures are counted in `restarts` through a `RestartBudget`. A reset or
+step with no answer within `BackendArgs.env_timeout` is a failure like an exception: name the env and
+the ticket, or (restarts on) replace the replica or whatever hosts it.
 
 To add a backend: implement this protocol around `Replica` (its life cycle is already written), add
 it to `BACKENDS` in envs/backends.py, and run tests/test_determinism_spaces.py with it.
@@ -76,9 +78,12 @@ class BackendArgs:
     run_seed: int
     buffers: ObsBuffers
     workers: int = 1  # worker processes (process backend)
+    engine_batch: int | None = None  # envs per C++ engine (engine backend; None: all in one)
+    engine_threads: int | None = None  # C++ threads of each engine (engine backend)
     restart_on_error: bool = False  # --on-env-error restart
     on_restart: Callable[[str, str], None] = lambda message, details: None
-    env_timeout: float | None = None  # seconds a step or reset may take before it is an env failure
+    # --env-timeout: seconds a reset or step may take before it counts as an env failure (None: no limit)
+    env_timeout: float | None = None
     ray_address: str | None = None  # ray backend: None starts a local Ray instance; "auto" or an address
     ray_actors: int | None = None  # ray backend: actors hosting the envs (None: the CPUs Ray reports)
     envs_per_actor: int | None = None  # ray backend: another way to say ray_actors
@@ -104,6 +109,11 @@ class EnvBackend(Protocol):
     async def aclose(self) -> None:
         """Stop every replica and release what the backend holds, however the run ended."""
         ...
+
+
+def describe_ticket(ticket: StepTicket) -> str:
+    """Where in the run a command was, for error messages."""
+    return f"(rollout {ticket.rollout}, step {ticket.step})"
 
 
 def as_wire_action(action: np.ndarray) -> Any:

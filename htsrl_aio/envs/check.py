@@ -1,15 +1,21 @@
 """The env checker: one clear sentence per problem, for gymnasium envs and AsyncEnvs alike.
 
-Every run checks its first env cheaply (one reset, one step) before any process starts;
-`htsrl-aio check-env ENV` runs the full check (many random steps through episode ends).
+Every run checks its first env cheaply (one reset, one step) before its workers start;
+`htsrl-aio check-env ENV` runs the full check (many random steps through episode ends). Both run the
+env in a child process (when its factory can be sent there) and watch it from the loop: a call that
+does not answer within --env-timeout, or that ends the process (os._exit, a crash in native code), is
+one sentence too, and never hangs or kills the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import gymnasium as gym
@@ -18,10 +24,13 @@ import numpy as np
 from htsrl_aio.config import ConfigError
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.spaces import SINGLE_KEY, UnsupportedSpace
+from htsrl_aio.envs.replica import EnvTimeout
+from htsrl_aio.envs.spaces import SINGLE_KEY, NonFinite, UnsupportedSpace
 from htsrl_aio.seeding import env_reset_seed
 
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
+CONSTRUCTOR = "the env's constructor"
+OnCall = Callable[[str, int], None]  # (the call about to be made, steps taken so far)
 
 
 @dataclass
@@ -36,9 +45,32 @@ class CheckReport:
         return not self.problems
 
 
-async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = MAX_BLOCK_S) -> CheckReport:
-    """Build one replica, check its interface, reset it and take `steps` random steps."""
+async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = MAX_BLOCK_S,
+                    timeout: float | None = None) -> CheckReport:
+    """Build one replica, check its interface, reset it and take `steps` random steps.
+
+    With `timeout` (--env-timeout) the env runs in a child process, if its factory can be sent there,
+    and each call gets that long to answer.
+    """
+    if timeout is not None and _picklable(factory):
+        return await _check_in_child(factory, steps, max_block_s, timeout)
+    return await _check_here(factory, steps, max_block_s, timeout)
+
+
+async def probe_env(factory: EnvFactory, timeout: float | None = None) -> EnvSpec:
+    """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem."""
+    report = await check_env(factory, steps=1, timeout=timeout)
+    if not report.ok:
+        raise ConfigError(f"env {report.name!r}: {report.problems[0]}")
+    assert report.spec is not None
+    return report.spec
+
+
+async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeout: float | None,
+                      on_call: OnCall | None = None) -> CheckReport:
     report = CheckReport(factory.name)
+    on_call = on_call or (lambda what, step: None)
+    on_call(CONSTRUCTOR, 0)
     try:
         env = factory()
     except Exception as exc:
@@ -47,7 +79,7 @@ async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = 
     try:
         report.spec = _check_interface(env, report.problems)
         if report.spec is not None:
-            await _check_episodes(env, report, steps, max_block_s)
+            await _check_episodes(env, report, steps, _AsyncCall(max_block_s, timeout), on_call)
     finally:
         await close_env(env)
     if report.spec is not None and not report.spec.in_loop and factory.factory is not None:
@@ -60,13 +92,81 @@ async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = 
     return report
 
 
-async def probe_env(factory: EnvFactory) -> EnvSpec:
-    """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem."""
-    report = await check_env(factory, steps=1)
-    if not report.ok:
-        raise ConfigError(f"env {report.name!r}: {report.problems[0]}")
-    assert report.spec is not None
-    return report.spec
+def _picklable(factory: EnvFactory) -> bool:
+    try:
+        pickle.dumps(factory)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class _Progress:
+    """What the checking child is doing, as it last said: the call, steps taken, since when (loop time)."""
+
+    what: str = CONSTRUCTOR
+    step: int = 0
+    since: float | None = None  # None while the child is still starting (importing)
+    reported: bool = False  # the report has arrived: the child waits to be told to exit
+
+
+async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, timeout: float) -> CheckReport:
+    """Run `_check_here` in a child process that says before each call what it calls; kill it when a
+    call takes longer than `timeout`, and report its death if a call ends it."""
+    from htsrl_aio.procs import WatchedChild, close_children  # imports torch: only when needed
+
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[CheckReport] = loop.create_future()
+    progress, moved = _Progress(), asyncio.Event()
+
+    def on_message(message: tuple[Any, ...]) -> None:
+        if message[0] == "calling":
+            progress.what, progress.step, progress.since = message[1], message[2], loop.time()
+            moved.set()
+        else:
+            progress.reported = True
+            if not outcome.done():
+                outcome.set_result(message[1])
+
+    def on_exit(code: int | None) -> None:
+        if not outcome.done():
+            outcome.set_result(CheckReport(factory.name, problems=[
+                f"{progress.what} ended the env's process (exit code {code}, after {progress.step} steps) "
+                "without raising an exception (os._exit, a signal, a crash in native code); raise an "
+                "exception instead, which the run can report and --on-env-error restart can recover from."]))
+
+    child = WatchedChild("htsrl-env-check", _check_child_main, (factory, steps, max_block_s, timeout),
+                         on_message, on_exit)
+    try:
+        while not outcome.done():
+            left = None if progress.since is None else progress.since + timeout - loop.time()
+            if left is not None and left <= 0:
+                outcome.set_result(CheckReport(factory.name, problems=[
+                    f"{progress.what} did not answer within --env-timeout {timeout:g} s (after "
+                    f"{progress.step} steps); make the env answer sooner or raise --env-timeout."]))
+                break
+            moved.clear()
+            waiter = asyncio.ensure_future(moved.wait())
+            try:
+                await asyncio.wait([outcome, waiter], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+    finally:
+        child.request_close()
+        if not progress.reported:
+            child.process.kill()  # still checking (timed out, or we were cancelled): nothing to wait for
+        await close_children([child])
+    return outcome.result()
+
+
+def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_block_s: float,
+                      timeout: float) -> None:
+    def on_call(what: str, step: int) -> None:
+        conn.send(("calling", what, step))
+
+    report = asyncio.run(_check_here(factory, steps, max_block_s, timeout, on_call))
+    conn.send(("report", report))
+    conn.recv()  # ("close",): exit only once the parent has the report
 
 
 def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
@@ -112,10 +212,11 @@ def _foreign_space(name: str, space: Any) -> str:
             "envs are not accepted: give a factory of one env).")
 
 
-async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s: float) -> None:
+async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _AsyncCall,
+                          on_call: OnCall) -> None:
     spec = report.spec
     assert spec is not None
-    call = _AsyncCall(max_block_s) if spec.in_loop else None
+    in_loop = spec.in_loop
     actions = np.random.default_rng(0)
     needs_reset = True
     for episode in range(max(steps, 1)):
@@ -123,12 +224,17 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s
         try:
             if needs_reset:
                 seed = env_reset_seed(0, 0, episode)  # the kind of seed a run resets with
-                result = await call.run(env.reset(seed=seed), "reset()") if call else env.reset(seed=seed)
+                on_call(what, report.steps)
+                result = await call.run(env.reset(seed=seed), what) if in_loop else env.reset(seed=seed)
                 if not _check_reset(result, spec, report.problems):
                     break
             what = "step()"
             action = spec.action.to_env(spec.action.random(actions))
-            result = await call.run(env.step(action), "step()") if call else env.step(action)
+            on_call(what, report.steps)
+            result = await call.run(env.step(action), what) if in_loop else env.step(action)
+        except EnvTimeout as exc:
+            report.problems.append(f"{exc}.")
+            break
         except Exception as exc:
             report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
             break
@@ -136,7 +242,7 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, max_block_s
         if not _check_step(result, spec, report.problems):
             break
         needs_reset = bool(result[2] or result[3])
-    if call is not None and call.problem:
+    if in_loop and call.problem:
         report.problems.append(call.problem)
 
 
@@ -162,6 +268,9 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
     if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
         problems.append(f"step() returned a reward of type {type(reward).__name__}; return a float.")
         ok = False
+    elif not math.isfinite(reward):
+        problems.append(f"{NonFinite('step()', f'reward ({float(reward)})')}.")
+        ok = False
     for flag, value in (("terminated", terminated), ("truncated", truncated)):
         if not isinstance(value, (bool, np.bool_)):
             problems.append(f"step() returned {flag} of type {type(value).__name__}; return a bool.")
@@ -172,6 +281,9 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
     try:
         spec.obs.encode(obs, where)
+    except NonFinite as exc:
+        problems.append(f"{exc}.")
+        return False
     except ValueError as exc:
         problems.append(f"{exc}; make them agree.")
         return False
@@ -190,21 +302,26 @@ def _describe(value: Any) -> str:
 
 
 class _AsyncCall:
-    """Awaits an AsyncEnv call while measuring the longest stretch it held the loop without awaiting."""
+    """Awaits an AsyncEnv call while measuring the longest stretch it held the loop without awaiting,
+    within `timeout` seconds if given."""
 
-    def __init__(self, max_block_s: float) -> None:
+    def __init__(self, max_block_s: float, timeout: float | None = None) -> None:
         self.max_block_s = max_block_s
+        self.timeout = timeout
         self.problem: str | None = None
 
     async def run(self, call: Any, what: str) -> Any:
         task = asyncio.ensure_future(call)
         longest = 0.0
-        last = time.perf_counter()
+        start = last = time.perf_counter()
         while not task.done():
             # Each pass of this loop is one event-loop iteration; a long gap is the env not yielding.
             await asyncio.sleep(0)
             now = time.perf_counter()
             longest, last = max(longest, now - last), now
+            if self.timeout is not None and now - start > self.timeout and not task.done():
+                task.cancel()
+                raise EnvTimeout(what, self.timeout)
         if longest > self.max_block_s and self.problem is None:
             self.problem = (f"{what} blocked the event loop for {1000 * longest:.0f} ms without awaiting; "
                             "await its I/O, or move blocking work to asyncio.to_thread.")

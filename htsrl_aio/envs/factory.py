@@ -22,7 +22,15 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.config import ConfigError, TrainConfig
-from htsrl_aio.envs.atari import AtariOptions, PreprocessedAtariEnv, is_atari_id
+from htsrl_aio.envs.atari import AleSpec, AtariOptions, is_atari_id
+from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
+from htsrl_aio.envs.envpool_engine import (
+    ENVPOOL_PREFIX,
+    FOOTBALL_STACK,
+    EnvPoolSpec,
+    import_envpool,
+    is_envpool_atari,
+)
 from htsrl_aio.envs.football import (
     FootballEnv,
     FootballSpec,
@@ -52,12 +60,12 @@ class EnvFactory:
     kwargs: tuple[tuple[str, Any], ...] = ()  # --env-kwargs, for gymnasium.make or the factory
     module: str | None = None  # "package:EnvId": the package that registers env_id
     frames: FrameOptions | None = None  # --frame-size/--grayscale/--frame-stack
-    atari: AtariOptions | None = None  # ALE ids: preprocessing options
+    engine: EngineSpec | None = None  # ALE and envpool: ids: envs of a C++ vector engine
     football: FootballSpec | None = None  # gfootball/<scenario> ids: scenario and options
 
     def __call__(self) -> gym.Env:
-        if self.env_id is not None and is_atari_id(self.env_id):
-            return PreprocessedAtariEnv(self.env_id, self.atari)
+        if self.engine is not None:
+            return OneEngineEnv(self.engine)
         if self.env_id is not None and is_football_id(self.env_id):
             return FootballEnv(self.football or parse_football_id(self.env_id))
         env = self._make()
@@ -75,6 +83,8 @@ class EnvFactory:
 
     @property
     def name(self) -> str:
+        if self.engine is not None:
+            return self.engine.name
         if self.env_id is not None:
             return self.env_id if self.module is None else f"{self.module}:{self.env_id}"
         return f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', self.factory)}"
@@ -129,6 +139,8 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
         return EnvFactory(factory=env, kwargs=kwargs, frames=frames)
     if not isinstance(env, str) or not env:
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
+    if env.startswith(ENVPOOL_PREFIX):
+        return EnvFactory(engine=_envpool_spec(env.removeprefix(ENVPOOL_PREFIX), kwargs, config))
     if ":" in env:
         module_name, _, attr = env.partition(":")
         if not module_name or not attr:
@@ -155,8 +167,26 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
             hint += f" Its ids come from {package.split('.')[0]!r}: is that package installed?"
         raise ConfigError(f"unknown env id {env!r}: it is not a registered gymnasium id.{hint}")
     if is_atari_id(env):
-        return EnvFactory(env_id=env, atari=_atari_options(config))
+        return EnvFactory(env_id=env, engine=AleSpec(env, _atari_options(config)))
     return EnvFactory(env_id=env, kwargs=kwargs, frames=frames)
+
+
+def _envpool_spec(task_id: str, kwargs: tuple[tuple[str, Any], ...], config: TrainConfig | None
+                  ) -> EnvPoolSpec:
+    try:
+        envpool = import_envpool()
+    except ImportError as exc:
+        raise ConfigError(f"--env envpool:{task_id}: {exc}") from None
+    tasks = envpool.list_all_envs()
+    if task_id not in tasks:
+        close = difflib.get_close_matches(task_id, tasks, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else " `python -c 'import envpool; " \
+            "print(envpool.list_all_envs())'` lists them."
+        raise ConfigError(f"unknown EnvPool task {task_id!r}.{hint}")
+    atari = _atari_options(config) if is_envpool_atari(task_id) else None
+    stack = config.frame_stack if config is not None and config.frame_stack > 1 else \
+        FOOTBALL_STACK if task_id.startswith("gfootball/") else 1
+    return EnvPoolSpec(task_id, kwargs, atari, stack)
 
 
 def _frame_options(config: TrainConfig | None) -> FrameOptions | None:

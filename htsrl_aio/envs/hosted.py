@@ -2,11 +2,20 @@
 
 A host (a worker process, a Ray actor) runs the `Replica`s of one slice of the envs. The schedule has
 at most one command in flight per env: its future waits here by env id until the host's reply
-resolves it. When a host is lost (it died, or stopped answering), either the run stops in one
-sentence naming its envs, or (`--on-env-error restart`) the host is started again: the commands it
-lost wait for the new one, its envs start over with a fresh seed lineage (`_RESPAWNED`), the step each
-env was taking becomes a truncation (`Replica.lost_step`), and every re-created env is charged to the
-`RestartBudget`. Subclasses only launch hosts and carry commands to them (`_launch`, `_deliver`).
+resolves it. The commands for one host issued during one loop iteration (the envs whose actions one
+inference batch produced) go to it together (`_deliver`), so one message serves many env steps.
+
+When a host is lost (it died, or stopped answering), either the run stops in one sentence naming its
+envs, or (`--on-env-error restart`) the host is started again: the commands it lost wait for the new
+one, its envs start over with a fresh seed lineage (`_RESPAWNED`), the step each env was taking becomes
+a truncation (`Replica.lost_step`), and every re-created env is charged to the `RestartBudget`.
+
+--env-timeout: a watchdog on the loop looks at the commands in flight; a host holding one past the
+limit (counted from when the command left for it) is killed (`_kill`), and its death is a lost host
+like any other, with the timeout as the reason.
+
+Subclasses launch, reach and kill hosts (`_launch`, `_deliver`, `_kill`) and report a death with
+`_host_died`.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from htsrl_aio.envs.backend import BackendArgs, as_wire_action, obs_slot_of
+from htsrl_aio.envs.backend import BackendArgs, as_wire_action, describe_ticket, obs_slot_of
 from htsrl_aio.envs.replica import ReplicaState, RestartBudget, StepResult, env_error
 from htsrl_aio.envs.worker import Command
 from htsrl_aio.errors import EnvError
@@ -39,11 +48,18 @@ class HostedBackend:
         self._respawns: list[int] = []
         self._pending: dict[int, asyncio.Future] = {}
         self._commands: dict[int, Command] = {}  # the command each pending future waits for
+        self._outbox: dict[int, list[Command]] = {}  # host index -> commands delivered at the next flush
         self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
         self._stale: set[int] = set()  # envs of a lost host: their next step is a lost step
         self._respawning: set[asyncio.Task] = set()
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # --env-timeout: when each env's command in flight left for its host, the ticket it was for,
+        # and why a host was killed (the reason its death gets).
+        self._sent_at: dict[int, float] = {}
+        self._tickets: dict[int, StepTicket | None] = {}
+        self._killed_because: dict[int, str] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def restarts(self) -> int:
@@ -61,8 +77,12 @@ class HostedBackend:
         """Start host `index` with its slice of envs; resolves once every replica is built."""
         raise NotImplementedError
 
-    def _deliver(self, index: int, cmd: Command) -> None:
-        """Carry `cmd` to host `index`; its reply goes to `_resolve` (or `_fail`, `_host_lost`)."""
+    def _deliver(self, index: int, commands: list[Command]) -> None:
+        """Carry `commands` to host `index`; its replies go to `_resolve` (or `_fail`, `_host_died`)."""
+        raise NotImplementedError
+
+    def _kill(self, index: int) -> None:
+        """Kill host `index` (it holds a command past --env-timeout); its death must reach `_host_died`."""
         raise NotImplementedError
 
     def _lineage(self, index: int) -> tuple[int, ...]:
@@ -76,14 +96,16 @@ class HostedBackend:
         """Start every host and wait until every replica is built."""
         self._loop = asyncio.get_running_loop()
         await asyncio.gather(*(self._launch(index) for index in range(self.num_hosts)))
+        if self.args.env_timeout:
+            self._watch()
 
     def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
         buf, row = obs_slot_of(ticket)
-        return self._send(Command("reset", ticket.env, buf, row))
+        return self._send(Command("reset", ticket.env, buf, row), ticket)
 
     def step(self, ticket: StepTicket, action: Any) -> asyncio.Future[StepResult]:
         buf, row = obs_slot_of(ticket)
-        return self._send(Command("step", ticket.env, buf, row, as_wire_action(action)))
+        return self._send(Command("step", ticket.env, buf, row, as_wire_action(action)), ticket)
 
     def get_state(self, env_id: int) -> asyncio.Future[ReplicaState]:
         return self._send(Command("get_state", env_id))
@@ -91,7 +113,7 @@ class HostedBackend:
     def set_state(self, env_id: int, state: ReplicaState) -> asyncio.Future[str | None]:
         return self._send(Command("set_state", env_id, state=state))
 
-    def _send(self, cmd: Command) -> asyncio.Future:
+    def _send(self, cmd: Command, ticket: StepTicket | None = None) -> asyncio.Future:
         assert self._loop is not None, f"{type(self).__name__}.start() was not awaited"
         future = self._loop.create_future()
         if self._failure is not None:
@@ -101,6 +123,7 @@ class HostedBackend:
         assert env_id not in self._pending, f"env {env_id} already has a command in flight"
         self._pending[env_id] = future
         self._commands[env_id] = cmd
+        self._tickets[env_id] = ticket
         index = self._host_of[env_id]
         if index in self._held:
             self._held[index].append(env_id)
@@ -109,12 +132,24 @@ class HostedBackend:
         return future
 
     def _forward(self, index: int, env_id: int) -> None:
+        assert self._loop is not None
         cmd = self._commands[env_id]
         if env_id in self._stale and cmd.kind in ("step", "reset"):
             self._stale.discard(env_id)
             cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
             self._commands[env_id] = cmd
-        self._deliver(index, cmd)
+        if self.args.env_timeout:
+            self._sent_at[env_id] = self._loop.time()
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.setdefault(index, []).append(cmd)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for index, commands in outbox.items():
+            # A host lost meanwhile: these envs are in `_held` and go to the new one.
+            if self._failure is None and index not in self._held:
+                self._deliver(index, commands)
 
     def _resolve(self, env_id: int, value: Any) -> None:
         """A host's answer to env `env_id`'s command: charge a restart it reports, resolve its future."""
@@ -126,11 +161,45 @@ class HostedBackend:
                 self._fail(error)
                 return
         self._commands.pop(env_id, None)
+        self._sent_at.pop(env_id, None)
         future = self._pending.pop(env_id, None)
         if future is not None and not future.done():  # a cancelled collector has cancelled its future
             future.set_result(None if kind == "reset" else value)
 
-    def _host_lost(self, index: int, stopped: str, restarted: str, details: str = "") -> None:
+    def _watch(self) -> None:
+        """Kill the host of every command in flight past --env-timeout; look again in a while."""
+        assert self._loop is not None and self.args.env_timeout
+        timeout = self.args.env_timeout
+        now = self._loop.time()
+        for env_id, sent in list(self._sent_at.items()):
+            if now - sent > timeout and env_id in self._sent_at:
+                self._time_out(env_id, timeout)
+        if self._failure is None:
+            self._watchdog = self._loop.call_later(min(timeout / 4, 1.0), self._watch)
+
+    def _time_out(self, env_id: int, timeout: float) -> None:
+        index = self._host_of[env_id]
+        for other in self._slices[index]:  # its host dies: none of its commands can be answered
+            self._sent_at.pop(other, None)
+        cmd, ticket = self._commands.get(env_id), self._tickets.get(env_id)
+        what = "command" if cmd is None else cmd.kind.replace("lost_step", "step")
+        at = "" if ticket is None else f" {describe_ticket(ticket)}"
+        self._killed_because[index] = (f"env {env_id} of {self.args.factory.name!r} did not answer its "
+                                       f"{what}{at} within --env-timeout {timeout:g} s")
+        self._kill(index)
+
+    def _host_died(self, index: int, where: str, cause: str, details: str = "") -> None:
+        """Host `index` (described as `where`) is gone, because of `cause` or a timeout it was killed for."""
+        timed_out = self._killed_because.pop(index, None)
+        if timed_out:
+            self._host_lost(index, f"{timed_out}, so {where} was killed; make the env answer sooner, raise "
+                                   "--env-timeout, or pass --on-env-error restart to replace it.",
+                            f"{timed_out}; {where} was killed; started again", details)
+        else:
+            self._host_lost(index, f"{where} died unexpectedly ({cause}); the run cannot continue without "
+                                   "its envs.", f"{where} died ({cause}); started again", details)
+
+    def _host_lost(self, index: int, stopped: str, restarted: str, details: str) -> None:
         """Host `index` is gone with its envs: stop the run with the sentence `stopped`, or (restarts on)
         charge its envs with the message `restarted` and start it again."""
         if not self.args.restart_on_error or self._failure is not None:
@@ -144,6 +213,8 @@ class HostedBackend:
         # Commands in flight are lost with the host: they wait for the new one, as do new ones.
         self._held[index] = [e for e in env_ids if e in self._pending]
         self._stale.update(env_ids)
+        for env_id in env_ids:
+            self._sent_at.pop(env_id, None)
         self._respawns[index] += 1
         task = asyncio.ensure_future(self._relaunch(index))
         self._respawning.add(task)
@@ -163,12 +234,16 @@ class HostedBackend:
         if self._failure is not None:
             return
         self._failure = error
+        self._sent_at.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
 
-    async def _cancel_respawns(self) -> None:
+    async def _stop_hosting(self) -> None:
+        """Stop the watchdog and any host being started again (the first step of every `aclose`)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in list(self._respawning):
             task.cancel()
         await asyncio.gather(*self._respawning, return_exceptions=True)

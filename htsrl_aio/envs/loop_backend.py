@@ -4,6 +4,11 @@ The home of AsyncEnvs (a simulator behind a socket, a game server): thousands ca
 gymnasium envs run here too with `--env-backend loop` (each step then holds the loop while it runs:
 a serial mode for debugging, and the reference the process backend must match bit for bit). An env's
 own latency changes when its reply arrives, never what it contains or where it goes.
+
+--env-timeout bounds every awaited call of an AsyncEnv (`Replica` cancels it: an env failure). A plain
+env stepped here, or an AsyncEnv that blocks without awaiting, holds the loop itself: nothing on the
+loop can cut that short, so such envs belong in worker processes (the process backend kills a worker
+whose env does not answer).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from htsrl_aio.envs.backend import BackendArgs, obs_slot_of
+from htsrl_aio.envs.backend import BackendArgs, describe_ticket, obs_slot_of
 from htsrl_aio.envs.replica import Replica, ReplicaState, RestartBudget, StepResult, env_error
 from htsrl_aio.errors import EnvError
 from htsrl_aio.runtime.tickets import StepTicket
@@ -34,11 +39,15 @@ class LoopBackend:
         a = self.args
         try:
             for env_id in range(a.num_envs):
-                self._replicas.append(Replica(env_id, a.factory, a.spec.obs, a.spec.action, a.run_seed,
-                                              a.restart_on_error))
+                self._replicas.append(Replica(env_id, self.env_factory(env_id), a.spec.obs, a.spec.action,
+                                              a.run_seed, a.restart_on_error, timeout=a.env_timeout))
         except Exception as exc:
             raise env_error(f"could not create env of {a.factory.name!r}: {type(exc).__name__}: {exc}",
                             "") from exc
+
+    def env_factory(self, env_id: int) -> Callable[[], Any]:
+        """What builds env `env_id` (again, after a failure): the user's factory here."""
+        return self.args.factory
 
     def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
         return self._spawn(ticket.env, self._reset, ticket)
@@ -91,7 +100,8 @@ class LoopBackend:
         except EnvError:
             raise  # already names the env (its restart budget ran out)
         except Exception as exc:
-            raise env_error(f"env {env_id} of {self.args.factory.name!r} failed: {type(exc).__name__}: "
+            at = f" {describe_ticket(args[0])}" if args and isinstance(args[0], StepTicket) else ""
+            raise env_error(f"env {env_id} of {self.args.factory.name!r} failed{at}: {type(exc).__name__}: "
                             f"{exc}", traceback.format_exc()) from exc
 
     async def aclose(self) -> None:

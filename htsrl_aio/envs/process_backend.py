@@ -2,15 +2,16 @@
 
 Each worker is a `WatchedChild`: its pipe and exit are loop callbacks, so waiting for envs costs
 nothing and never spins. Commands and replies carry the env id; a reply resolves that env's future.
+A worker's commands of one loop iteration travel as one message, and their replies as one message back.
 
-With `--on-env-error restart`, an env that raises is re-created by its `Replica`, and a worker that
-dies is spawned again with its envs (`HostedBackend`: fresh seed lineage, lost steps become
-truncations, every re-created env charged to the `RestartBudget`).
+Everything else (futures by env id, `--env-timeout`, a dead worker stopping the run or spawned again
+with its envs under `--on-env-error restart`) is `HostedBackend`'s: a worker is a host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 from htsrl_aio.envs.backend import BackendArgs
@@ -34,12 +35,11 @@ class ProcessBackend(HostedBackend):
     def _launch(self, index: int) -> asyncio.Future:
         assert self._loop is not None
         a = self.args
-        env_ids = self._slices[index]
         dead = self._workers[index]
         if dead is not None:
             dead.conn.close()
         storages = tuple({k: s.spec for k, s in storage.items()} for storage in a.buffers.storages)
-        worker_args = WorkerArgs(a.factory, a.spec, env_ids, storages,
+        worker_args = WorkerArgs(a.factory, a.spec, self._slices[index], storages,
                                  {k: s.spec for k, s in a.buffers.final.items()}, a.run_seed,
                                  restart_on_error=a.restart_on_error, lineage=self._lineage(index))
         where = f"env worker {index} ({self._envs_of(index)})"
@@ -50,38 +50,46 @@ class ProcessBackend(HostedBackend):
                                             functools.partial(self._on_exit, index, where))
         return ready
 
-    def _deliver(self, index: int, cmd: Command) -> None:
+    def _deliver(self, index: int, commands: list[Command]) -> None:
         worker = self._workers[index]
-        assert worker is not None
-        worker.send(cmd)
+        if worker is None:  # closed meanwhile: the run is stopping
+            return
+        # If it died just now, its exit callback re-sends them (restart) or fails the run.
+        with contextlib.suppress(OSError):
+            worker.send(commands)
 
-    def _dispatch(self, where: str, ready: asyncio.Future, reply: Reply) -> None:
-        if reply.kind == "ready":
-            if not ready.done():
-                ready.set_result(None)
-            return
-        env_id = reply.env_id
-        if reply.kind == "error":
-            who = f"env {env_id}" if env_id is not None else where
-            self._fail(env_error(f"{who} of {self.args.factory.name!r} failed: {reply.message}",
-                                 reply.details))
-            return
-        assert env_id is not None
-        self._resolve(env_id, reply.value)
+    def _kill(self, index: int) -> None:
+        worker = self._workers[index]
+        if worker is not None:
+            worker.process.kill()  # its death (a loop callback) is a lost host
+
+    def _dispatch(self, where: str, ready: asyncio.Future, replies: list[Reply]) -> None:
+        for reply in replies:
+            if reply.kind == "ready":
+                if not ready.done():
+                    ready.set_result(None)
+                continue
+            env_id = reply.env_id
+            if reply.kind == "error":
+                who = f"env {env_id}" if env_id is not None else where
+                self._fail(env_error(f"{who} of {self.args.factory.name!r} failed: {reply.message}",
+                                     reply.details))
+                return
+            assert env_id is not None
+            self._resolve(env_id, reply.value)
 
     def _on_exit(self, index: int, where: str, exitcode: int | None) -> None:
-        self._host_lost(index, f"{where} died unexpectedly (exit code {exitcode}); the run cannot continue "
-                               "without its envs.", f"{where} died (exit code {exitcode}); started again")
+        self._host_died(index, where, f"exit code {exitcode}")
 
     def _fail(self, error: EnvError) -> None:
         super()._fail(error)
         for future in self._ready:
             if not future.done():
-                future.set_exception(self._failure)
+                future.set_exception(error)
 
     async def aclose(self) -> None:
         """Stop every worker: ask politely, then terminate, then kill."""
-        await self._cancel_respawns()
+        await self._stop_hosting()
         workers = [w for w in self._workers if w is not None]
         self._workers = [None] * self.num_workers
         await close_children(workers)

@@ -1,7 +1,7 @@
 """RayBackend: replicas on Ray actors, on this machine or spread over the nodes of a cluster.
 
 Each actor (`ReplicaHost`) hosts a contiguous group of replicas and runs the commands it is sent with
-the same `run_command` and `Replica` life cycle as a worker process. Inference, the learner and the
+the same `reply_to` and `Replica` life cycle as a worker process. Inference, the learner and the
 swap stay on the head node (this process). Only ids, actions, rewards, flags and observations travel:
 
 - Batching: the commands issued to one actor during one event-loop iteration go in one remote call;
@@ -11,9 +11,9 @@ swap stay on the head node (this process). Only ids, actions, rewards, flags and
   slots (`GroupSlots`), and its reply carries the observations it wrote, stacked per key; the head
   node writes them into the slots the tickets name (and a time-limit truncation's final observation
   into the env's final slot).
-- An actor that dies (or whose node does), or that gives no answer within `--env-timeout`, is a lost
-  host (`HostedBackend`): the run stops in one sentence naming its envs, or, with `--on-env-error
-  restart`, the actor is created again and its envs start over with new derived seeds.
+- An actor that dies (or whose node does), or that holds a command past `--env-timeout` (it is then
+  killed), is a lost host (`HostedBackend`): the run stops in one sentence naming its envs, or, with
+  `--on-env-error restart`, the actor is created again and its envs start over with new derived seeds.
 
 Ray is an optional dependency: this module imports it only when a run asks for it (`import_ray`).
 The env factory travels to the actors as Ray ships any argument (cloudpickle: an importable factory by
@@ -41,7 +41,7 @@ from htsrl_aio.envs.backend import BackendArgs
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.envs.hosted import HostedBackend
 from htsrl_aio.envs.replica import ObsSlot, Replica, StepResult, env_error, run_to_completion
-from htsrl_aio.envs.worker import Command, Reply, run_command
+from htsrl_aio.envs.worker import Command, Reply, reply_to
 
 # How long actors get to close their envs politely when the run ends, before they are killed.
 CLOSE_TIMEOUT_S = 5.0
@@ -136,19 +136,16 @@ class ReplicaHost:
         replies, obs, final = [], [], []
         for cmd, acted in batch:
             env_id = cmd.env_id
-            try:
-                if acted is not None:
-                    for key, array in self.slots.slot(cmd.buf, cmd.row, env_id).items():
-                        array[...] = acted[key]
-                value = run_command(cmd, self.replicas[env_id], self.slots)
-            except Exception as exc:
-                replies.append(Reply("error", env_id, None, f"{type(exc).__name__}: {exc}",
-                                     traceback.format_exc()))
+            if acted is not None:
+                for key, array in self.slots.slot(cmd.buf, cmd.row, env_id).items():
+                    array[...] = acted[key]
+            reply = reply_to(cmd, self.replicas[env_id], self.slots)
+            replies.append(reply)
+            if reply.kind == "error":
                 continue
-            replies.append(Reply("done", env_id, value))
             if cmd.kind in ("reset", "step", "lost_step"):
                 obs.append(self.slots.slot(cmd.buf, cmd.row + (cmd.kind != "reset"), env_id))
-            if _wrote_final(cmd, value):
+            if _wrote_final(cmd, reply.value):
                 final.append(self.slots.final_slot(env_id))
         return HostReply(replies, _stack(obs), _stack(final))
 
@@ -166,7 +163,6 @@ class RayBackend(HostedBackend):
         self._connected = False  # this backend called ray.init, so it calls ray.shutdown
         self._actors: list[Any] = []
         self._nodes: list[tuple[str, str]] = []  # (node id, address) of each actor
-        self._outbox: list[list[tuple[Command, ObsSlot | None]]] = []
         self._incarnation: list[int] = []  # replies of an actor given up for lost are ignored
         self._unsynced: set[int] = set()  # envs whose actor does not hold the observation they stand at
         self._in_flight: set[asyncio.Task] = set()
@@ -201,7 +197,6 @@ class RayBackend(HostedBackend):
         self._actor_cpus = min(1.0, math.floor(cpus / self.num_hosts * 1e4) / 1e4)
         self._actors = [None] * self.num_hosts
         self._nodes = [("", "")] * self.num_hosts
-        self._outbox = [[] for _ in range(self.num_hosts)]
         self._incarnation = [0] * self.num_hosts
         self._actor_class = self.ray.remote(ReplicaHost)
         await super().start()
@@ -264,9 +259,19 @@ class RayBackend(HostedBackend):
         """The value of a remote call, awaited without blocking the loop, within `timeout` seconds."""
         return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
-    def _deliver(self, index: int, cmd: Command) -> None:
-        assert self._loop is not None
-        env_id, acted = cmd.env_id, None
+    def _deliver(self, index: int, commands: list[Command]) -> None:
+        actor = self._actors[index]
+        if actor is None:  # closed meanwhile: the run is stopping
+            return
+        batch = [(cmd, self._acted_on(cmd)) for cmd in commands]
+        task = asyncio.ensure_future(self._exchange(index, actor.run.remote(batch)))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    def _acted_on(self, cmd: Command) -> ObsSlot | None:
+        """The observation a step acts on, when the actor cannot know it (after its restart or a loaded
+        checkpoint); None otherwise."""
+        env_id = cmd.env_id
         if cmd.kind == "set_state":
             self._unsynced.add(env_id)
         elif cmd.kind == "reset":
@@ -274,34 +279,26 @@ class RayBackend(HostedBackend):
         elif cmd.kind in ("step", "lost_step") and env_id in self._unsynced:
             self._unsynced.discard(env_id)
             here = self.args.buffers.slot(cmd.buf, cmd.row, env_id)
-            acted = {key: view.copy() for key, view in here.items()}
-        outbox = self._outbox[index]
-        if not outbox:
-            self._loop.call_soon(self._flush, index)
-        outbox.append((cmd, acted))
+            return {key: view.copy() for key, view in here.items()}
+        return None
 
-    def _flush(self, index: int) -> None:
-        batch, self._outbox[index] = self._outbox[index], []
-        if not batch or self._failure is not None or index in self._held:
-            return  # the commands of a lost actor wait for the new one (HostedBackend._held)
-        task = asyncio.ensure_future(self._exchange(index, batch, self._actors[index].run.remote(batch)))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+    def _kill(self, index: int) -> None:
+        with contextlib.suppress(Exception):  # a stuck actor is killed: nothing is left running
+            self.ray.kill(self._actors[index], no_restart=True)
+        # Lost now, not when Ray reports the kill (an unreachable node may take long to be declared dead);
+        # the call in flight then fails as an answer that no longer counts (`_current`).
+        self._host_died(index, self._where(index), "killed")
 
-    async def _exchange(self, index: int, batch: list[tuple[Command, ObsSlot | None]], sent: Any) -> None:
+    async def _exchange(self, index: int, sent: Any) -> None:
         incarnation = self._incarnation[index]
         try:
-            answer = await self._answer(sent, self.args.env_timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            if self._current(index, incarnation):
-                self._lost(index, [cmd.env_id for cmd, _ in batch])
-            return
+            answer = await self._answer(sent, None)
         except self.ray.exceptions.RayTaskError as exc:  # a bug in the actor itself, not the env's
             self._fail(env_error(f"{self._where(index)} failed: {_first_line(exc)}", str(exc)))
             return
         except self.ray.exceptions.RayError as exc:  # the actor, or its node, died
             if self._current(index, incarnation):
-                self._died(index, exc)
+                self._host_died(index, self._where(index), _first_line(exc), str(exc))
             return
         if self._current(index, incarnation):
             self._receive(answer)
@@ -310,20 +307,6 @@ class RayBackend(HostedBackend):
         """Whether an answer of actor `index` as it was then still counts (it was not given up)."""
         return self._failure is None and incarnation == self._incarnation[index] and index not in self._held
 
-    def _died(self, index: int, exc: BaseException) -> None:
-        where, why = self._where(index), _first_line(exc)
-        self._host_lost(index, f"{where} died unexpectedly ({why}); the run cannot continue without its "
-                               "envs.", f"{where} died ({why}); started again", str(exc))
-
-    def _lost(self, index: int, env_ids: list[int]) -> None:
-        timeout = f"{self.args.env_timeout:g} s"
-        waiting = f"env {env_ids[0]}" if len(env_ids) == 1 else f"envs {', '.join(map(str, env_ids))}"
-        with contextlib.suppress(Exception):  # a stuck actor is killed: nothing is left running
-            self.ray.kill(self._actors[index], no_restart=True)
-        self._host_lost(index, f"{waiting} on {self._where(index)} gave no answer within {timeout} "
-                               "(--env-timeout), so the run stopped.",
-                        f"{waiting} on {self._where(index)} gave no answer within {timeout} "
-                        "(--env-timeout); its actor was started again")
 
     def _receive(self, answer: HostReply) -> None:
         buffers, name = self.args.buffers, self.args.factory.name
@@ -350,7 +333,7 @@ class RayBackend(HostedBackend):
 
     async def aclose(self) -> None:
         """Close every actor's envs (briefly), kill every actor, and stop Ray if this run started it."""
-        await self._cancel_respawns()
+        await self._stop_hosting()
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -13,8 +13,10 @@ a worker drives them to completion without an event loop (`run_to_completion`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
+import math
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, NamedTuple, TypeVar
@@ -23,7 +25,7 @@ import numpy as np
 
 from htsrl_aio.envs import state as env_state
 from htsrl_aio.envs.async_env import close_env
-from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+from htsrl_aio.envs.spaces import ActionSpec, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError
 from htsrl_aio.seeding import env_reset_seed
 
@@ -98,6 +100,8 @@ class EpisodeTracker:
         if not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
             raise TypeError(f"step() returned a reward of type {type(reward).__name__}; it must be a number")
         reward = float(reward)
+        if not math.isfinite(reward):
+            raise NonFinite("step()", f"reward ({reward})")
         info = info if isinstance(info, dict) else {}
         # An env that trains on a transformed reward (Atari's clipped one) reports the game's own in
         # info["raw_reward"]: returns are logged in the game's units.
@@ -111,13 +115,25 @@ class EpisodeTracker:
         return StepResult(reward, bool(terminated), bool(truncated), episode), obs
 
 
+class EnvTimeout(Exception):
+    """An env's reset or step did not answer within --env-timeout."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(f"{what} did not answer within --env-timeout {timeout:g} s; make the env answer "
+                         "sooner (give its I/O a timeout of its own) or raise --env-timeout")
+
+
 class Replica:
     def __init__(self, env_id: int, factory: Callable[[], Any], layout: ObsLayout, action: ActionSpec,
-                 run_seed: int, restart_on_error: bool = False, lineage: tuple[int, ...] = ()) -> None:
+                 run_seed: int, restart_on_error: bool = False, lineage: tuple[int, ...] = (),
+                 timeout: float | None = None) -> None:
+        """`timeout` (--env-timeout) bounds each awaited call of an AsyncEnv; a plain env's calls are
+        bounded by whoever hosts it (a worker process is killed)."""
         self.factory = factory
         self.layout = layout
         self.action = action
         self.restart_on_error = restart_on_error  # --on-env-error restart
+        self.timeout = timeout
         self.tracker = EpisodeTracker(env_id, run_seed, lineage)
         self.env = factory()
 
@@ -166,19 +182,38 @@ class Replica:
         return StepResult(0.0, False, True, None)
 
     async def _reset(self, into: ObsSlot) -> None:
-        obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
-        self.layout.write(obs, into, "reset()")
+        obs, _info = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
+        try:
+            self.layout.write(obs, into, "reset()")
+        except NonFinite as exc:
+            raise exc.at(f"the reset of episode {self.tracker.episodes - 1}") from None
 
     async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
-        result, obs = self.tracker.on_step(await _call(self.env.step(self.action.to_env(action))))
-        if result.episode is not None:
-            if result.truncated and not result.terminated:  # its value is the bootstrap target
-                self.layout.write(obs, final, "step()")
-            obs, _info = await _call(self.env.reset(seed=self.tracker.next_reset_seed()))
-            self.layout.write(obs, into, "reset()")
-        else:
-            self.layout.write(obs, into, "step()")
+        step, episode = self.tracker.episode_length + 1, self.tracker.episodes - 1
+        try:
+            result, obs = self.tracker.on_step(await self._call(self.env.step(self.action.to_env(action)),
+                                                                "step()"))
+            if result.episode is not None:
+                if result.truncated and not result.terminated:  # its value is the bootstrap target
+                    self.layout.write(obs, final, "step()")
+                await self._reset(into)
+            else:
+                self.layout.write(obs, into, "step()")
+        except NonFinite as exc:
+            raise exc.at(f"step {step} of episode {episode}") from None
         return result
+
+    async def _call(self, value: Any, what: str) -> Any:
+        """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine), within the
+        timeout; a plain env's value passes through, so a worker needs no event loop."""
+        if not inspect.isawaitable(value):
+            return value
+        if self.timeout is None:
+            return await value
+        try:
+            return await asyncio.wait_for(value, self.timeout)
+        except asyncio.TimeoutError:
+            raise EnvTimeout(what, self.timeout) from None
 
     async def _recreate(self) -> None:
         with contextlib.suppress(Exception):
@@ -242,11 +277,6 @@ def env_error(message: str, details: str) -> EnvError:
 
 def _describe(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {exc}", traceback.format_exc()
-
-
-async def _call(value: Any) -> Any:
-    """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine)."""
-    return await value if inspect.isawaitable(value) else value
 
 
 def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:

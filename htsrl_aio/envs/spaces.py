@@ -33,6 +33,21 @@ class UnsupportedSpace(ValueError):
     """A space the runtime cannot store or sample; the message says which and what to do."""
 
 
+class NonFinite(ValueError):
+    """An env returned NaN or Inf, which would poison every update that learns from it."""
+
+    def __init__(self, where: str, what: str, at: str = "") -> None:
+        self.where, self.what, self.place = where, what, at
+        place = f" at {at}" if at else ""
+        super().__init__(f"{where} returned a non-finite {what}{place}; make the env return finite numbers "
+                         "(look for a division by zero or a diverging simulation) or end the episode "
+                         "before they appear")
+
+    def at(self, place: str) -> NonFinite:
+        """The same problem, saying where in the env's life it happened (the first place given wins)."""
+        return self if self.place else NonFinite(self.where, self.what, place)
+
+
 Transform = Literal["none", "hwc", "stack_hwc", "channel", "one_hot"]
 
 
@@ -108,9 +123,14 @@ class ObsLayout:
         return {f.key: (f.shape, f.dtype) for f in self.fields}
 
     def write(self, obs: Any, target: Mapping[str, np.ndarray], where: str) -> None:
-        """Store one observation into `target` (one array per key, e.g. a storage slot)."""
+        """Store one observation into `target` (one array per key, e.g. a storage slot); raise
+        NonFinite if a float array holds NaN or Inf (as stored: a float64 too large for float32 too)."""
         for f in self.fields:
-            target[f.key][...] = f.encode(self.leaf(obs, f, where), where)
+            slot = target[f.key]
+            slot[...] = f.encode(self.leaf(obs, f, where), where)
+            if slot.dtype.kind == "f" and not np.isfinite(slot).all():
+                what = "observation" if f.key == SINGLE_KEY else f"observation[{f.key!r}]"
+                raise NonFinite(where, what)
 
     @staticmethod
     def leaf(obs: Any, f: ObsField, where: str) -> Any:

@@ -23,7 +23,8 @@ CommandKind = Literal["reset", "step", "lost_step", "get_state", "set_state", "c
 
 
 class Command(NamedTuple):
-    """Parent -> worker. `buf`/`row`: the storage slot of the observation acted on (or reset into)."""
+    """Parent -> worker, in lists (the commands of one loop iteration). `buf`/`row`: the storage slot
+    of the observation acted on (or reset into)."""
 
     kind: CommandKind
     env_id: int = -1
@@ -34,7 +35,8 @@ class Command(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """Worker -> parent: "ready" once every replica is built, "done" with a command's value, "error"."""
+    """Worker -> parent, in lists (one per list of commands): "ready" once every replica is built,
+    "done" with a command's value, "error"."""
 
     kind: Literal["ready", "done", "error"]
     env_id: int | None
@@ -65,19 +67,15 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
         for env_id in args.env_ids:
             replicas[env_id] = Replica(env_id, args.factory, args.spec.obs, args.spec.action, args.run_seed,
                                        args.restart_on_error, args.lineage)
-        conn.send(Reply("ready", None))
+        conn.send([Reply("ready", None)])
         while True:
-            cmd = conn.recv()
-            if cmd[0] == "close":
+            commands = conn.recv()  # a list of Commands, or ("close",)
+            if commands == ("close",):
                 return
-            try:
-                conn.send(Reply("done", cmd.env_id, run_command(cmd, replicas[cmd.env_id], buffers)))
-            except Exception as exc:
-                conn.send(Reply("error", cmd.env_id, None, f"{type(exc).__name__}: {exc}",
-                                traceback.format_exc()))
+            conn.send([reply_to(cmd, replicas[cmd.env_id], buffers) for cmd in commands])
     except Exception as exc:  # env construction failed, or the parent went away
         with contextlib.suppress(OSError):
-            conn.send(Reply("error", None, None, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            conn.send([Reply("error", None, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())])
     finally:
         for replica in replicas.values():
             run_to_completion(replica.close())
@@ -85,8 +83,16 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             array.close()
 
 
-def run_command(cmd: Command, replica: Replica, buffers: ObsSlots) -> Any:
-    """Run one command against its replica, observations in the slots it names: every host's core."""
+def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots) -> Reply:
+    """Run one command against its replica, observations in the slots it names (every host's core), and
+    say how it went."""
+    try:
+        return Reply("done", cmd.env_id, _run(cmd, replica, buffers))
+    except Exception as exc:
+        return Reply("error", cmd.env_id, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _run(cmd: Command, replica: Replica, buffers: ObsSlots) -> Any:
     env_id = cmd.env_id
     if cmd.kind == "get_state":
         return replica.get_state()

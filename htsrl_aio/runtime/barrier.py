@@ -50,8 +50,14 @@ class SwapBarrier:
                 await self._release()
             return await future
         except asyncio.CancelledError:
-            # A party that leaves can never arrive again: everyone else must not wait for it.
-            if not future.done() or future.cancelled():
+            # Nobody awaits this party's future any more, so it must not be left holding an abort that
+            # asyncio would print as "exception was never retrieved" (a party cancelled while it runs
+            # on_swap, before or after the run aborted the barrier).
+            if future.done() and not future.cancelled():
+                future.exception()
+            else:
+                # A party that leaves can never arrive again: everyone else must not wait for it.
+                future.cancel()
                 self.abort()
             raise
 

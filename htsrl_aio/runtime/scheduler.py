@@ -12,7 +12,8 @@ waits for the learner (a second barrier, where parameters are published) before 
 
 Checkpoints that resume exactly are taken inside a swap, where nothing moves: every env has finished
 rollout g, the learner is idle, rollout g waits in its storage to be learned. A run resumed from one
-starts right after that swap (`StartPoint.learn_first`).
+starts right after that swap (`StartPoint.learn_first`). `request_stop` ends the run at the next swap,
+after such a checkpoint: the graceful stop of a signal.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from htsrl_aio.config import TrainConfig
 from htsrl_aio.envs.backend import EnvBackend
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
-from htsrl_aio.runtime.learner import LearnerHandle
+from htsrl_aio.runtime.learner import LearnerHandle, wait_settled
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.runtime.tickets import StepTicket
 
@@ -78,9 +79,10 @@ class RolloutScheduler:
     def __init__(self, config: TrainConfig, pool: EnvBackend, storages: tuple[RolloutStorage, RolloutStorage],
                  final_obs: Mapping[str, np.ndarray], inference: BatchedInference, learner: LearnerHandle,
                  on_update: Callable[[dict[str, Any]], None], start: StartPoint | None = None,
-                 checkpoint: Callable[[int], Awaitable[None]] | None = None,
+                 checkpoint: Callable[[int, bool], Awaitable[None]] | None = None,
                  checkpoint_every: int = 0) -> None:
-        """`checkpoint(g)` runs inside swap g (everything paused) every `checkpoint_every` updates.
+        """`checkpoint(g, stopping)` runs inside swap g (everything paused) every `checkpoint_every`
+        updates, and in the swap a stop was requested before (`stopping`).
 
         `final_obs` (key -> (N, ...)): where the backend leaves the final observation of an episode
         cut by a time limit, whose value becomes the step's bootstrap value.
@@ -113,9 +115,26 @@ class RolloutScheduler:
         self.learner_clock = BusyClock()
         self._start = 0.0
         self._window: tuple[float, float, float, int, int] = (0.0, 0.0, 0.0, 0, 0)
+        self._stop_requested = False
+        self.stopped_at: int | None = None  # the swap a requested stop ended the run in
+        self._updating: asyncio.Future[None] | None = None  # the learner's update and its metrics row
+
+    def request_stop(self) -> None:
+        """End the run at the next swap, after its checkpoint: every env finishes its rollout and the
+        learner its update, so the checkpoint resumes exactly. `run` then returns with `stopped_at` set."""
+        self._stop_requested = True
+
+    async def settle(self) -> None:
+        """Wait for an update cut short by a stop to finish and write its metrics row, so the metrics
+        end at the update the stop checkpoint holds; re-raise its failure."""
+        if self._updating is not None:
+            await wait_settled(self._updating)
+            if not self._updating.cancelled() and self._updating.exception() is not None:
+                raise self._updating.exception()
 
     async def run(self) -> None:
-        """Collect and learn `num_rollouts` rollouts; on any failure stop every coroutine and re-raise."""
+        """Collect and learn `num_rollouts` rollouts, or up to a requested stop; on any failure stop every
+        coroutine and re-raise."""
         self._start = time.perf_counter() - self.start.wall_time_s
         self._window = (time.perf_counter(), 0.0, 0.0, 0, 0)
         first = self.storages[self.start.rollout % 2]
@@ -173,6 +192,8 @@ class RolloutScheduler:
             if self._envs_collecting == 0:
                 self.collector_clock.stop()
             await self.swap.wait()
+            if self.stopped_at is not None:
+                return
             if self.publish_barrier is not None and rollout + 1 < cfg.num_rollouts:
                 await self.publish_barrier.wait()
 
@@ -181,14 +202,21 @@ class RolloutScheduler:
         for update in range(first, self.cfg.num_rollouts):
             if not (self.start.learn_first and update == first):  # resumed: that swap is behind us
                 await self.swap.wait()
-            storage = self.storages[update % 2]
-            lag = self.learner.version - self.learner.behaviour_version
-            self.learner_clock.start()
-            stats = await self.learner.update(storage)
-            self.learner_clock.stop()
-            self.on_update(self._metrics(update, storage, lag, stats))
+                if self.stopped_at is not None:
+                    return
+            # Shielded: an update cut short by a stop still finishes and writes its row (see settle).
+            self._updating = asyncio.ensure_future(self._update(update))
+            await asyncio.shield(self._updating)
             if self.publish_barrier is not None and update + 1 < self.cfg.num_rollouts:
                 await self.publish_barrier.wait()
+
+    async def _update(self, update: int) -> None:
+        storage = self.storages[update % 2]
+        lag = self.learner.version - self.learner.behaviour_version
+        self.learner_clock.start()
+        stats = await self.learner.update(storage)
+        self.learner_clock.stop()
+        self.on_update(self._metrics(update, storage, lag, stats))
 
     def _on_swap(self, generation: int) -> Awaitable[None] | None:
         finished = self.storages[generation % 2]
@@ -204,9 +232,11 @@ class RolloutScheduler:
             upcoming.begin(generation + 1)
         if not self.sync:
             self._on_publish(generation)
-        if self.checkpoint is not None and self.checkpoint_every and generation % self.checkpoint_every == 0 \
-                and generation > 0:
-            return self.checkpoint(generation)
+        if self._stop_requested:
+            self.stopped_at = generation
+        periodic = self.checkpoint_every and generation % self.checkpoint_every == 0 and generation > 0
+        if self.checkpoint is not None and (periodic or self.stopped_at is not None):
+            return self.checkpoint(generation, self.stopped_at is not None)
         return None
 
     def _on_publish(self, generation: int) -> None:

@@ -1,0 +1,118 @@
+"""A stop signal ends the run at the next swap with a checkpoint that resumes exactly; past
+--stop-timeout, or at a second Ctrl-C, it stops at once; either way metrics.jsonl ends at the update
+the checkpoint holds, and nothing is printed after the final sentence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from harness import terminal_signals, wait_until
+
+from htsrl_aio import TrainConfig, train
+from htsrl_aio.cli import main as cli_main
+
+TESTS = Path(__file__).parent
+# Jittered steps (0-2 ms) keep the run going long enough for a signal to land in the middle of it.
+RUN = {"env": "envs_for_tests:jitter_cartpole", "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 40,
+       "workers": 2, "checkpoint_every": 0}
+
+
+def _flags(settings: dict) -> list[str]:
+    flags = []
+    for key, value in settings.items():
+        flags += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, tuple) else [value])]
+    return flags
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *,
+                   again_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+    """Start `htsrl-aio train`, send `sig` once it has written a metrics row (and again once `again_when()`
+    holds, if given); return its exit status and stderr."""
+    argv = [sys.executable, "-m", "htsrl_aio.cli", "train", *_flags(settings), "--logdir", str(run),
+            "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=terminal_signals, start_new_session=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "a metrics row")
+        proc.send_signal(sig)
+        if again_when is not None:
+            wait_until(lambda: again_when() or proc.poll() is not None, 60, "the second signal's moment")
+            proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("algo,mode,sig", [("ppo", "hts", signal.SIGINT), ("ppo", "sync", signal.SIGTERM),
+                                           ("a2c", "hts", signal.SIGHUP), ("a2c", "sync", signal.SIGINT)])
+def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tmp_path, algo, mode, sig):
+    settings = {**RUN, "algo": algo, "mode": mode}
+    if algo == "a2c":
+        settings["total_steps"] = 4 * 5 * 100  # a2c's rollout is 5 steps: as many env steps, more updates
+        settings["rollout"] = 5
+    full = train(TrainConfig(**settings, logdir=str(tmp_path / "full"), progress=False))
+
+    run = tmp_path / "stopped"
+    code, stderr = _signalled_run(run, settings, sig)
+    assert code == 128 + sig, stderr
+    stopped = torch.load(run / "checkpoint.pt", weights_only=True)
+    update = stopped["update"]
+    assert stopped["kind"] == "swap" and 0 < update < full["updates"], "the signal came too late"
+    assert stderr.endswith(f"stopped at the swap after update {update} with a checkpoint that resumes "
+                           f"exactly (checkpoints/update-{update:07d}.pt); workers stopped and shared memory "
+                           "freed.\n")
+    assert _rows(run)[-1]["update"] == update  # the checkpointed update's row is there
+
+    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert [r["update"] for r in _rows(run)] == list(range(1, full["updates"] + 1))
+    full_rows = _rows(tmp_path / "full")
+    assert [r["actions_sha256"] for r in _rows(run)] == [r["actions_sha256"] for r in full_rows]
+    assert _rows(run)[update]["resume_envs"] == "restored"
+
+
+def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its_checkpoint(tmp_path):
+    # A learner busy most of the time (many epochs), so the stop lands inside an update: that update
+    # finishes, and its row is written before checkpoint.pt names it.
+    settings = {**RUN, "epochs": 30, "hidden": (256,), "stop_timeout": 0}
+    run = tmp_path / "run"
+    code, stderr = _signalled_run(run, settings, signal.SIGTERM)
+    assert code == 143, stderr
+    stopped = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert stopped["kind"] == "stop" and stopped["optimizer"] is not None
+    assert "the next swap did not come within --stop-timeout 0 s, so it stopped at once with checkpoint.pt " \
+           f"of update {stopped['update']} (its envs restart on resume)" in stderr
+    assert _rows(run)[-1]["update"] == stopped["update"]
+
+    assert cli_main(["train", "--resume", str(run), "--no-progress", "--stop-timeout", "20"]) == 0
+    assert [r["update"] for r in _rows(run)] == list(range(1, 41))  # no update missing, none twice
+
+
+def test_a_second_ctrl_c_during_the_swap_checkpoint_prints_nothing_after_the_final_sentence(tmp_path):
+    # Large layers make the swap checkpoint slow to write, so the second Ctrl-C lands while it is written.
+    settings = {**RUN, "hidden": (2048, 2048)}
+    run = tmp_path / "run"
+
+    def checkpoint_being_written() -> bool:
+        return any((run / "checkpoints").glob(".*.tmp"))
+
+    code, stderr = _signalled_run(run, settings, signal.SIGINT, again_when=checkpoint_being_written)
+    assert code == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("htsrl-aio: interrupted; stopped at once with checkpoint.pt of update"), stderr
+    assert "never retrieved" not in stderr
