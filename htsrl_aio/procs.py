@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import multiprocessing
 import os
 import signal
 import sys
@@ -186,11 +187,19 @@ def _child_main(target: Callable[..., None], parent_pid: int, *args: Any) -> Non
     """Every child's entry: leave stop signals to the parent, die with the parent, lead a process group
     for whatever its envs start, then run `target`."""
     os.setpgid(0, 0)
+    _show_name()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _exit_with_parent(parent_pid)
     target(*args)
+
+
+def _show_name() -> None:
+    """Name the process after its WatchedChild (cut to the kernel's 15 characters: "htsrl-env-worke",
+    "htsrl-learner"), so that ps, top and /proc tell env workers from the learner, not all "python"."""
+    with contextlib.suppress(OSError):  # no /proc (not Linux)
+        Path("/proc/self/comm").write_text(multiprocessing.current_process().name[:15])
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -1,8 +1,11 @@
-"""WatchedChild: messages larger than the pipe buffer arrive whole (env states, optimizer states)."""
+"""WatchedChild: messages larger than the pipe buffer arrive whole (env states, optimizer states); a child
+shows its name in ps."""
 
 import asyncio
 import os
+from pathlib import Path
 
+import pytest
 import uvloop
 
 from htsrl_aio.procs import WatchedChild, close_children
@@ -61,3 +64,24 @@ def test_a_workers_commands_of_one_loop_iteration_travel_as_one_message(tmp_path
     commands = sum(sent)
     assert commands >= num_envs * rollout * updates  # every step (and reset) went to the worker
     assert len(sent) < commands / 2 and max(sent) == num_envs
+
+
+def say_ready(conn) -> None:
+    conn.send("ready")
+    conn.recv()  # until told to close
+
+
+async def comm_of_child(name: str) -> str:
+    ready = asyncio.get_running_loop().create_future()
+    child = WatchedChild(name, say_ready, (), ready.set_result, lambda code: None)
+    try:
+        await ready
+        return Path(f"/proc/{child.process.pid}/comm").read_text().strip()
+    finally:
+        await close_children([child])
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux /proc")
+def test_a_child_shows_its_name_in_ps(no_leaks):
+    # ps, top and the soak benchmark tell an env worker from the learner by it, not "python" for all.
+    assert uvloop.run(comm_of_child("htsrl-env-worker-3")) == "htsrl-env-worke"

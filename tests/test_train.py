@@ -201,3 +201,12 @@ def test_bad_config_file_is_one_sentence(tmp_path, capsys, text, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_train_help_shows_no_placeholder_for_a_default_made_by_a_factory(capsys):
+    from htsrl_aio.cli import main as cli_main
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--env-kwargs" in text and "MISSING" not in text  # was "(default: <..._MISSING_TYPE object>)"
