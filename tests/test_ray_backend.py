@@ -3,7 +3,6 @@ worker (stop in one sentence, or start it again), no answer within --env-timeout
 that started its own Ray instance leaves no Ray process behind."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import envs_for_tests_importable
+from harness import terminal_signals, wait_until
 
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
@@ -33,30 +33,17 @@ def actions_trace(run_dir: Path) -> list[str]:
     return [json.loads(line)["actions_sha256"] for line in lines]
 
 
-def ray_processes() -> list[str]:
-    """Command lines of this process's descendants (a local Ray instance's gcs_server, raylet, workers)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def ray_processes_on_this_machine() -> set[int]:
+    """Pids of every Ray process here (gcs_server, raylet, ray:: workers), whoever started them."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    mine, found = {os.getpid()}, True
-    while found:
-        found = False
-        for pid, parent in parents.items():
-            if parent in mine and pid not in mine:
-                mine.add(pid)
-                found = True
-    mine.discard(os.getpid())
-    lines = []
-    for pid in mine:
-        try:
-            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-    return [line for line in lines if "ray" in line]
+        if b"gcs_server" in text or b"raylet" in text or text.startswith(b"ray::"):
+            found.add(int(cmdline.parent.name))
+    return found
 
 
 @pytest.mark.usefixtures("ray_instance")
@@ -129,12 +116,10 @@ def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
 
 def test_a_run_that_started_ray_leaves_no_ray_process(tmp_path):
     assert not ray.is_initialized()
+    before = ray_processes_on_this_machine()
     summary = train(config(tmp_path / "run", ray_actors=2))
     assert summary["updates"] == UPDATES and not ray.is_initialized()
-    deadline = time.monotonic() + 20
-    while ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray_processes() == []
+    wait_until(lambda: not ray_processes_on_this_machine() - before, 20, "the run's Ray processes to exit")
 
 
 def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -163,3 +148,23 @@ def test_ray_errors_become_one_line_naming_what_the_actor_raised():
     assert _first_line(creation) == "ModuleNotFoundError: No module named 'my_envs'"
     killed = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: X")
     assert _first_line(killed) == "RuntimeError: The actor died unexpectedly before finishing this task."
+
+
+def test_sigterm_stops_at_the_swap_and_releases_every_actor_and_the_local_ray_instance(tmp_path):
+    run, before = tmp_path / "run", ray_processes_on_this_machine()
+    argv = [sys.executable, "-m", "htsrl_aio", "train", "--env-backend", "ray", "--ray-actors", "2",
+            "--num-envs", "4", "--rollout", "16", "--total-steps", "100000000", "--learner", "thread",
+            "--no-progress", "--logdir", str(run)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=terminal_signals)
+    try:
+        metrics = run / "metrics.jsonl"
+        wait_until(lambda: proc.poll() is not None or (metrics.exists() and metrics.read_text().count("\n")),
+                   120, "a metrics row")
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "stopped at the swap after update" in stderr
+    wait_until(lambda: not ray_processes_on_this_machine() - before, 30, "the run's Ray processes to exit")
