@@ -10,7 +10,7 @@ processes, on one machine or on several sharing the folder, work through the sam
     python benchmarks/suite.py run --jobs 4 --workers 1          # the default suite
     python benchmarks/suite.py run --smoke                       # CartPole, 3 seeds, 40k steps
     python benchmarks/suite.py run --envs Acrobot-v1 --algos ppo --seeds 1 2 3
-    python benchmarks/suite.py report --plots docs/img           # tables, report.json, one PNG per env
+    python benchmarks/suite.py report --plots docs/img           # tables, report.json, PNGs
 
 `--train-args` passes extra flags to every run (`--train-args="--ent-coef 0.01"`); give such a
 variant a --results folder of its own, since a finished cell is never rerun.
@@ -19,6 +19,7 @@ variant a --results folder of its own, since a finished cell is never rerun.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import json
 import os
@@ -31,13 +32,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from plotting import pyplot, save
 
+from htsrl_aio.config import ConfigError
 from htsrl_aio.outputs.plot import load_run
 from htsrl_aio.outputs.run_dir import CONFIG, SUMMARY
 
@@ -53,6 +55,7 @@ class EnvPlan:
     total_steps: int
     seeds: tuple[int, ...]
     algos: tuple[str, ...] = ("ppo", "a2c")
+    presets: dict[str, str] = field(default_factory=dict)  # algo -> --preset, where defaults do not fit
 
 
 TEN_SEEDS = tuple(range(1, 11))
@@ -61,7 +64,10 @@ SUITES: dict[str, tuple[EnvPlan, ...]] = {
     "default": (
         EnvPlan("CartPole-v1", 300_000, TEN_SEEDS),
         EnvPlan("Acrobot-v1", 100_000, TEN_SEEDS),
-        EnvPlan("LunarLander-v3", 1_000_000, TEN_SEEDS),
+        EnvPlan("LunarLander-v3", 1_000_000, TEN_SEEDS, presets={"ppo": "box2d-ppo", "a2c": "box2d-a2c"}),
+        # A Dict observation (image, direction, mission text) with sparse reward; PPO only, as its one
+        # published reference is.
+        EnvPlan("MiniGrid-Empty-Random-5x5-v0", 100_000, TEN_SEEDS, algos=("ppo",)),
     ),
     # CI: a short PPO budget that learns well above chance (CartPole's random policy averages 22).
     "smoke": (EnvPlan("CartPole-v1", 40_000, (1, 2, 3), algos=("ppo",)),),
@@ -90,11 +96,14 @@ REFERENCES: dict[tuple[str, str], tuple[Reference, ...]] = {
     ("Acrobot-v1", "a2c"): (Reference(-83.4, "SB3 zoo A2C, 500k steps"),),
     ("LunarLander-v3", "ppo"): (Reference(242.1, "SB3 zoo PPO (LunarLander-v2), 1M steps"),),
     ("LunarLander-v3", "a2c"): (Reference(155.8, "SB3 zoo A2C (LunarLander-v2), 200k steps"),),
+    ("MiniGrid-Empty-Random-5x5-v0", "ppo"): (
+        Reference(0.968, "SB3 zoo PPO (FlatObsWrapper), 100k steps"),),
 }
 
 # Mean return of the uniform random policy (100 episodes, reset seeds 0-99, gymnasium 1.x, measured
 # 2026-11-30): the zero of the normalised score, so that 1.0 is the reference.
-RANDOM_RETURNS = {"CartPole-v1": 23.7, "Acrobot-v1": -497.1, "LunarLander-v3": -192.0}
+RANDOM_RETURNS = {"CartPole-v1": 23.7, "Acrobot-v1": -497.1, "LunarLander-v3": -192.0,
+                  "MiniGrid-Empty-Random-5x5-v0": 0.213}
 
 # The issue's per-seed learning targets: a seed "learns" when its final mean return reaches this.
 TARGETS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0}
@@ -107,6 +116,7 @@ class Cell:
     mode: str
     seed: int
     total_steps: int
+    preset: str | None = None
 
     def run_dir(self, results: Path) -> Path:
         return results / self.env / f"{self.algo}-{self.mode}-s{self.seed}"
@@ -123,8 +133,8 @@ def plan_cells(plans: Iterable[EnvPlan], envs: list[str] | None, algos: list[str
             if algo not in plan.algos or (algos is not None and algo not in algos):
                 continue
             for seed in plan.seeds if seeds is None else seeds:
-                cells += [Cell(plan.env, algo, mode, seed, total_steps or plan.total_steps)
-                          for mode in modes]
+                cells += [Cell(plan.env, algo, mode, seed, total_steps or plan.total_steps,
+                               plan.presets.get(algo)) for mode in modes]
     return cells
 
 
@@ -172,7 +182,26 @@ def train_command(cell: Cell, run_dir: Path, workers: int, train_args: list[str]
     return [sys.executable, "-m", "htsrl_aio", "train", "--env", cell.env, "--algo", cell.algo,
             "--mode", cell.mode, "--seed", str(cell.seed), "--total-steps", str(cell.total_steps),
             "--workers", str(workers), "--logdir", str(run_dir), "--no-progress",
-            "--checkpoint-every", "0", *train_args]
+            "--checkpoint-every", "0", *(["--preset", cell.preset] if cell.preset else []), *train_args]
+
+
+# The SB3 zoo's references are one trained agent's deterministic return, so each cell's final policy is
+# also played that way (greedy actions, episode seeds derived from the run seed) next to the training
+# curve's last-100-episode mean, which a stochastic policy keeps lower.
+EVAL_EPISODES = 20
+EVAL_FILE = "eval.json"
+
+
+def evaluate_cell(run_dir: Path) -> float:
+    """Play a finished cell's final policy greedily for EVAL_EPISODES episodes; write and return the mean."""
+    from htsrl_aio.evaluate import evaluate
+
+    result = asyncio.run(evaluate(run_dir, episodes=EVAL_EPISODES, deterministic=True))
+    tmp = run_dir / f"{EVAL_FILE}.tmp"
+    tmp.write_text(json.dumps({"episodes": EVAL_EPISODES, "deterministic": True, "mean": result.mean,
+                               "returns": result.returns}) + "\n")
+    tmp.replace(run_dir / EVAL_FILE)
+    return result.mean
 
 
 def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str]) -> str:
@@ -180,6 +209,11 @@ def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str]) -> 
     run_dir = cell.run_dir(results)
     name = f"{cell.env} {cell.algo}-{cell.mode}-s{cell.seed}"
     if (run_dir / SUMMARY).is_file():
+        if not (run_dir / EVAL_FILE).is_file():  # finished before cells were evaluated
+            try:
+                return f"{name}: finished already; deterministic eval {evaluate_cell(run_dir):.1f}"
+            except ConfigError as exc:
+                return f"{name}: finished already; not evaluated: {exc}"
         return f"{name}: finished already"
     with cell_lock(run_dir) as held:
         if not held:
@@ -197,8 +231,8 @@ def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str]) -> 
             return f"{name}: FAILED (exit status {rc}, see {log})"
         # The cell's whole time, process start-up and teardown included (summary.json has the run's).
         (run_dir / "cell.json").write_text(json.dumps({"cell_seconds": round(seconds, 1)}) + "\n")
-        return f"{name}: {json.loads((run_dir / SUMMARY).read_text())['episode_return_mean']} " \
-               f"in {seconds:.0f}s"
+        return f"{name}: {json.loads((run_dir / SUMMARY).read_text())['episode_return_mean']:.1f} " \
+               f"in {seconds:.0f}s; deterministic eval {evaluate_cell(run_dir):.1f}"
 
 
 def run_cells(cells: list[Cell], results: Path, jobs: int, workers: int,
@@ -222,6 +256,7 @@ class Run:
     best_return: float
     wall_time_s: float
     cell_seconds: float | None
+    eval_return: float | None  # the final policy's deterministic return (EVAL_FILE), None before it
     curve: list[tuple[int, float, float]]  # (global_step, wall_time_s, mean return of the last 100)
 
 
@@ -235,12 +270,15 @@ def load_runs(results: Path) -> list[Run]:
         _, rows = load_run(run_dir)
         curve = [(r["global_step"], r["wall_time_s"], r["episode_return_mean"]) for r in rows
                  if r["episode_return_mean"] is not None]
-        cell_file = run_dir / "cell.json"
+        cell_file, eval_file = run_dir / "cell.json", run_dir / EVAL_FILE
         runs.append(Run(env=run_dir.parent.name, algo=config["algo"], mode=config["mode"],
                         seed=config["seed"], final_return=summary["episode_return_mean"],
                         best_return=max(ret for _, _, ret in curve), wall_time_s=summary["wall_time_s"],
                         cell_seconds=json.loads(cell_file.read_text())["cell_seconds"]
-                        if cell_file.is_file() else None, curve=curve))
+                        if cell_file.is_file() else None,
+                        eval_return=json.loads(eval_file.read_text())["mean"]
+                        if eval_file.is_file() else None,
+                        curve=curve))
     return runs
 
 
@@ -252,24 +290,47 @@ def normalise(env: str, algo: str, score: np.ndarray) -> np.ndarray | None:
     return (score - RANDOM_RETURNS[env]) / (refs[0].score - RANDOM_RETURNS[env])
 
 
-def iqm_with_ci(scores: dict[str, np.ndarray], reps: int) -> dict[str, tuple[float, float, float]]:
-    """IQM and its stratified-bootstrap 95% percentile CI for each (runs x tasks) score matrix.
+def interval_estimates(scores: dict[str, np.ndarray], func: Callable[[np.ndarray], Any],
+                       reps: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`func` of each (runs x tasks) score matrix with its stratified-bootstrap 95% percentile CI.
 
-    This is rliable's `get_interval_estimates(scores, aggregate_iqm)`, bootstrapped here because
-    rliable 1.2.0 (its latest release) passes `random_state` to arch's bootstrap, which arch 8 refuses,
-    and arch 7 does not import with pandas 3. Runs are resampled with replacement within each task.
+    This is rliable's `get_interval_estimates`, bootstrapped here because rliable 1.2.0 (its latest
+    release) passes `random_state` to arch's bootstrap, which arch 8 refuses, and arch 7 does not
+    import with pandas 3. Runs are resampled with replacement within each task.
     """
-    from rliable.metrics import aggregate_iqm
-
     rng = np.random.default_rng(0)  # the same report from the same runs
     estimates = {}
     for name, matrix in scores.items():
         runs, tasks = matrix.shape
         picks = rng.integers(0, runs, size=(reps, runs, tasks))
         resampled = np.take_along_axis(matrix[None], picks, axis=1)
-        low, high = np.percentile([aggregate_iqm(sample) for sample in resampled], [2.5, 97.5])
-        estimates[name] = (float(aggregate_iqm(matrix)), float(low), float(high))
+        low, high = np.percentile([func(sample) for sample in resampled], [2.5, 97.5], axis=0)
+        estimates[name] = (np.asarray(func(matrix)), low, high)
     return estimates
+
+
+def iqm_with_ci(scores: dict[str, np.ndarray], reps: int) -> dict[str, tuple[float, float, float]]:
+    """rliable's interquartile mean of each (runs x tasks) matrix, with its 95% CI."""
+    from rliable.metrics import aggregate_iqm
+
+    return {name: (float(point), float(low), float(high))
+            for name, (point, low, high) in interval_estimates(scores, aggregate_iqm, reps).items()}
+
+
+# Thresholds of the performance profiles, in normalised score (0: random policy, 1: the reference).
+PROFILE_TAUS = np.linspace(0.0, 1.2, 61)
+
+
+def performance_profiles(scores: dict[str, np.ndarray], reps: int) -> dict[str, dict[str, list[float]]]:
+    """rliable's score distribution per mode (the fraction of runs, over all tasks, whose normalised
+    score exceeds each tau in PROFILE_TAUS) with its 95% CI band."""
+    from rliable.library import score_distributions
+
+    def profile(matrix: np.ndarray) -> np.ndarray:
+        return score_distributions(matrix, PROFILE_TAUS)
+
+    return {name: {"fraction": point.tolist(), "low": low.tolist(), "high": high.tolist()}
+            for name, (point, low, high) in interval_estimates(scores, profile, reps).items()}
 
 
 def parity(hts: tuple[float, float, float], sync: tuple[float, float, float]) -> dict[str, Any]:
@@ -298,12 +359,15 @@ def env_algo_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
         target = TARGETS.get(env)
         for mode, rs in by_mode.items():
             cell_times = [r.cell_seconds for r in rs if r.cell_seconds is not None]
+            evals = [r.eval_return for r in rs if r.eval_return is not None]
             row[mode] = {
-                "seeds": len(rs), "final_returns": [round(r.final_return, 1) for r in rs],
+                "seeds": len(rs), "final_returns": [round(r.final_return, 3) for r in rs],
                 "mean": float(np.mean([r.final_return for r in rs])),
                 "reached_target": None if target is None else sum(r.final_return >= target for r in rs),
                 "ever_reached_target": None if target is None else sum(r.best_return >= target for r in rs),
                 "cell_seconds_mean": float(np.mean(cell_times)) if cell_times else None,
+                "eval_returns": [round(e, 3) for e in evals],
+                "eval_mean": float(np.mean(evals)) if len(evals) == len(rs) else None,
                 "sps_mean": float(np.mean([r.curve[-1][0] / r.wall_time_s for r in rs])),
             }
         rows.append(row)
@@ -322,7 +386,10 @@ def aggregate_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
         seeds_by_env = {e: set.intersection(*[_seeds(runs, e, algo, m) for m in MODES])
                         for e in dict.fromkeys(r.env for r in runs if r.algo == algo)
                         if normalise(e, algo, np.zeros(1)) is not None}
-        envs = [e for e, seeds in seeds_by_env.items() if seeds]
+        # rliable needs the same runs for every task: the envs run with the most seeds (an env with
+        # fewer, a long budget run on a few seeds, stays in the per-env rows only).
+        most = max((len(seeds) for seeds in seeds_by_env.values()), default=0)
+        envs = [e for e, seeds in seeds_by_env.items() if seeds and len(seeds) == most]
         seeds = set.intersection(*[seeds_by_env[e] for e in envs]) if envs else set()
         if not seeds:
             continue
@@ -333,7 +400,7 @@ def aggregate_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
                                      for e in envs], axis=1)
         iqm = iqm_with_ci(scores, reps)
         rows.append({"algo": algo, "envs": envs, "seeds": len(seeds), "normalised": iqm,
-                     **parity(iqm["hts"], iqm["sync"])})
+                     **parity(iqm["hts"], iqm["sync"]), "profiles": performance_profiles(scores, reps)})
     return rows
 
 
@@ -343,8 +410,9 @@ def _ci(value: tuple[float, float, float], digits: int) -> str:
 
 def markdown(per_env: list[dict[str, Any]], aggregate: list[dict[str, Any]]) -> str:
     lines = ["| env | algo | mode | seeds | IQM final return [95% CI] | normalised IQM [95% CI] | "
-             "final >= target | mean | cell s | hts vs sync (normalised IQM) | CIs overlap |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "final >= target | mean | deterministic eval, mean | cell s | hts vs sync (normalised IQM) | "
+             "CIs overlap |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in per_env:
         for mode in MODES:
             m = row[mode]
@@ -355,8 +423,12 @@ def markdown(per_env: list[dict[str, Any]], aggregate: list[dict[str, Any]]) -> 
             if mode == "hts" and "parity" in row:
                 verdict = [f"{row['hts_vs_sync']:+.1%}", "yes" if row["cis_overlap"] else "no"]
             cell_s = "-" if m["cell_seconds_mean"] is None else f"{m['cell_seconds_mean']:.0f}"
+            digits = 3 if abs(row["raw"][mode][0]) < 10 else 1  # MiniGrid's returns are below 1
+            evaluated = "-" if m["eval_mean"] is None else f"{m['eval_mean']:.{digits}f}"
             lines.append(f"| {row['env']} | {row['algo']} | {mode} | {m['seeds']} | "
-                         f"{_ci(row['raw'][mode], 1)} | {norm} | {target} | {m['mean']:.1f} | {cell_s} | "
+                         f"{_ci(row['raw'][mode], digits)} | {norm} | {target} | {m['mean']:.{digits}f} | "
+                         f"{evaluated} | "
+                         f"{cell_s} | "
                          f"{verdict[0]} | {verdict[1]} |")
     lines += ["", "| algo | envs | seeds | mode | normalised IQM [95% CI] | hts vs sync | CIs overlap |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -415,6 +487,29 @@ def plot_env(env: str, runs: list[Run], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_profiles(aggregate: list[dict[str, Any]], out: Path) -> None:
+    """One panel per algorithm: hts and sync performance profiles over the suite's envs (rliable's
+    score distributions, Agarwal et al. 2021, Figure 5), with their 95% bands."""
+    plt = pyplot()
+    if plt is None or not aggregate:
+        return
+    fig, axes = plt.subplots(1, len(aggregate), figsize=(6 * len(aggregate), 4), squeeze=False)
+    for ax, row in zip(axes[0], aggregate):
+        for mode in MODES:
+            profile = row["profiles"][mode]
+            ax.plot(PROFILE_TAUS, profile["fraction"], color=MODE_COLORS[mode], label=mode)
+            ax.fill_between(PROFILE_TAUS, profile["low"], profile["high"], color=MODE_COLORS[mode],
+                            alpha=0.2)
+        ax.set_xlabel("normalised score τ (0: random policy, 1: published reference)")
+        ax.set_ylabel("fraction of runs with score > τ")
+        ax.set_title(f"{row['algo'].upper()}: {', '.join(row['envs'])}, {row['seeds']} seeds")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    save(fig, out)
+    plt.close(fig)
+
+
 def report(results: Path, plots: Path, reps: int) -> dict[str, Any]:
     """Write report.md and report.json into `results` and one PNG per env into `plots`."""
     runs = load_runs(results)
@@ -426,6 +521,7 @@ def report(results: Path, plots: Path, reps: int) -> dict[str, Any]:
     print(text)
     for env in dict.fromkeys(r.env for r in runs):
         plot_env(env, [r for r in runs if r.env == env], plots / f"learning-{env}.png")
+    plot_profiles(aggregate, plots / "learning-profiles.png")
     return {"per_env": per_env, "aggregate": aggregate}
 
 

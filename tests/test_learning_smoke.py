@@ -2,10 +2,12 @@
 and sync, through the suite's own runner and report. It asserts learning, not parity: three seeds
 cannot tell hts from sync (docs/learning.md has the ten-seed suite that does)."""
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,7 +30,16 @@ def test_smoke_suite_learns_and_reports(tmp_path, no_leaks):
         assert row[mode]["mean"] >= LEARNED_RETURN, row
         low, iqm, high = row["raw"][mode][1], row["raw"][mode][0], row["raw"][mode][2]
         assert low <= iqm <= high
-    assert (tmp_path / "plots" / "learning-CartPole-v1.png").stat().st_size > 0
+        # every cell's final policy was also played greedily, as the SB3 zoo's references are
+        assert len(row[mode]["eval_returns"]) == 3 and row[mode]["eval_mean"] >= LEARNED_RETURN, row
+    (aggregate,) = result["aggregate"]
+    for mode in suite.MODES:
+        profile = aggregate["profiles"][mode]["fraction"]
+        assert all(a >= b for a, b in itertools.pairwise(profile)), profile  # a survival curve
+        above_random = np.mean(np.array(row[mode]["final_returns"]) > suite.RANDOM_RETURNS["CartPole-v1"])
+        assert profile[0] == pytest.approx(above_random)  # tau 0 is the random policy's return
+    for png in ("learning-CartPole-v1.png", "learning-profiles.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 0
     assert json.loads((tmp_path / "report.json").read_text())["per_env"][0]["env"] == "CartPole-v1"
 
 
@@ -37,6 +48,9 @@ def test_finished_cells_are_skipped_and_held_cells_left_alone(tmp_path):
     run_dir = cell.run_dir(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text("{}")
+    # finished before cells were evaluated, and with no checkpoint to evaluate: said, not raised
+    assert "finished already; not evaluated: " in suite.run_cell(cell, tmp_path, workers=1, train_args=[])
+    (run_dir / suite.EVAL_FILE).write_text("{}")
     assert suite.run_cell(cell, tmp_path, workers=1, train_args=[]).endswith("finished already")
 
     other = suite.Cell("CartPole-v1", "ppo", "sync", 1, 1000)
