@@ -59,15 +59,23 @@ class EnvPlan:
 
 
 TEN_SEEDS = tuple(range(1, 11))
+FIVE_SEEDS = tuple(range(1, 6))  # for the envs whose cells take minutes, not seconds
 SUITES: dict[str, tuple[EnvPlan, ...]] = {
-    # Classic control first: all of it fits a 2-core machine in a few hours of background time.
+    # One cell at a time on 2 cores: classic control and MiniGrid about 2 hours, LunarLander, MinAtar
+    # and HalfCheetah about 5 more (cells of 5-20 minutes).
     "default": (
         EnvPlan("CartPole-v1", 300_000, TEN_SEEDS),
         EnvPlan("Acrobot-v1", 100_000, TEN_SEEDS),
-        EnvPlan("LunarLander-v3", 1_000_000, TEN_SEEDS, presets={"ppo": "box2d-ppo", "a2c": "box2d-a2c"}),
+        EnvPlan("LunarLander-v3", 1_000_000, FIVE_SEEDS, presets={"ppo": "box2d-ppo", "a2c": "box2d-a2c"}),
         # A Dict observation (image, direction, mission text) with sparse reward; PPO only, as its one
         # published reference is.
         EnvPlan("MiniGrid-Empty-Random-5x5-v0", 100_000, TEN_SEEDS, algos=("ppo",)),
+        # Small-image arcade games (10x10 boolean channels, flattened into the MLP); no published PPO
+        # number at this budget, so they are compared hts against sync only.
+        EnvPlan("MinAtar/Breakout-v1", 1_000_000, FIVE_SEEDS, algos=("ppo",)),
+        EnvPlan("MinAtar/SpaceInvaders-v1", 1_000_000, FIVE_SEEDS, algos=("ppo",)),
+        # MuJoCo: 1M steps of the continuous-control preset is about 20 minutes a cell on 2 cores.
+        EnvPlan("HalfCheetah-v5", 1_000_000, (1, 2, 3), algos=("ppo",), presets={"ppo": "mujoco-ppo"}),
     ),
     # CI: a short PPO budget that learns well above chance (CartPole's random policy averages 22).
     "smoke": (EnvPlan("CartPole-v1", 40_000, (1, 2, 3), algos=("ppo",)),),
@@ -96,6 +104,8 @@ REFERENCES: dict[tuple[str, str], tuple[Reference, ...]] = {
     ("Acrobot-v1", "a2c"): (Reference(-83.4, "SB3 zoo A2C, 500k steps"),),
     ("LunarLander-v3", "ppo"): (Reference(242.1, "SB3 zoo PPO (LunarLander-v2), 1M steps"),),
     ("LunarLander-v3", "a2c"): (Reference(155.8, "SB3 zoo A2C (LunarLander-v2), 200k steps"),),
+    ("HalfCheetah-v5", "ppo"): (
+        Reference(1442.6, "CleanRL ppo_continuous_action (HalfCheetah-v4), 1M steps"),),
     ("MiniGrid-Empty-Random-5x5-v0", "ppo"): (
         Reference(0.968, "SB3 zoo PPO (FlatObsWrapper), 100k steps"),),
 }
@@ -103,7 +113,7 @@ REFERENCES: dict[tuple[str, str], tuple[Reference, ...]] = {
 # Mean return of the uniform random policy (100 episodes, reset seeds 0-99, gymnasium 1.x, measured
 # 2026-11-30): the zero of the normalised score, so that 1.0 is the reference.
 RANDOM_RETURNS = {"CartPole-v1": 23.7, "Acrobot-v1": -497.1, "LunarLander-v3": -192.0,
-                  "MiniGrid-Empty-Random-5x5-v0": 0.213}
+                  "MiniGrid-Empty-Random-5x5-v0": 0.213, "HalfCheetah-v5": -267.7}
 
 # The issue's per-seed learning targets: a seed "learns" when its final mean return reaches this.
 TARGETS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0}
@@ -119,7 +129,12 @@ class Cell:
     preset: str | None = None
 
     def run_dir(self, results: Path) -> Path:
-        return results / self.env / f"{self.algo}-{self.mode}-s{self.seed}"
+        return results / env_slug(self.env) / f"{self.algo}-{self.mode}-s{self.seed}"
+
+
+def env_slug(env: str) -> str:
+    """An env id as one file-name component (MinAtar/Breakout-v1 -> MinAtar-Breakout-v1)."""
+    return env.replace("/", "-")
 
 
 def plan_cells(plans: Iterable[EnvPlan], envs: list[str] | None, algos: list[str] | None,
@@ -271,7 +286,7 @@ def load_runs(results: Path) -> list[Run]:
         curve = [(r["global_step"], r["wall_time_s"], r["episode_return_mean"]) for r in rows
                  if r["episode_return_mean"] is not None]
         cell_file, eval_file = run_dir / "cell.json", run_dir / EVAL_FILE
-        runs.append(Run(env=run_dir.parent.name, algo=config["algo"], mode=config["mode"],
+        runs.append(Run(env=config["env"], algo=config["algo"], mode=config["mode"],
                         seed=config["seed"], final_return=summary["episode_return_mean"],
                         best_return=max(ret for _, _, ret in curve), wall_time_s=summary["wall_time_s"],
                         cell_seconds=json.loads(cell_file.read_text())["cell_seconds"]
@@ -355,7 +370,9 @@ def env_algo_rows(runs: list[Run], reps: int) -> list[dict[str, Any]]:
         normalised = {m: normalise(env, algo, s) for m, s in raw.items()}
         if all(v is not None for v in normalised.values()):
             row["normalised"] = iqm_with_ci(normalised, reps)
-            row.update(parity(row["normalised"]["hts"], row["normalised"]["sync"]))
+            row.update(parity(row["normalised"]["hts"], row["normalised"]["sync"]), parity_on="normalised")
+        else:  # no published reference: compare the raw returns
+            row.update(parity(row["raw"]["hts"], row["raw"]["sync"]), parity_on="raw")
         target = TARGETS.get(env)
         for mode, rs in by_mode.items():
             cell_times = [r.cell_seconds for r in rs if r.cell_seconds is not None]
@@ -410,8 +427,8 @@ def _ci(value: tuple[float, float, float], digits: int) -> str:
 
 def markdown(per_env: list[dict[str, Any]], aggregate: list[dict[str, Any]]) -> str:
     lines = ["| env | algo | mode | seeds | IQM final return [95% CI] | normalised IQM [95% CI] | "
-             "final >= target | mean | deterministic eval, mean | cell s | hts vs sync (normalised IQM) | "
-             "CIs overlap |",
+             "final >= target | mean | deterministic eval, mean | cell s | "
+             "hts vs sync (normalised IQM, else raw) | CIs overlap |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in per_env:
         for mode in MODES:
@@ -421,7 +438,8 @@ def markdown(per_env: list[dict[str, Any]], aggregate: list[dict[str, Any]]) -> 
                 f"{m['reached_target']}/{m['seeds']} (>= {TARGETS[row['env']]:g})"
             verdict = ["", ""]
             if mode == "hts" and "parity" in row:
-                verdict = [f"{row['hts_vs_sync']:+.1%}", "yes" if row["cis_overlap"] else "no"]
+                on_raw = " (raw)" if row["parity_on"] == "raw" else ""
+                verdict = [f"{row['hts_vs_sync']:+.1%}{on_raw}", "yes" if row["cis_overlap"] else "no"]
             cell_s = "-" if m["cell_seconds_mean"] is None else f"{m['cell_seconds_mean']:.0f}"
             digits = 3 if abs(row["raw"][mode][0]) < 10 else 1  # MiniGrid's returns are below 1
             evaluated = "-" if m["eval_mean"] is None else f"{m['eval_mean']:.{digits}f}"
@@ -502,7 +520,8 @@ def plot_profiles(aggregate: list[dict[str, Any]], out: Path) -> None:
                             alpha=0.2)
         ax.set_xlabel("normalised score τ (0: random policy, 1: published reference)")
         ax.set_ylabel("fraction of runs with score > τ")
-        ax.set_title(f"{row['algo'].upper()}: {', '.join(row['envs'])}, {row['seeds']} seeds")
+        ax.set_title(f"{row['algo'].upper()}, {row['seeds']} seeds per mode\n{', '.join(row['envs'])}",
+                     fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
@@ -520,7 +539,7 @@ def report(results: Path, plots: Path, reps: int) -> dict[str, Any]:
                                                     indent=1) + "\n")
     print(text)
     for env in dict.fromkeys(r.env for r in runs):
-        plot_env(env, [r for r in runs if r.env == env], plots / f"learning-{env}.png")
+        plot_env(env, [r for r in runs if r.env == env], plots / f"learning-{env_slug(env)}.png")
     plot_profiles(aggregate, plots / "learning-profiles.png")
     return {"per_env": per_env, "aggregate": aggregate}
 

@@ -43,11 +43,11 @@ BASE_DEFAULTS: dict[str, Any] = {
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {
         "rollout": 64, "lr": 1e-3, "optimizer": "adam", "anneal_lr": True, "gae_lambda": 0.95,
-        "epochs": 4, "minibatches": 4, "ent_coef": 0.0,
+        "epochs": 4, "minibatches": 4, "ent_coef": 0.0, "clip_vloss": True,
     },
     "a2c": {
         "rollout": 5, "lr": 7e-4, "optimizer": "rmsprop", "anneal_lr": True, "gae_lambda": 1.0,
-        "epochs": 1, "minibatches": 1, "ent_coef": 0.0,
+        "epochs": 1, "minibatches": 1, "ent_coef": 0.0, "clip_vloss": False,  # A2C has no value clip
     },
 }
 
@@ -85,12 +85,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5,
     },
     # Box2D's discrete-action tasks (LunarLander): the SB3 zoo's tuned settings for LunarLander (16 envs x
-    # 1024 steps in minibatches of 64, gamma 0.999, an entropy bonus); the classic-control defaults hover
-    # above the pad until the episode ends instead of landing (docs/learning.md).
+    # 1024 steps in minibatches of 64, gamma 0.999, an entropy bonus, and SB3's unclipped value loss: its
+    # returns reach +-100 in a step, and a value clip of 0.2 holds the critic back); the classic-control
+    # defaults hover above the pad instead of landing (docs/learning.md).
     "box2d-ppo": {
         "algo": "ppo", "num_envs": 16, "rollout": 1024, "epochs": 4, "minibatches": 256, "lr": 3e-4,
-        "optimizer": "adam", "anneal_lr": False, "clip_coef": 0.2, "ent_coef": 0.01, "vf_coef": 0.5,
-        "gamma": 0.999, "gae_lambda": 0.98, "max_grad_norm": 0.5,
+        "optimizer": "adam", "anneal_lr": False, "clip_coef": 0.2, "clip_vloss": False, "ent_coef": 0.01,
+        "vf_coef": 0.5, "gamma": 0.999, "gae_lambda": 0.98, "max_grad_norm": 0.5,
     },
     "box2d-a2c": {
         "algo": "a2c", "num_envs": 8, "rollout": 5, "lr": 8.3e-4, "optimizer": "rmsprop", "anneal_lr": True,
@@ -181,7 +182,7 @@ class TrainConfig:
         "from and importance-weights the lag (decoupled PPO); 'behaviour' clips the ratio against the "
         "policy that acted, as the released HTS-RL code does; sync mode is the same either way",
         default="current")
-    clip_vloss: bool = _opt("clip the PPO value loss with the same range", default=True)
+    clip_vloss: bool | None = _opt("clip the PPO value loss with the same range", default=None)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)
     ent_coef: float | None = _opt("entropy bonus coefficient", default=None)
     vf_coef: float | None = _opt("value loss coefficient", default=None)
