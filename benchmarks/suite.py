@@ -338,11 +338,13 @@ PROFILE_TAUS = np.linspace(0.0, 1.2, 61)
 
 def performance_profiles(scores: dict[str, np.ndarray], reps: int) -> dict[str, dict[str, list[float]]]:
     """rliable's score distribution per mode (the fraction of runs, over all tasks, whose normalised
-    score exceeds each tau in PROFILE_TAUS) with its 95% CI band."""
-    from rliable.library import score_distributions
+    score exceeds each tau in PROFILE_TAUS) with its 95% CI band.
+
+    `rliable.library.score_distributions` computes the same, but importing `rliable.library` imports
+    arch, which does not import with pandas 3 (see `interval_estimates`)."""
 
     def profile(matrix: np.ndarray) -> np.ndarray:
-        return score_distributions(matrix, PROFILE_TAUS)
+        return (matrix[..., None] > PROFILE_TAUS).mean(axis=(0, 1))
 
     return {name: {"fraction": point.tolist(), "low": low.tolist(), "high": high.tolist()}
             for name, (point, low, high) in interval_estimates(scores, profile, reps).items()}
