@@ -7,7 +7,15 @@ env worker imports htsrl_aio.envs.worker) does not load torch and the runtime.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# Intel MKL (torch's CPU BLAS) may pick different kernels, and so round differently, from call to call
+# on AVX-512 machines (seen: a resumed run drifting from the uninterrupted one in the 7th digit).
+# Conditional Numerical Reproducibility in strict mode fixes its results. MKL reads this when it first
+# runs, so it is set before any torch work; processes this one starts inherit it. A user's own value
+# wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

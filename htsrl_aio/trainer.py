@@ -93,7 +93,11 @@ class Trainer:
         self._stop_timer: asyncio.TimerHandle | None = None
         self._stop_timed_out = False
         self._stopped_at_swap = False  # the swap checkpoint of a requested stop is written
-        self.stop_note = ""  # how an early stop ended: which checkpoint holds the run, and how it resumes
+        # How an early stop ended: which checkpoint holds the run, and how it resumes. Until this session
+        # writes one, a resumed run is where the checkpoint it resumed from left it.
+        self.stop_note = "" if resume_from is None else (
+            "stopped before its first update since resuming; the run stays at update "
+            f"{resume_from['update']}, its checkpoints unchanged")
 
     async def __aenter__(self) -> Trainer:
         try:
@@ -449,6 +453,9 @@ def _determinism_note(cfg: TrainConfig, device: torch.device) -> str:
     if device.type == "cuda":
         return ("best effort on CUDA: padded batches and deterministic algorithms, but GPU kernels are not "
                 "guaranteed bit-identical across runs")
+    if torch.backends.mkl.is_available() and "STRICT" not in os.environ.get("MKL_CBWR", "").upper():
+        return (f"not guaranteed: MKL_CBWR={os.environ.get('MKL_CBWR', '')} is not strict, and MKL then may "
+                "round differently from run to run (unset it, or use AUTO,STRICT as htsrl_aio does)")
     return ("bit-identical across workers, max_batch and timing (CPU; same torch_threads and "
             "inference_block)")
 

@@ -66,6 +66,27 @@ def test_same_seed_same_bits_whatever_workers_batching_or_timing(tmp_path, no_le
     assert any(r["episodes"] > 0 for r in read_metrics(tmp_path / "a"))  # autoresets happened
 
 
+@pytest.mark.parametrize("user_value,expected", [(None, "AUTO,STRICT"), ("AVX2,STRICT", "AVX2,STRICT")])
+def test_importing_htsrl_aio_makes_mkl_strict_unless_the_user_chose(user_value, expected):
+    # Without strict mode, the runs of the test above differed in their last bits on an AVX-512 Xeon.
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if user_value is not None:
+        env["MKL_CBWR"] = user_value
+    code = "import os, htsrl_aio; print(os.environ['MKL_CBWR'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected
+
+
+def test_a_run_whose_mkl_is_not_strict_says_so(run_dir, no_leaks, monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    train(small(run_dir, total_steps=64))
+    note = json.loads((run_dir / "config.json").read_text())["determinism"]
+    if torch.backends.mkl.is_available():
+        assert note.startswith("not guaranteed: MKL_CBWR=AUTO is not strict"), note
+    else:  # no MKL: nothing to warn about
+        assert note.startswith("bit-identical"), note
+
+
 def test_a_different_seed_gives_a_different_run_and_diff_names_the_update(tmp_path, no_leaks, capsys):
     train(small(tmp_path / "a", seed=1))
     train(small(tmp_path / "b", seed=1, workers=1))
