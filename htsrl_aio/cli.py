@@ -133,11 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"htsrl-aio: run failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("htsrl-aio: interrupted; workers stopped and shared memory freed.", file=sys.stderr)
+        print("htsrl-aio: interrupted; envs stopped and shared memory freed.", file=sys.stderr)
         return 130
     except _Terminated as exc:
         note = f"; {exc.note}" if exc.note else ""
-        print(f"htsrl-aio: {exc.what}{note}; workers stopped and shared memory freed.", file=sys.stderr)
+        print(f"htsrl-aio: {exc.what}{note}; envs stopped and shared memory freed.", file=sys.stderr)
         return 128 + exc.signum
     ret = summary["episode_return_mean"]
     print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "

@@ -2,6 +2,7 @@
 --stop-timeout, or at a second Ctrl-C, it stops at once; either way metrics.jsonl ends at the update
 the checkpoint holds, and nothing is printed after the final sentence."""
 
+import asyncio
 import json
 import os
 import signal
@@ -14,8 +15,10 @@ import pytest
 import torch
 from harness import terminal_signals, wait_until
 
-from htsrl_aio import TrainConfig, train
+from htsrl_aio import TrainConfig, checkpoint, train
 from htsrl_aio.cli import main as cli_main
+from htsrl_aio.trainer import Trainer
+from htsrl_aio.training import run_event_loop
 
 TESTS = Path(__file__).parent
 # Jittered steps (0-2 ms) keep the run going long enough for a signal to land in the middle of it.
@@ -72,7 +75,7 @@ def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tm
     update = stopped["update"]
     assert stopped["kind"] == "swap" and 0 < update < full["updates"], "the signal came too late"
     assert stderr.endswith(f"stopped at the swap after update {update} with a checkpoint that resumes "
-                           f"exactly (checkpoints/update-{update:07d}.pt); workers stopped and shared memory "
+                           f"exactly (checkpoints/update-{update:07d}.pt); envs stopped and shared memory "
                            "freed.\n")
     assert _rows(run)[-1]["update"] == update  # the checkpointed update's row is there
 
@@ -116,3 +119,26 @@ def test_a_second_ctrl_c_during_the_swap_checkpoint_prints_nothing_after_the_fin
     assert len(lines) == 1, stderr
     assert lines[0].startswith("htsrl-aio: interrupted; stopped at once with checkpoint.pt of update"), stderr
     assert "never retrieved" not in stderr
+
+
+def test_a_stop_while_resuming_says_the_run_stays_at_the_checkpoint_it_resumed_from(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**RUN, "total_steps": 4 * 16 * 6, "checkpoint_every": 2}, logdir=str(run),
+                      progress=False))
+    (run / "summary.json").unlink()  # as if stopped after its newest checkpoint
+    newest = checkpoint.newest(run, resumable=True)
+    update = torch.load(newest, weights_only=True)["update"]
+    trainer = Trainer.resume(run)
+
+    async def stop_during_start_up() -> None:
+        starting = asyncio.ensure_future(trainer.__aenter__())
+        await asyncio.sleep(0)  # the set-up has begun: where a signal during start-up finds it
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+
+    before = newest.read_bytes()
+    run_event_loop(stop_during_start_up())
+    assert trainer.stop_note == (f"stopped before its first update since resuming; the run stays at update "
+                                 f"{update}, its checkpoints unchanged")
+    assert checkpoint.newest(run, resumable=True) == newest and newest.read_bytes() == before

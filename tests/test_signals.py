@@ -77,7 +77,7 @@ def test_stop_signal_checkpoints_and_cleans_up(tmp_path, sig, exit_code, said, g
         proc.kill()
     assert proc.returncode == exit_code, stderr
     assert re.fullmatch(rf"htsrl-aio: {re.escape(said)}; stopped at the swap after update \d+ with a "
-                        r"checkpoint that resumes exactly \(checkpoints/update-\d+\.pt\); workers stopped "
+                        r"checkpoint that resumes exactly \(checkpoints/update-\d+\.pt\); envs stopped "
                         r"and shared memory freed\.", stderr.strip()), stderr
     wait_until(lambda: not any(alive(c) for c in children), 30, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
