@@ -67,3 +67,13 @@ def test_a_dead_process_lock_is_taken_over(tmp_path):
     run_dir.with_name("ppo-hts-s1.lock").write_text(f"{suite.socket.gethostname()} {dead_pid}")
     with suite.cell_lock(run_dir) as held:
         assert held
+
+
+def test_cells_take_the_per_algorithm_budget_and_preset_unless_overridden():
+    plans = (suite.EnvPlan("LunarLander-v3", 1_000_000, (1,), presets={"a2c": "box2d-a2c"},
+                           budgets={"a2c": 200_000}),)
+    cells = suite.plan_cells(plans, envs=None, algos=None, modes=["hts"], seeds=None, total_steps=None)
+    assert [(c.algo, c.total_steps, c.preset) for c in cells] == [("ppo", 1_000_000, None),
+                                                                    ("a2c", 200_000, "box2d-a2c")]
+    cells = suite.plan_cells(plans, envs=None, algos=["a2c"], modes=["hts"], seeds=[2], total_steps=5000)
+    assert [(c.algo, c.seed, c.total_steps) for c in cells] == [("a2c", 2, 5000)]
