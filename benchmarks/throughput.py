@@ -2,7 +2,9 @@
 
 `--vary mode` (default): hts vs sync. `--vary deterministic`: fixed-shape inference blocks (the
 default) vs the fastest non-deterministic batching (each batch at its own size, `--no-deterministic`).
-`--vary learner`: learner process vs learner thread.
+`--vary learner`: learner process vs learner thread. `--vary mkl`: MKL's strict reproducible mode (the
+default, `MKL_CBWR=AUTO,STRICT`) vs MKL's own kernel choices (`MKL_CBWR=` empty), each run in a fresh
+process, since MKL reads the setting when it first runs.
 
 Variants alternate (a, b, a, b, ...) so that machine load drifts hit both equally; the table shows the
 median of each, their ratio, and the busy fractions that explain it. Prints one table and writes a PNG
@@ -18,13 +20,17 @@ Parameterised so the same script runs on a many-core or GPU machine (--num-envs,
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import gymnasium as gym
 from plotting import pyplot, save
@@ -53,7 +59,10 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "mode": [("hts", {"mode": "hts"}), ("sync", {"mode": "sync"})],
     "deterministic": [("deterministic", {"deterministic": True}), ("fastest", {"deterministic": False})],
     "learner": [("process", {"learner": "process"}), ("thread", {"learner": "thread"})],
+    "mkl": [("strict", {}), ("off", {})],
 }
+# Environment variables of the variants that need a fresh process each.
+PROCESS_ENV: dict[str, dict[str, str]] = {"strict": {"MKL_CBWR": "AUTO,STRICT"}, "off": {"MKL_CBWR": ""}}
 
 
 def run_once(args: argparse.Namespace, overrides: dict, logdir: Path) -> dict:
@@ -75,6 +84,14 @@ def run_once(args: argparse.Namespace, overrides: dict, logdir: Path) -> dict:
         "collector_busy": statistics.mean(r["collector_busy_frac"] for r in steady),
         "return": summary["episode_return_mean"],
     }
+
+
+def run_in_fresh_process(args: argparse.Namespace, overrides: dict, logdir: Path,
+                         env: dict[str, str]) -> dict:
+    """`run_once` in a new process that starts with `env` in its environment."""
+    fresh = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with mock.patch.dict(os.environ, env), fresh as pool:
+        return pool.submit(run_once, args, overrides, logdir).result()
 
 
 def main() -> None:
@@ -102,7 +119,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for label, overrides in variants:
-                results[label].append(run_once(args, overrides, Path(tmp) / f"{label}{repeat}"))
+                logdir = Path(tmp) / f"{label}{repeat}"
+                if label in PROCESS_ENV:
+                    results[label].append(run_in_fresh_process(args, overrides, logdir, PROCESS_ENV[label]))
+                else:
+                    results[label].append(run_once(args, overrides, logdir))
 
     med = {label: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "return"}
            for label, runs in results.items()}

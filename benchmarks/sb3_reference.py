@@ -1,0 +1,85 @@
+"""Stable-Baselines3 itself, with the SB3 zoo's tuned hyperparameters, at the suite's budget and seeds: the
+like-for-like check of a published SB3 zoo number (which is one trained agent, evaluated greedily).
+
+Each seed trains SB3 and reports what the suite reports for its own cells: the mean return of the last
+100 training episodes, and the final policy's greedy return over 20 episodes.
+
+    python benchmarks/sb3_reference.py --env LunarLander-v3 --algo a2c --seeds 1 2 3 4 5 \\
+        --total-steps 200000 --out benchmarks/results/sb3-lunarlander-a2c.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+# rl-baselines3-zoo hyperparams/{a2c,ppo}.yml, the entries behind the suite's box2d presets; "lin_" rates
+# decay linearly to 0 over the run.
+ZOO: dict[tuple[str, str], dict[str, Any]] = {
+    ("LunarLander-v3", "a2c"): {"n_envs": 8, "gamma": 0.995, "n_steps": 5, "lin_learning_rate": 0.00083,
+                                "ent_coef": 1e-5},
+    ("LunarLander-v3", "ppo"): {"n_envs": 16, "n_steps": 1024, "batch_size": 64, "gae_lambda": 0.98,
+                                "gamma": 0.999, "n_epochs": 4, "ent_coef": 0.01},
+}
+EVAL_EPISODES = 20
+
+
+def train_seed(env_id: str, algo: str, seed: int, total_steps: int) -> dict[str, Any]:
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    settings = dict(ZOO[env_id, algo])
+    n_envs = settings.pop("n_envs")
+    if "lin_learning_rate" in settings:
+        rate = settings.pop("lin_learning_rate")
+        settings["learning_rate"] = lambda remaining: remaining * rate
+    returns: deque[float] = deque(maxlen=100)
+
+    class Returns(BaseCallback):
+        def _on_step(self) -> bool:
+            returns.extend(float(i["episode"]["r"]) for i in self.locals["infos"] if "episode" in i)
+            return True
+
+    start = time.perf_counter()
+    model = {"a2c": A2C, "ppo": PPO}[algo]("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=seed),
+                                           seed=seed, device="cpu", **settings)
+    model.learn(total_steps, callback=Returns())
+    greedy, _ = evaluate_policy(model, make_vec_env(env_id, n_envs=1, seed=10_000 + seed),
+                                n_eval_episodes=EVAL_EPISODES, deterministic=True)
+    return {"seed": seed, "final_return": statistics.fmean(returns), "eval_return": float(greedy),
+            "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="LunarLander-v3", choices=sorted({env for env, _ in ZOO}))
+    parser.add_argument("--algo", default="a2c", choices=["a2c", "ppo"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--total-steps", type=int, default=200_000)
+    parser.add_argument("--out", type=Path, required=True, help="JSON results file (seeds are added to it)")
+    args = parser.parse_args()
+    done = json.loads(args.out.read_text()) if args.out.exists() else []
+    for seed in args.seeds:
+        if any(r["seed"] == seed for r in done):
+            continue
+        done.append(train_seed(args.env, args.algo, seed, args.total_steps))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(done, indent=1))
+        print(f"SB3 {args.algo} {args.env} seed {seed}: training {done[-1]['final_return']:.1f}, "
+              f"greedy {done[-1]['eval_return']:.1f} in {done[-1]['seconds']:.0f}s", flush=True)
+    finals = [r["final_return"] for r in done]
+    greedy = [r["eval_return"] for r in done]
+    print(f"{len(done)} seeds: training mean {statistics.fmean(finals):.1f} (min {min(finals):.1f}, max "
+          f"{max(finals):.1f}), greedy mean {statistics.fmean(greedy):.1f}")
+
+
+if __name__ == "__main__":
+    main()
