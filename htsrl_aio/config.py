@@ -179,8 +179,9 @@ class TrainConfig:
     clip_coef: float | None = _opt("PPO surrogate clip range", default=None)
     ppo_trust_region: Literal["current", "behaviour"] = _opt(
         "hts PPO learns data one update old: 'current' clips around the parameters the update starts "
-        "from and importance-weights the lag (decoupled PPO); 'behaviour' clips the ratio against the "
-        "policy that acted, as the released HTS-RL code does; sync mode is the same either way",
+        "from, importance-weights the lag and takes advantages from their critic (decoupled PPO); "
+        "'behaviour' clips against the policy that acted and uses the values it recorded, as the "
+        "released HTS-RL code does; sync mode is the same either way",
         default="current")
     clip_vloss: bool | None = _opt("clip the PPO value loss with the same range", default=None)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)

@@ -222,13 +222,42 @@ def test_hts_ppo_clips_the_value_around_the_critic_the_update_starts_from():
     """With lag, the value clip is centred on the current critic's values, not the behaviour critic's:
     otherwise the critic stops learning wherever the previous update moved it past the clip range."""
     current, learner, batch = _lagged_ppo_step("current", lag=1, vf_coef=1.0)
+    recorded = torch.from_numpy(_storage(3).values).flatten()
     with torch.no_grad():
         logits, start_values = current(batch.obs)
         start = torch.distributions.Categorical(logits=logits).log_prob(batch.actions)
-    assert ((start_values - batch.values).abs() > 0.05).any()  # the recorded values lie outside the clip
+    assert ((start_values - recorded).abs() > 0.05).any()  # the recorded values lie outside the clip
     weights = (start - batch.logprobs).exp()
     around_current = _sgd_step(current, batch, start, batch.advantages * weights, start_values, 1.0)
     for after, want in zip(learner.model.parameters(), around_current):
         torch.testing.assert_close(after.detach(), want)
-    around_behaviour = _sgd_step(current, batch, start, batch.advantages * weights, batch.values, 1.0)
+    around_behaviour = _sgd_step(current, batch, start, batch.advantages * weights, recorded, 1.0)
     assert any(not torch.allclose(a, b) for a, b in zip(around_current, around_behaviour))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_hts_ppo_takes_advantages_from_the_critic_the_update_starts_from(algo: str):
+    """One update of lag, decoupled PPO: GAE runs on the current critic's values (it has learned the
+    previous rollout; the behaviour critic has not), bootstrap included. A2C's delayed gradient is
+    taken at the behaviour parameters, so its advantages keep the behaviour critic's values, as do
+    sync runs and --ppo-trust-region behaviour (covered by the tests above)."""
+    cfg = TrainConfig(algo=algo, num_envs=3, rollout=5, total_steps=15, minibatches=1,
+                      gae_lambda=0.9).resolved()
+    torch.manual_seed(0)
+    current, behaviour = small_model(), small_model()
+    storage = _storage(4)
+    learner = Learner(cfg, current, behaviour, DIST)
+    learner.version, learner.behaviour_version = 1, 0
+    batch = learner._batch(storage)
+    obs = {"obs": torch.from_numpy(storage.obs["obs"])}
+    critic = current if algo == "ppo" else behaviour
+    with torch.no_grad():
+        values = critic.value({"obs": obs["obs"].flatten(0, 1)}).view(6, 3)
+    if algo == "a2c":
+        values[:-1] = torch.from_numpy(storage.values)  # recorded at collection by the behaviour critic
+    terminated = torch.from_numpy(storage.terminated)
+    want, _ = gae(torch.from_numpy(storage.rewards), values[:-1], values[1:], terminated, terminated,
+                  cfg.gamma, cfg.gae_lambda)
+    torch.testing.assert_close(batch.advantages, want.flatten())
+    torch.testing.assert_close(batch.values, values[:-1].flatten())
+    assert (batch.proximal_logprobs is not None) == (algo == "ppo")

@@ -38,27 +38,24 @@ def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: t
 def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distribution: ActionDistribution,
                batch: RolloutBatch, order: torch.Generator, epochs: int, minibatches: int,
                clip_coef: float, clip_vloss: bool, vf_coef: float, ent_coef: float, max_grad_norm: float,
-               norm_adv: bool, decoupled: bool,
+               norm_adv: bool,
                check_finite: Callable[[dict[str, float]], None]) -> dict[str, float]:
     """`epochs` passes of `minibatches` shuffled minibatches over `batch`; mean diagnostics.
 
-    `decoupled` (hts, --ppo-trust-region current): the data is one update old, so both clip ranges are
-    centred on the parameters this update starts from (their log-probs and values computed once,
-    here) and each sample's advantage is weighted by pi_current / pi_behaviour (Hilton et al. 2021),
-    instead of letting the previous update use up the trust region. Centring the value clip on the
-    behaviour critic's values would freeze the critic wherever the previous update already moved it
-    by more than the clip range. Otherwise the ratio and the value clip are taken against the
-    behaviour log-probs and values recorded at collection.
+    The ratio is centred on `batch.proximal_logprobs` where the batch has them (decoupled PPO: hts,
+    --ppo-trust-region current, whose data is one update old) and each sample's advantage is weighted
+    by pi_current / pi_behaviour (Hilton et al. 2021), instead of letting the previous update use up
+    the trust region; otherwise on the behaviour log-probs. The value clip is centred on
+    `batch.values`, which in decoupled PPO are the current critic's (the learner's `_batch`): centred
+    on the behaviour critic's, it would freeze the critic wherever the previous update already moved
+    it by more than the clip range.
     """
     size = len(batch)
     mb_size = size // minibatches
-    old_logprobs, old_values, lag_weights = batch.logprobs, batch.values, None
-    if decoupled:
-        with torch.no_grad():
-            outputs = [(model(part.obs), part.actions) for part in batch.split(mb_size)]
-            proximal = torch.cat([distribution.log_prob(params, actions) for (params, _), actions in outputs])
-            old_values = torch.cat([values for (_, values), _ in outputs])
-        old_logprobs, lag_weights = proximal, (proximal - batch.logprobs).exp()
+    old_logprobs, lag_weights = batch.logprobs, None
+    if batch.proximal_logprobs is not None:
+        old_logprobs = batch.proximal_logprobs
+        lag_weights = (batch.proximal_logprobs - batch.logprobs).exp()
     totals: dict[str, float] = {}
     for _ in range(epochs):
         perm = torch.randperm(size, generator=order).to(batch.actions.device)
@@ -71,7 +68,7 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
             if lag_weights is not None:
                 advantages = advantages * lag_weights[mb]
             loss, stats = ppo_loss(distribution.log_prob(params, part.actions), old_logprobs[mb], advantages,
-                                   value, old_values[mb], part.returns, distribution.entropy(params),
+                                   value, part.values, part.returns, distribution.entropy(params),
                                    clip_coef, clip_vloss, vf_coef, ent_coef)
             check_finite(stats)
             optimizer.zero_grad(set_to_none=True)

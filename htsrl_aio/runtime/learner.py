@@ -10,8 +10,9 @@ inference at every swap.
 
 The updates themselves are in algos/ (`ppo_update`: decoupled PPO by default, `a2c_update`: the
 paper's delayed gradient); the learner keeps their placement, the learning-rate schedule, the
-advantage computation and the checks for NaN/Inf. Bootstrap values come from `behaviour`, like the
-values stored during collection.
+advantage computation and the checks for NaN/Inf. Advantages come from the behaviour critic's values,
+stored during collection, except in decoupled PPO (hts, --ppo-trust-region current): there they come
+from the critic the update starts from (`_batch`).
 """
 
 from __future__ import annotations
@@ -66,12 +67,11 @@ class Learner:
         batch = self._batch(storage)
         if cfg.algo == "ppo":
             order = torch.Generator().manual_seed(derive_seed(cfg.seed, Stream.MINIBATCH, self.version))
-            decoupled = cfg.ppo_trust_region == "current" and self.behaviour_version != self.version
             stats = ppo_update(model=self.model, optimizer=self.optimizer, distribution=self.distribution,
                                batch=batch, order=order, epochs=cfg.epochs, minibatches=cfg.minibatches,
                                clip_coef=cfg.clip_coef, clip_vloss=cfg.clip_vloss, vf_coef=cfg.vf_coef,
                                ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm, norm_adv=cfg.norm_adv,
-                               decoupled=decoupled, check_finite=self._check_stats)
+                               check_finite=self._check_stats)
         else:
             stats = a2c_update(model=self.model, behaviour=self.behaviour, optimizer=self.optimizer,
                                distribution=self.distribution, batch=batch, vf_coef=cfg.vf_coef,
@@ -93,6 +93,12 @@ class Learner:
                 "(the last good parameters are checkpointed); lower --lr, or check the env's rewards and "
                 "observations for NaN.")
 
+    def _decoupled(self) -> bool:
+        """Decoupled PPO: hts (the update starts one update past the parameters that collected the
+        rollout) with --ppo-trust-region current, the update taken relative to where it starts."""
+        return (self.config.algo == "ppo" and self.config.ppo_trust_region == "current"
+                and self.behaviour_version != self.version)
+
     def _batch(self, storage: RolloutStorage) -> RolloutBatch:
         """Advantages and returns of the rollout, flattened to (T * N) samples.
 
@@ -103,25 +109,49 @@ class Learner:
         dev = self.device
         obs = {key: torch.from_numpy(array).to(dev) for key, array in storage.obs.items()}  # (T + 1, N, ...)
         flat_obs = {key: array[:-1].flatten(0, 1) for key, array in obs.items()}
+        last_obs = {key: array[-1] for key, array in obs.items()}
         self.model.encoder.update_stats(flat_obs)
+        actions = torch.from_numpy(storage.actions).to(dev).flatten(0, 1)
         values = torch.from_numpy(storage.values).to(dev)
+        proximal_logprobs = None
+        with torch.no_grad():
+            if self._decoupled():
+                # The current critic has already learned from the previous rollout, which the behaviour
+                # critic had not: its values are the better baseline, and the ones the value clip must
+                # be centred on. Time-limit bootstraps keep their recorded behaviour values: the final
+                # observations they came from are not stored.
+                proximal_logprobs, current_values = self._evaluate_current(flat_obs, actions)
+                values = current_values.view_as(values)
+                bootstrap = self.model.value(last_obs)
+            else:
+                bootstrap = self.behaviour.value(last_obs)
         terminated = torch.from_numpy(storage.terminated).to(dev)
         truncated = torch.from_numpy(storage.truncated).to(dev)
         episode_end = terminated | truncated
         rewards = torch.from_numpy(storage.rewards).to(dev)
         if self.model.return_scaler is not None:
             rewards = self.model.return_scaler.update_and_scale(rewards, episode_end)
-        with torch.no_grad():
-            bootstrap = self.behaviour.value({key: array[-1] for key, array in obs.items()})
         next_values = torch.cat([values[1:], bootstrap[None]])
         # An episode cut by a time limit bootstraps from its final observation's value (recorded at
-        # collection by the same behaviour parameters), not from the reset observation that follows.
+        # collection by the behaviour parameters), not from the reset observation that follows.
         next_values = torch.where(truncated, torch.from_numpy(storage.bootstrap_values).to(dev), next_values)
         advantages, returns = gae(rewards, values, next_values, terminated, episode_end,
                                   cfg.gamma, cfg.gae_lambda)
-        return RolloutBatch(flat_obs, torch.from_numpy(storage.actions).to(dev).flatten(0, 1),
-                            torch.from_numpy(storage.logprobs).to(dev).flatten(), values.flatten(),
-                            advantages.flatten(), returns.flatten())
+        return RolloutBatch(flat_obs, actions, torch.from_numpy(storage.logprobs).to(dev).flatten(),
+                            values.flatten(), advantages.flatten(), returns.flatten(), proximal_logprobs)
+
+    def _evaluate_current(self, obs: dict[str, torch.Tensor],
+                          actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of `actions` and values under the current parameters, a minibatch's worth of
+        samples at a time (one forward over a large rollout would hold all its activations at once)."""
+        size = actions.shape[0] // self.config.minibatches
+        logprobs, values = [], []
+        for start in range(0, actions.shape[0], size):
+            rows = slice(start, start + size)
+            params, value = self.model({key: array[rows] for key, array in obs.items()})
+            logprobs.append(self.distribution.log_prob(params, actions[rows]))
+            values.append(value)
+        return torch.cat(logprobs), torch.cat(values)
 
 
 class LearnerHandle(Protocol):
