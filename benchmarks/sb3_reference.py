@@ -18,8 +18,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-# rl-baselines3-zoo hyperparams/{a2c,ppo}.yml, the entries behind the suite's box2d presets; "lin_" rates
-# decay linearly to 0 over the run.
+# rl-baselines3-zoo hyperparams/{a2c,ppo}.yml, the entries the suite's box2d presets started from
+# (box2d-ppo has since cut the zoo's 1024-step rollouts to 256: docs/learning.md); "lin_" rates decay
+# linearly to 0 over the run.
 ZOO: dict[tuple[str, str], dict[str, Any]] = {
     ("LunarLander-v3", "a2c"): {"n_envs": 8, "gamma": 0.995, "n_steps": 5, "lin_learning_rate": 0.00083,
                                 "ent_coef": 1e-5},
