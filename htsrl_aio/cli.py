@@ -10,6 +10,7 @@ import signal
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _clean()
     from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
 
+    warnings.formatwarning = _format_warning
+
     try:
         flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if hasattr(args, f.name)}
@@ -198,6 +201,17 @@ async def _train_until_signalled(config: TrainConfig | None, resume: Path | None
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """htsrl-aio's own warnings as one line for the terminal; other packages' as Python shows them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"htsrl-aio: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
 
 
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:

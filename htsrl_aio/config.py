@@ -226,7 +226,9 @@ class TrainConfig:
     learner: Literal["process", "thread"] = _opt(
         "where the learner runs: its own process (no GIL contention with the event loop; best on CPU) "
         "or a thread of the main process (best with a GPU)", default="process")
-    torch_threads: int = _opt("torch intra-op threads for inference and learning", default=1)
+    torch_threads: int = _opt(
+        "torch intra-op threads for inference and for learning; in hts mode both compute at once, "
+        "so keep twice this within the cores", default=1)
     deterministic: bool = _opt(
         "bit-identical results whatever the timing, workers or batch make-up (fixed-shape "
         "inference blocks, deterministic torch algorithms)", default=True)

@@ -25,6 +25,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from htsrl_aio import checkpoint
-from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.config import ConfigError, TrainConfig, available_cores
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
@@ -199,6 +200,8 @@ class Trainer:
         spec = self.spec = await probe_env(factory, cfg.env_timeout or None)
         backend = backend_name(cfg.env_backend, factory, spec)
         device = _resolve_device(cfg.device)
+        if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
+            warnings.warn(warning, RuntimeWarning, stacklevel=2)
         resume = self._resume
         if resume is None:
             logdir = Path(cfg.logdir or default_logdir(factory.name, cfg.algo, cfg.mode, cfg.seed))
@@ -445,6 +448,25 @@ def _where_envs_run(backend: str, cfg: TrainConfig) -> str:
         return (f"in {groups} C++ vector engine(s) of up to {cfg.engine_batch} envs, "
                 f"{cfg.engine_threads} thread(s) each")
     return f"in {min(cfg.workers, cfg.num_envs)} worker processes"
+
+
+def oversubscription_warning(cfg: TrainConfig, device: torch.device, cores: int) -> str | None:
+    """A warning when hts on a CPU runs more torch threads at once than there are cores.
+
+    In hts mode inference and the learner compute at the same time, each with `torch_threads` OpenMP
+    threads. OpenMP threads that wait between parallel regions spin (its default wait policy), so
+    two teams on too few cores take each other's cores: Pong PPO at --torch-threads 2 on 2 cores ran
+    114 steps/s against 568 at 1 thread, and 548 with OMP_WAIT_POLICY=PASSIVE (docs/benchmarks.md).
+    One thread each starts no OpenMP threads, so nothing spins.
+    """
+    if cfg.mode != "hts" or device.type != "cpu" or cfg.torch_threads == 1 or 2 * cfg.torch_threads <= cores:
+        return None
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    return (f"--torch-threads {cfg.torch_threads} in hts mode runs {2 * cfg.torch_threads} torch threads at "
+            f"once (inference and the learner) on {cores} core(s), and waiting OpenMP threads then spin "
+            f"on the cores the others need (Pong: 5x slower); use --torch-threads "
+            f"{max(1, cores // 2)}, or set OMP_WAIT_POLICY=PASSIVE before starting Python.")
 
 
 def _determinism_note(cfg: TrainConfig, device: torch.device) -> str:

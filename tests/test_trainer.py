@@ -2,6 +2,9 @@
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 import torch
 
 from htsrl_aio import TrainConfig, Trainer
+from htsrl_aio.config import available_cores
+from htsrl_aio.trainer import oversubscription_warning
 
 
 def config(run_dir, **overrides) -> TrainConfig:
@@ -79,3 +84,42 @@ async def test_training_does_not_starve_the_host_loop(run_dir, no_leaks):
     assert len(delays) > 50
     # Generous for a loaded 2-core CI machine; benchmarks/ records the real number.
     assert float(np.percentile(delays, 99)) < 0.1
+
+
+async def test_more_torch_threads_than_cores_in_hts_is_warned_about(run_dir, no_leaks, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads = max(2, available_cores())  # inference and the learner: twice the cores
+    with pytest.warns(RuntimeWarning, match=f"--torch-threads {threads} in hts.*OMP_WAIT_POLICY=PASSIVE"):
+        async with Trainer(config(run_dir, torch_threads=threads, total_steps=4 * 16)) as trainer:
+            await trainer.run()
+
+
+@pytest.mark.parametrize(("overrides", "cores", "wait_policy", "warned"), [
+    ({"torch_threads": 2}, 2, None, True),
+    ({"torch_threads": 2}, 4, None, False),  # inference and learner fit, one core each
+    ({"torch_threads": 3}, 4, None, True),
+    ({"torch_threads": 1}, 1, None, False),  # one thread each: no OpenMP threads to spin
+    ({"torch_threads": 2, "mode": "sync"}, 2, None, False),  # sync never computes both at once
+    ({"torch_threads": 2}, 2, "passive", False),  # waiting threads sleep instead of spinning
+])
+def test_oversubscription_warning_cases(tmp_path, monkeypatch, overrides, cores, wait_policy, warned):
+    if wait_policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", wait_policy)
+    cfg = config(tmp_path, **overrides).resolved()
+    assert (oversubscription_warning(cfg, torch.device("cpu"), cores) is not None) is warned
+    assert oversubscription_warning(cfg, torch.device("cuda"), cores) is None
+
+
+def test_the_cli_prints_the_warning_as_one_line(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    flags = ["--env", "CartPole-v1", "--num-envs", "4", "--rollout", "16", "--total-steps", "64",
+             "--no-progress", "--torch-threads", str(max(2, available_cores())),
+             "--logdir", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio", "train", *flags],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "--torch-threads" in line]
+    assert len(warned) == 1 and warned[0].startswith("htsrl-aio: warning: --torch-threads"), proc.stderr
+    assert "trainer.py" not in proc.stderr  # no file and line, no source echo
