@@ -17,7 +17,6 @@ from typing import Any
 
 from htsrl_aio.config import ALGO_DEFAULTS, BASE_DEFAULTS, ConfigError, TrainConfig, load_config_file
 from htsrl_aio.errors import HtsrlError
-from htsrl_aio.outputs.compare import first_divergence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(parser, args)
     if args.command == "clean":
         return _clean()
-    from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
+    try:
+        from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
+    except KeyboardInterrupt:  # Ctrl-C while torch loads (the first second or two): nothing started yet
+        print("htsrl-aio: interrupted before the run started; nothing was written.", file=sys.stderr)
+        return 130
 
     warnings.formatwarning = _format_warning
 
@@ -278,6 +281,8 @@ def _clean() -> int:
 
 
 def _diff(run_a: Path, run_b: Path) -> int:
+    from htsrl_aio.outputs.compare import first_divergence  # it loads torch
+
     try:
         result = first_divergence(run_a, run_b)
     except (OSError, ValueError) as exc:

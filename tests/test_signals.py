@@ -188,3 +188,33 @@ def test_processes_an_env_starts_do_not_outlive_the_run(tmp_path, monkeypatch, e
     finally:
         for pid in filter(alive, started):
             os.kill(pid, signal.SIGKILL)
+
+
+class _InterruptedImport:
+    """A meta-path finder standing in for Ctrl-C while the CLI imports torch and the runtime."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "htsrl_aio.training":
+            raise KeyboardInterrupt
+        return None
+
+
+def test_ctrl_c_while_the_cli_loads_torch_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "htsrl_aio.training", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(), *sys.meta_path])
+    try:
+        code = cli_main(["train", "--env", "CartPole-v1", "--logdir", str(tmp_path / "run"), "--no-progress"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C while the CLI loads torch escaped as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "htsrl-aio: interrupted before the run started; nothing was written.\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_starts_without_torch():
+    # The first second or two of `htsrl-aio train` is torch loading, inside the CLI's Ctrl-C handling;
+    # importing the CLI itself must not load it before main() runs.
+    probe = "import sys, htsrl_aio.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.strip() == "[]"
