@@ -24,17 +24,22 @@ from pathlib import Path
 from atari_sb3 import sb3_train
 from plotting import pyplot, save
 
-from htsrl_aio import TrainConfig, train
+from htsrl_aio import TrainConfig, Trainer
+from htsrl_aio.training import run_event_loop
 
 VARIANTS = {"hts": "htsrl-aio hts", "sync": "htsrl-aio sync", "hts-fp32": "htsrl-aio hts, fp32",
             "sb3": "SB3 PPO"}
 
 
-def run_htsrl(variant: str, args: argparse.Namespace, logdir: Path) -> None:
+async def run_htsrl(variant: str, args: argparse.Namespace, logdir: Path) -> None:
     mode, _, precision = variant.partition("-")
-    train(TrainConfig(env=args.env, preset="atari-ppo", mode=mode, total_steps=args.total_steps,
+    cfg = TrainConfig(env=args.env, preset="atari-ppo", mode=mode, total_steps=args.total_steps,
                       seed=args.seed, workers=args.workers, device=args.device, logdir=str(logdir),
-                      progress=args.progress, checkpoint_every=0, precision=precision or None))
+                      progress=args.progress, checkpoint_every=0, precision=precision or None)
+    async with Trainer(cfg) as trainer:
+        async for metrics in trainer.updates():
+            if args.stop_at is not None and metrics["global_step"] >= args.stop_at:
+                break  # leaving the context stops the run cleanly
 
 
 def read(logdir: Path) -> list[dict]:
@@ -47,6 +52,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["hts", "sync"], choices=list(VARIANTS))
     parser.add_argument("--env", default="ALE/Pong-v5")
     parser.add_argument("--total-steps", type=int, default=500_000, help="env steps (x4 = frames)")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop after this many env steps, the learning-rate schedule still spanning "
+                             "--total-steps: a like-for-like slice of a longer run")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=1)
@@ -59,9 +67,9 @@ def main() -> None:
     for variant in args.variants:
         logdir = args.outdir / variant
         if variant == "sb3":
-            sb3_train("ppo", args.env, args.total_steps, logdir, args.seed, args.device)
+            sb3_train("ppo", args.env, args.total_steps, logdir, args.seed, args.device, args.stop_at)
         else:
-            run_htsrl(variant, args, logdir)
+            run_event_loop(run_htsrl(variant, args, logdir))
 
     found = {v: read(args.outdir / v) for v in VARIANTS
              if (args.outdir / v / "metrics.jsonl").exists()}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 
 def sb3_train(algo: str, env_id: str, total_steps: int, logdir: Path, seed: int = 1,
-              device: str = "cpu") -> None:
+              device: str = "cpu", stop_at: int | None = None) -> None:
+    """Train for `total_steps` (the learning-rate schedule's length), stopping early at `stop_at`."""
     import ale_py
     import gymnasium as gym
     from stable_baselines3 import A2C, PPO
@@ -37,7 +38,7 @@ def sb3_train(algo: str, env_id: str, total_steps: int, logdir: Path, seed: int 
             for info in self.locals["infos"]:
                 if "episode" in info:
                     self.returns.append(float(info["episode"]["r"]))
-            return True
+            return stop_at is None or self.num_timesteps < stop_at
 
         def _on_rollout_end(self) -> None:
             mean = sum(self.returns) / len(self.returns) if self.returns else None
