@@ -32,9 +32,9 @@ import ray
 from throughput import run_once
 
 from htsrl_aio import TrainConfig, train
+from htsrl_aio.backends.ray_actors import ReplicaHost
+from htsrl_aio.backends.worker import Command
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.ray_backend import ReplicaHost
-from htsrl_aio.envs.worker import Command
 from htsrl_aio.training import run_event_loop
 
 

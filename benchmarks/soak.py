@@ -39,9 +39,9 @@ from typing import Any
 
 from plotting import pyplot, save
 
-from htsrl_aio.envs.shm import SHM_DIR, SHM_PREFIX
+from htsrl_aio.ipc.shm import SHM_DIR, SHM_PREFIX
 
-ENV_WORKER = "htsrl-env-work"  # an env worker's /proc/PID/comm (htsrl_aio.procs: its name, cut to 15)
+ENV_WORKER = "htsrl-env-work"  # an env worker's /proc/PID/comm (htsrl_aio.ipc.children: its name, cut to 15)
 ORPHAN_DEADLINE_S = 30.0  # a killed run's processes must be gone by then
 START_DEADLINE_S = 180.0  # a resumed run has its env workers up by then
 MIN_WARMUP_MIN = 0.5  # a run's start-up: importing torch, spawning workers

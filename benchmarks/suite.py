@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from plotting import pyplot, save
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.outputs.plot import load_run
 from htsrl_aio.outputs.run_dir import CONFIG, SUMMARY
 

@@ -1,7 +1,7 @@
 """htsrl-aio: High-Throughput Synchronous RL (Liu, Yeh & Schwing, NeurIPS 2020) on asyncio.
 
 The public names are imported on first use (PEP 562), so a process that needs only a submodule (an
-env worker imports htsrl_aio.envs.worker) does not load torch and the runtime.
+env worker imports htsrl_aio.backends.worker) does not load torch and the runtime.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AsyncEnv": "htsrl_aio.envs.async_env",
-    "ConfigError": "htsrl_aio.config",
+    "ConfigError": "htsrl_aio.errors",
     "TrainConfig": "htsrl_aio.config",
     "EnvError": "htsrl_aio.errors",
     "HtsrlError": "htsrl_aio.errors",
@@ -37,9 +37,9 @@ __all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunStopped", "T
            "__version__", "resume", "resume_async", "train", "train_async"]
 
 if TYPE_CHECKING:
-    from htsrl_aio.config import ConfigError, TrainConfig
+    from htsrl_aio.config import TrainConfig
     from htsrl_aio.envs.async_env import AsyncEnv
-    from htsrl_aio.errors import EnvError, HtsrlError
+    from htsrl_aio.errors import ConfigError, EnvError, HtsrlError
     from htsrl_aio.trainer import RunStopped, Trainer
     from htsrl_aio.training import resume, resume_async, train, train_async
 

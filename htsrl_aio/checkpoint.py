@@ -15,7 +15,7 @@ counts stored per env are the whole random state.
 
 Everything is tensors and plain values, loaded with `torch.load(weights_only=True)`: a checkpoint from
 elsewhere cannot run code. Env states are pickled bytes and only unpickled if signed on this machine
-(see envs/state.py).
+(see backends/env_state.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 
 # v2: observations stored per key, action rows of any space, bootstrap values instead of final
 # observations, model state of models/actor_critic.py. v1 files are refused in one sentence.

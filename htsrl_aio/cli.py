@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from htsrl_aio.config import ALGO_DEFAULTS, BASE_DEFAULTS, ConfigError, TrainConfig, load_config_file
-from htsrl_aio.errors import HtsrlError
+from htsrl_aio.config import ALGO_DEFAULTS, BASE_DEFAULTS, TrainConfig, load_config_file
+from htsrl_aio.errors import ConfigError, HtsrlError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,8 +218,8 @@ _python_format_warning = warnings.formatwarning
 
 
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
+    from htsrl_aio.backends.registry import backend_name
     from htsrl_aio.envs import check_env, resolve_env
-    from htsrl_aio.envs.backends import backend_name
     from htsrl_aio.training import run_event_loop
 
     try:
@@ -268,7 +268,7 @@ def _plot(parser: argparse.ArgumentParser, runs: list[Path], output: Path) -> in
 
 
 def _clean() -> int:
-    from htsrl_aio.envs.shm import SHM_DIR, remove_stale_segments
+    from htsrl_aio.ipc.shm import SHM_DIR, remove_stale_segments
 
     removed = remove_stale_segments()
     if not removed:

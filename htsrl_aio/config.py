@@ -20,9 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message says which and how to fix it."""
+from htsrl_aio.errors import ConfigError
 
 
 def _opt(help: str, **kwargs: Any) -> Any:

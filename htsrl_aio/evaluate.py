@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from htsrl_aio import checkpoint
-from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.models import build_model
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 

@@ -34,15 +34,16 @@ import numpy as np
 import torch
 
 from htsrl_aio import checkpoint
-from htsrl_aio.config import ConfigError, TrainConfig, available_cores
+from htsrl_aio.backends.engine import engine_groups
+from htsrl_aio.backends.protocol import BackendArgs, ObsBuffers
+from htsrl_aio.backends.registry import backend_name, make_backend
+from htsrl_aio.backends.replica import ReplicaState, TrackerState
+from htsrl_aio.config import TrainConfig, available_cores
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.backend import BackendArgs, ObsBuffers
-from htsrl_aio.envs.backends import backend_name, make_backend
-from htsrl_aio.envs.engine_backend import engine_groups
-from htsrl_aio.envs.replica import ReplicaState, TrackerState
-from htsrl_aio.envs.shm import SharedArray, remove_stale_segments
-from htsrl_aio.errors import HtsrlError, TrainingDiverged
+from htsrl_aio.errors import ConfigError, HtsrlError, TrainingDiverged
+from htsrl_aio.ipc.children import start_resource_tracker
+from htsrl_aio.ipc.shm import SharedArray, remove_stale_segments
 from htsrl_aio.models import build_model, params_sha256
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import (
@@ -54,7 +55,6 @@ from htsrl_aio.outputs.run_dir import (
     default_logdir,
 )
 from htsrl_aio.outputs.tensorboard import ScalarLog
-from htsrl_aio.procs import start_resource_tracker
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
 from htsrl_aio.runtime.learner_process import ProcessLearner

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from htsrl_aio.envs.shm import SHM_PREFIX
+from htsrl_aio.ipc.shm import SHM_PREFIX
 
 
 def leaked_segments() -> set[str]:

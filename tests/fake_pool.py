@@ -11,9 +11,8 @@ import random
 
 import numpy as np
 
-from htsrl_aio.envs.backend import obs_slot_of
-from htsrl_aio.envs.replica import StepResult
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.backends.protocol import obs_slot_of
+from htsrl_aio.steps import StepResult, StepTicket
 
 EPISODE_LEN = 7  # every 7th step ends an episode: terminated on odd episodes, truncated on even ones
 

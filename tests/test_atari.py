@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from htsrl_aio import ConfigError, TrainConfig, train
+from htsrl_aio.backends.replica import EpisodeTracker
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.config import PRESETS
 from htsrl_aio.envs import EnvSpec, resolve_env
 from htsrl_aio.envs.atari import AleSpec, AtariOptions, PreprocessedAtariEnv
 from htsrl_aio.envs.engines import OneEngineEnv
-from htsrl_aio.envs.replica import EpisodeTracker
 from htsrl_aio.models import build_model
 from htsrl_aio.models.cnn import NatureCNN
 

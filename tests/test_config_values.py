@@ -95,7 +95,7 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"htsrl_aio.config.ConfigError: {script} starts training at its top level "
+    assert last.startswith(f"htsrl_aio.errors.ConfigError: {script} starts training at its top level "
                            "(line 4) without `if __name__ == \"__main__\":`"), done.stderr
     assert "died unexpectedly" not in done.stderr
 

@@ -14,9 +14,9 @@ import pytest
 from harness import as_if_crashed_after
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
+from htsrl_aio.backends.engine import engine_groups
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.envs import resolve_env
-from htsrl_aio.envs.engine_backend import engine_groups
 
 
 def run(path: Path, **overrides) -> tuple[dict, list[dict]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from htsrl_aio import EnvError, TrainConfig, train
-from htsrl_aio.envs.replica import MAX_RESTARTS_PER_ENV
+from htsrl_aio.backends.replica import MAX_RESTARTS_PER_ENV
 
 
 def restarting(run_dir: Path, env: str, **overrides) -> TrainConfig:

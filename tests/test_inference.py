@@ -8,7 +8,8 @@ from harness import small_model, vector_spec
 
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.runtime.inference import BatchedInference
-from htsrl_aio.runtime.tickets import StepTicket, TicketNoise
+from htsrl_aio.runtime.tickets import TicketNoise
+from htsrl_aio.steps import StepTicket
 
 CAP = 16
 ACTION_SPACES = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from htsrl_aio.procs import WatchedChild, close_children
+from htsrl_aio.ipc.children import WatchedChild, close_children
 
 MESSAGES, SIZE = 10, 3_000_000  # far above the 64 KiB a pipe holds
 

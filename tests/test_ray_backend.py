@@ -139,7 +139,7 @@ def test_the_core_never_imports_ray():
 
 
 def test_ray_errors_become_one_line_naming_what_the_actor_raised():
-    from htsrl_aio.envs.ray_backend import _first_line
+    from htsrl_aio.backends.ray_actors import _first_line
 
     creation = RuntimeError("The actor died because of an error raised in its creation task, "
                             "\x1b[36mray::ReplicaHost.__init__()\x1b[39m (pid=1)\n  traceback: Traceback "

@@ -14,9 +14,9 @@ from envs_for_tests import unpicklable_cartpole
 from harness import as_if_crashed_after, terminal_signals, wait_until
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
+from htsrl_aio.backends import env_state
 from htsrl_aio.checkpoint import load
 from htsrl_aio.cli import main as cli_main
-from htsrl_aio.envs import state as env_state
 
 
 def config(run_dir: Path, **overrides) -> TrainConfig:

@@ -8,7 +8,7 @@ import torch
 from fake_pool import EPISODE_LEN
 from harness import make_harness
 
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.steps import StepTicket
 
 
 @pytest.mark.parametrize("mode", ["hts", "sync"])

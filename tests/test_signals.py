@@ -17,7 +17,7 @@ from harness import alive, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
-from htsrl_aio.envs.shm import SHM_PREFIX
+from htsrl_aio.ipc.shm import SHM_PREFIX
 
 TRAIN = [sys.executable, "-m", "htsrl_aio.cli", "train", "--workers", "2", "--no-progress"]
 

@@ -1,4 +1,5 @@
-"""Env sources (gymnasium ids, factories) and the worker processes that step them."""
+"""What an env is: sources (gymnasium ids, factories, AsyncEnvs), the checker, observation and action
+spaces, and adapters (Atari, EnvPool, GFootball). How envs are hosted is in htsrl_aio.backends."""
 
 from htsrl_aio.envs.async_env import AsyncEnv, is_async_env
 from htsrl_aio.envs.check import CheckReport, check_env, probe_env

@@ -21,11 +21,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from htsrl_aio.config import ConfigError
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.replica import EnvTimeout
 from htsrl_aio.envs.spaces import SINGLE_KEY, NonFinite, UnsupportedSpace
+from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
 
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
@@ -113,7 +112,7 @@ class _Progress:
 async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, timeout: float) -> CheckReport:
     """Run `_check_here` in a child process that says before each call what it calls; kill it when a
     call takes longer than `timeout`, and report its death if a call ends it."""
-    from htsrl_aio.procs import WatchedChild, close_children  # imports torch: only when needed
+    from htsrl_aio.ipc.children import WatchedChild, close_children  # imports torch: only when needed
 
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[CheckReport] = loop.create_future()

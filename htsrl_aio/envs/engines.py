@@ -5,7 +5,7 @@ released. It runs in synchronous mode (`batch_size == num_envs`): both engines c
 first B of N envs that finish, but their `recv` waits until B envs are ready, and at the end of a
 rollout fewer than B are still stepping (the rest wait at the swap), so that mode deadlocks under
 HTS-RL's schedule; ale-py's `send` cannot even name the envs it acts on. Asynchrony comes instead from
-several engines (groups) stepping independently: envs/engine_backend.py.
+several engines (groups) stepping independently: backends/engine.py.
 
 `VectorEngine` turns an engine's batched arrays into one gymnasium step tuple per env, so the
 `Replica` life cycle (episodes, seeds, checks, the final observation of a truncation) stays the same

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.config import TrainConfig
 from htsrl_aio.envs.atari import AleSpec, AtariOptions, is_atari_id
 from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
 from htsrl_aio.envs.envpool_engine import (
@@ -39,6 +39,7 @@ from htsrl_aio.envs.football import (
     require_gfootball,
 )
 from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+from htsrl_aio.errors import ConfigError
 
 # Packages that register their gymnasium ids when imported (or when asked), by id prefix.
 _REGISTERING_PACKAGES: tuple[tuple[tuple[str, ...], str], ...] = (

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 
 PREFIX = "gfootball/"
 INSTALL_HINT = ("install it with scripts/install-football.sh (it builds gfootball 2.10.2 from source "
@@ -149,7 +149,7 @@ class FootballEnv(gym.Env):
 
     def get_state(self) -> dict[str, Any]:
         """The game mid-episode (engine, checkpoint rewards, frame stack) and this adapter's generator,
-        so a checkpoint resumes the game exactly (htsrl_aio.envs.state)."""
+        so a checkpoint resumes the game exactly (htsrl_aio.backends.env_state)."""
         return {"game": self._env.get_state(), "step_count": self._core._step_count,
                 "np_random": self.np_random.bit_generator.state}
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from htsrl_aio.config import ConfigError, TrainConfig
+from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs.factory import EnvSpec
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.models.actor_critic import ActorCritic
 from htsrl_aio.models.cnn import MIN_IMAGE_SIDE
 from htsrl_aio.models.normalize import ReturnScaler

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.outputs.run_dir import METRICS, SUMMARY, read_metrics
 
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.outputs.run_dir import CONFIG, METRICS, read_metrics
 
 

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 
 from htsrl_aio import checkpoint
-from htsrl_aio.config import ConfigError
-from htsrl_aio.errors import HtsrlError
+from htsrl_aio.errors import ConfigError, HtsrlError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"

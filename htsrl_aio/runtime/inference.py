@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from htsrl_aio.distributions import ActionDistribution
-from htsrl_aio.envs.replica import ObsSlot
-from htsrl_aio.runtime.tickets import StepTicket, TicketNoise
+from htsrl_aio.runtime.tickets import TicketNoise
+from htsrl_aio.steps import ObsSlot, StepTicket
 
 
 class ActionResult(NamedTuple):

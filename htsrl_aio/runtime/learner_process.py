@@ -19,9 +19,9 @@ from torch import nn
 
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution
-from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
 from htsrl_aio.errors import HtsrlError
-from htsrl_aio.procs import WatchedChild, close_children
+from htsrl_aio.ipc.children import WatchedChild, close_children
+from htsrl_aio.ipc.shm import SharedArray, SharedArraySpec
 from htsrl_aio.runtime.learner import Learner, wait_settled
 from htsrl_aio.runtime.storage import RolloutStorage
 

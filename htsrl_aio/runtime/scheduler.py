@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.backend import EnvBackend
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import LearnerHandle, wait_settled
 from htsrl_aio.runtime.storage import RolloutStorage
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.steps import StepTicket
 
 EPISODE_WINDOW = 100
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from htsrl_aio.envs.replica import ObsSlot, StepResult
+from htsrl_aio.steps import ObsSlot, StepResult
 
 OBS_PREFIX = "obs:"  # storage array names of observation keys: "obs:image", "obs:obs", ...
 

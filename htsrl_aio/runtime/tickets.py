@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 
 from htsrl_aio.seeding import Stream, generator
-
-
-class StepTicket(NamedTuple):
-    """Names the storage slot a transition goes to and keys the noise that samples its action."""
-
-    rollout: int
-    env: int
-    step: int
+from htsrl_aio.steps import StepTicket
 
 
 class TicketNoise:

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from htsrl_aio.envs.backend import BackendArgs
+from htsrl_aio.backends.loop import LoopBackend
+from htsrl_aio.backends.protocol import BackendArgs
 from htsrl_aio.envs.engines import EngineSpec, GymStep, VectorEngine
-from htsrl_aio.envs.loop_backend import LoopBackend
 
 
 class EngineGroup:

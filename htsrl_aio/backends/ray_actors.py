@@ -36,12 +36,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from htsrl_aio.config import ConfigError
-from htsrl_aio.envs.backend import BackendArgs
+from htsrl_aio.backends.hosted import HostedBackend
+from htsrl_aio.backends.protocol import BackendArgs
+from htsrl_aio.backends.replica import Replica, env_error, run_to_completion
+from htsrl_aio.backends.worker import Command, Reply, reply_to
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.hosted import HostedBackend
-from htsrl_aio.envs.replica import ObsSlot, Replica, StepResult, env_error, run_to_completion
-from htsrl_aio.envs.worker import Command, Reply, reply_to
+from htsrl_aio.errors import ConfigError
+from htsrl_aio.steps import ObsSlot, StepResult
 
 # How long actors get to close their envs politely when the run ends, before they are killed.
 CLOSE_TIMEOUT_S = 5.0

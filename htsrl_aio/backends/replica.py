@@ -18,33 +18,23 @@ import contextlib
 import inspect
 import math
 import traceback
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from htsrl_aio.envs import state as env_state
+from htsrl_aio.backends import env_state
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.spaces import ActionSpec, NonFinite, ObsLayout
-from htsrl_aio.errors import EnvError
+from htsrl_aio.errors import EnvError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
+from htsrl_aio.steps import ObsSlot, StepResult
 
-ObsSlot = Mapping[str, np.ndarray]  # one observation: key -> a view of its storage slot
 T = TypeVar("T")
 
 # An env that fails this often is broken, not unlucky: restarting it forever would hide that.
 MAX_RESTARTS_PER_ENV = 10
 
-
-class StepResult(NamedTuple):
-    """What the runtime learns of one env step (the observations themselves went to their slots)."""
-
-    reward: float
-    terminated: bool
-    truncated: bool
-    episode: tuple[float, int] | None  # (return, length) when an episode ended at this step
-    # --on-env-error restart: (message, traceback) of the failure that re-created the env at this step.
-    restarted: tuple[str, str] | None = None
 
 
 class TrackerState(NamedTuple):
@@ -114,13 +104,6 @@ class EpisodeTracker:
             episode = (self.episode_return, self.episode_length)
         return StepResult(reward, bool(terminated), bool(truncated), episode), obs
 
-
-class EnvTimeout(Exception):
-    """An env's reset or step did not answer within --env-timeout."""
-
-    def __init__(self, what: str, timeout: float) -> None:
-        super().__init__(f"{what} did not answer within --env-timeout {timeout:g} s; make the env answer "
-                         "sooner (give its I/O a timeout of its own) or raise --env-timeout")
 
 
 class Replica:

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from htsrl_aio.envs.backend import BackendArgs, as_wire_action, describe_ticket, obs_slot_of
-from htsrl_aio.envs.replica import ReplicaState, RestartBudget, StepResult, env_error
-from htsrl_aio.envs.worker import Command
+from htsrl_aio.backends.protocol import BackendArgs, as_wire_action, describe_ticket, obs_slot_of
+from htsrl_aio.backends.replica import ReplicaState, RestartBudget, env_error
+from htsrl_aio.backends.worker import Command
 from htsrl_aio.errors import EnvError
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.steps import StepResult, StepTicket
 
 # Seeds of envs on a re-created host: (RESPAWNED, respawn count) goes into every episode seed.
 _RESPAWNED = 2

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
-from htsrl_aio.envs.backend import ObsBuffers, ObsSlots
+from htsrl_aio.backends.protocol import ObsBuffers, ObsSlots
+from htsrl_aio.backends.replica import Replica, ReplicaState, run_to_completion
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.replica import Replica, ReplicaState, run_to_completion
-from htsrl_aio.envs.shm import SharedArray, SharedArraySpec
+from htsrl_aio.ipc.shm import SharedArray, SharedArraySpec
 
 CommandKind = Literal["reset", "step", "lost_step", "get_state", "set_state", "close"]
 

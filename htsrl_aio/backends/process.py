@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import functools
 
-from htsrl_aio.envs.backend import BackendArgs
-from htsrl_aio.envs.hosted import HostedBackend
-from htsrl_aio.envs.replica import env_error
-from htsrl_aio.envs.worker import Command, Reply, WorkerArgs, worker_main
+from htsrl_aio.backends.hosted import HostedBackend
+from htsrl_aio.backends.protocol import BackendArgs
+from htsrl_aio.backends.replica import env_error
+from htsrl_aio.backends.worker import Command, Reply, WorkerArgs, worker_main
 from htsrl_aio.errors import EnvError
-from htsrl_aio.procs import WatchedChild, close_children
+from htsrl_aio.ipc.children import WatchedChild, close_children
 
 
 class ProcessBackend(HostedBackend):

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch.multiprocessing as tmp
 
-from htsrl_aio.config import ConfigError
+from htsrl_aio.errors import ConfigError
 
 CLOSE_TIMEOUT_S = 5.0
 # Signals a terminal, `timeout`, systemd or Slurm send to the whole process group to stop a run. Only

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from htsrl_aio.config import ConfigError
-from htsrl_aio.envs.backend import BackendArgs, EnvBackend
-from htsrl_aio.envs.engine_backend import EngineBackend
+from htsrl_aio.backends.engine import EngineBackend
+from htsrl_aio.backends.loop import LoopBackend
+from htsrl_aio.backends.process import ProcessBackend
+from htsrl_aio.backends.protocol import BackendArgs, EnvBackend
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.loop_backend import LoopBackend
-from htsrl_aio.envs.process_backend import ProcessBackend
+from htsrl_aio.errors import ConfigError
 
 
 def _ray_backend(args: BackendArgs) -> EnvBackend:
-    from htsrl_aio.envs.ray_backend import RayBackend  # Ray is optional: imported only when asked for
+    from htsrl_aio.backends.ray_actors import RayBackend  # Ray is optional: imported only when asked for
 
     return RayBackend(args)
 
@@ -38,7 +38,7 @@ def backend_name(choice: str, factory: EnvFactory, spec: EnvSpec) -> str:
         raise ConfigError(f"--env-backend engine runs envs in a C++ vector engine, which {factory.name!r} "
                           "is not: use an ALE/... id or an envpool:<task> id, or --env-backend auto.")
     if choice == "ray":
-        from htsrl_aio.envs.ray_backend import import_ray
+        from htsrl_aio.backends.ray_actors import import_ray
 
         import_ray()  # without Ray installed, say how to install it before anything starts
     return choice

@@ -1,6 +1,6 @@
 """The env-backend protocol: how the schedule steps env replicas, in step-ticket terms.
 
-A backend hosts `num_envs` `Replica`s (envs/replica.py) somewhere (worker processes, the event loop,
+A backend hosts `num_envs` `Replica`s (backends/replica.py) somewhere (worker processes, the event loop,
 C++ vector engines, Ray actors) and answers per env id:
 
 - `reset(ticket)`: start env `ticket.env`'s episode; its observation becomes the observation of
@@ -22,7 +22,7 @@ step with no answer within `BackendArgs.env_timeout` is a failure like an except
 the ticket, or (restarts on) replace the replica or whatever hosts it.
 
 To add a backend: implement this protocol around `Replica` (its life cycle is already written), add
-it to `BACKENDS` in envs/backends.py, and run tests/test_determinism_spaces.py with it.
+it to `BACKENDS` in backends/registry.py, and run tests/test_determinism_spaces.py with it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from htsrl_aio.backends.replica import ReplicaState
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.replica import ObsSlot, ReplicaState
-from htsrl_aio.envs.shm import SharedArray
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.ipc.shm import SharedArray
+from htsrl_aio.steps import ObsSlot, StepTicket
 
 
 class ObsSlots(Protocol):

@@ -18,10 +18,10 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from htsrl_aio.envs.backend import BackendArgs, describe_ticket, obs_slot_of
-from htsrl_aio.envs.replica import Replica, ReplicaState, RestartBudget, StepResult, env_error
+from htsrl_aio.backends.protocol import BackendArgs, describe_ticket, obs_slot_of
+from htsrl_aio.backends.replica import Replica, ReplicaState, RestartBudget, env_error
 from htsrl_aio.errors import EnvError
-from htsrl_aio.runtime.tickets import StepTicket
+from htsrl_aio.steps import StepResult, StepTicket
 
 
 class LoopBackend:
