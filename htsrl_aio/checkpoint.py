@@ -1,17 +1,27 @@
 """Checkpoints: what they hold, where they live in a run directory, and loading them safely.
 
-Kinds (the "kind" key):
+A `Checkpoint` is assembled from self-saving components (the `Saveable` shape): each component's
+`save()` gives plain values and tensors under its own keys, and `restore(parts)` takes them back.
+- the learner (runtime/learner.py, LEARNER_KEYS): update count, current parameters (with the
+  normalisation statistics), the parameters the pending rollout was collected with, optimizer;
+- the schedule (runtime/scheduler.py, SCHEDULE_KEYS): episode statistics, wall time, the version that
+  collected the pending rollout, and inside a swap that rollout itself;
+- the env replicas (backends/replica_states.py, REPLICA_KEYS): each env's state where it can be saved,
+  and its episode tracker.
+Adding state to a run is adding a component to `Trainer`'s list, not a key here.
+
+Kinds:
 - "swap": taken inside swap g every --checkpoint-every updates (checkpoints/update-<g>.pt, the last
-  --keep-checkpoints kept). It holds the learner (current and behaviour parameters, optimizer, update
-  count), rollout g waiting to be learned, every env replica's state where it can be saved, and the
-  episode statistics, so a run resumed from it ends bit-identical to one never stopped. A stop signal
-  ends the run at the next swap with one, written to checkpoint.pt as well.
+  --keep-checkpoints kept), with every component, so a run resumed from it ends bit-identical to one
+  never stopped. A stop signal ends the run at the next swap with one, written to checkpoint.pt too.
 - "stop": written when a run fails, is cancelled, or its stop did not reach a swap in time
-  (checkpoint.pt): the parameters and optimizer of the last completed update. Resuming from it
-  restarts the envs with fresh derived seeds.
+  (checkpoint.pt): the learner of the last completed update and the episode statistics. Resuming
+  from it restarts the envs with fresh derived seeds.
 - "final": the end of a finished run (checkpoint.pt).
 Every random stream of a run is derived from (seed, purpose, ids), so the update count and the episode
-counts stored per env are the whole random state.
+counts stored per env are the whole random state. Each checkpoint also records the settings the user
+gave (`user_config`, so a resume on another machine resolves its machine-dependent defaults again) and
+the versions of the libraries it was written with.
 
 Everything is tensors and plain values, loaded with `torch.load(weights_only=True)`: a checkpoint from
 elsewhere cannot run code. Env states are pickled bytes and only unpickled if signed on this machine
@@ -20,28 +30,108 @@ elsewhere cannot run code. Env states are pickled bytes and only unpickled if si
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
+import logging
 import pickle
+import platform
 import re
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 
 from htsrl_aio.errors import ConfigError
 
-# v2: observations stored per key, action rows of any space, bootstrap values instead of final
-# observations, model state of models/actor_critic.py. v1 files are refused in one sentence.
-FORMAT = "htsrl-aio checkpoint v2"
-_OLDER_FORMATS = ("htsrl-aio checkpoint v1",)
+# v3: the user's own settings and the library versions next to the resolved settings; trackers as
+# named fields; the schedule names the version that collected the pending rollout. v2 files (the same
+# parts otherwise) are read; v1 files are refused in one sentence.
+FORMAT = "htsrl-aio checkpoint v3"
+_READABLE_OLDER = ("htsrl-aio checkpoint v2",)
+_REFUSED_OLDER = ("htsrl-aio checkpoint v1",)
 CHECKPOINT_DIR = "checkpoints"
 FINAL = "checkpoint.pt"
 _PERIODIC = re.compile(r"update-(\d+)\.pt$")
-# What resume and eval read from each kind of checkpoint (the optimizer may be None: not resumable).
-_FIELDS = ("kind", "update", "model", "optimizer", "config", "schedule")
-_KIND_FIELDS = {"final": (), "stop": (),
-                "swap": ("behaviour", "rollout", "envs")}
+Kind = Literal["swap", "stop", "final"]
+# The parts resume and eval read from each kind of checkpoint (the optimizer may be None: not resumable).
+_PARTS = ("update", "model", "optimizer", "schedule")
+_KIND_PARTS: dict[str, tuple[str, ...]] = {"final": (), "stop": (), "swap": ("behaviour", "rollout", "envs")}
+# Libraries whose versions a checkpoint records (where installed).
+_LIBRARIES = ("htsrl-aio", "torch", "numpy", "gymnasium", "ale-py", "envpool")
+_log = logging.getLogger("htsrl_aio")
+
+
+class Saveable(Protocol):
+    """A component that holds run state and saves it itself (Acme's `Saveable` shape)."""
+
+    def save(self) -> Any:
+        """Its part of a checkpoint: a dict of plain values and tensors under its own keys (or an
+        awaitable of one), taken while the run is paused."""
+        ...
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """One checkpoint: its kind, the run's settings, and each component's part under its own keys."""
+
+    kind: Kind
+    interrupted: bool  # written because the run was stopped early
+    config: dict[str, Any]  # the resolved settings the run used
+    parts: dict[str, Any]  # component parts by key: LEARNER_KEYS, SCHEDULE_KEYS, REPLICA_KEYS
+    user_config: dict[str, Any] | None = None  # the settings the user gave (None: written before v3)
+    versions: dict[str, str] = dataclasses.field(default_factory=lambda: library_versions())
+
+    @property
+    def update(self) -> int:
+        return int(self.parts["update"])
+
+    @property
+    def model(self) -> dict[str, torch.Tensor]:
+        return self.parts["model"]
+
+    @property
+    def resumable(self) -> bool:
+        """False for the parameters-only checkpoint of a run that diverged or whose learner failed."""
+        return self.parts.get("optimizer") is not None
+
+    def __getitem__(self, key: str) -> Any:
+        """A field by its key in the file (`kind`, `config`, `model`, `update`, ...)."""
+        return self.to_dict()[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the file holds: plain values and tensors only."""
+        return {"format": FORMAT, "kind": self.kind, "interrupted": self.interrupted, "config": self.config,
+                "user_config": self.user_config, "versions": self.versions, **self.parts}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path) -> Checkpoint:
+        """The checkpoint a file's dict holds; one sentence for anything else."""
+        meta = {"format", "kind", "interrupted", "config", "user_config", "versions"}
+        missing = [key for key in ("kind", "config", *_PARTS, *_KIND_PARTS.get(data.get("kind"), ()))
+                   if key not in data]
+        if missing or data["kind"] not in _KIND_PARTS:
+            what = f"lacks {', '.join(missing)}" if missing else f"is of unknown kind {data['kind']!r}"
+            raise ConfigError(f"{path} is an htsrl-aio checkpoint but {what} (damaged, or written by another "
+                              "version), so it cannot be used.")
+        return cls(kind=data["kind"], interrupted=bool(data.get("interrupted", False)),
+                   config=dict(data["config"]), parts={k: v for k, v in data.items() if k not in meta},
+                   user_config=data.get("user_config"), versions=dict(data.get("versions") or {}))
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and each installed library's version, and the machine's processor."""
+    versions = {"python": platform.python_version(), "machine": platform.machine()}
+    for name in _LIBRARIES:
+        if name == "envpool" and "envpool" not in sys.modules:
+            continue  # only where the run used it
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def periodic_name(update: int) -> str:
@@ -54,7 +144,7 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_PERIODIC.search(p.name).group(1)))
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Checkpoint:
     """Load a checkpoint made by htsrl-aio; anything else is refused in one sentence, never executed."""
     if not path.exists():
         raise ConfigError(f"checkpoint {path} does not exist.")
@@ -71,17 +161,12 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as exc:  # truncated zip, random bytes, a file from another program
         raise ConfigError(f"{path} is not a readable checkpoint (corrupt or not a torch file: "
                           f"{type(exc).__name__}: {exc}).") from None
-    if isinstance(data, dict) and data.get("format") in _OLDER_FORMATS:
+    if isinstance(data, dict) and data.get("format") in _REFUSED_OLDER:
         raise ConfigError(f"{path} was written by an older htsrl-aio ({data['format']}), whose networks and "
                           "rollouts this version does not read; evaluate or resume it with htsrl-aio 0.1.")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, *_READABLE_OLDER):
         raise ConfigError(f"{path} is a torch file but not an htsrl-aio checkpoint.")
-    missing = [key for key in (*_FIELDS, *_KIND_FIELDS.get(data.get("kind"), ())) if key not in data]
-    if missing or data["kind"] not in _KIND_FIELDS:
-        what = f"lacks {', '.join(missing)}" if missing else f"is of unknown kind {data['kind']!r}"
-        raise ConfigError(f"{path} is an htsrl-aio checkpoint but {what} (damaged, or written by another "
-                          "version), so it cannot be used.")
-    return data
+    return Checkpoint.from_dict(data, path)
 
 
 def newest(run_dir: Path, resumable: bool) -> Path:
@@ -103,8 +188,8 @@ def newest(run_dir: Path, resumable: bool) -> Path:
         except ConfigError as exc:
             unreadable.append(str(exc))
         else:
-            if not resumable or data["optimizer"] is not None:
-                candidates.append((int(data["update"]), 0, final))
+            if not resumable or data.resumable:
+                candidates.append((data.update, 0, final))
     for _update, periodic, path in sorted(candidates, reverse=True):
         if periodic:
             try:
@@ -113,17 +198,9 @@ def newest(run_dir: Path, resumable: bool) -> Path:
                 unreadable.append(str(exc))
                 continue
         for reason in unreadable:
-            print(f"htsrl-aio: {reason} Using {path} instead, the newest readable checkpoint.",
-                  file=sys.stderr)
+            _log.warning("%s Using %s instead, the newest readable checkpoint.", reason, path)
         return path
     what = "resumable checkpoint" if resumable else "checkpoint"
     readable, why = ("readable ", f" ({unreadable[0]})") if unreadable else ("", "")
     raise ConfigError(f"{run_dir} holds no {readable}{what} (checkpoint.pt or checkpoints/update-*.pt){why}.")
 
-
-def tensor_of_bytes(blob: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-
-
-def bytes_of_tensor(tensor: torch.Tensor) -> bytes:
-    return tensor.numpy().tobytes()

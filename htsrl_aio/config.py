@@ -111,6 +111,10 @@ _FLOAT_LIMITS: dict[str, tuple[bool, str]] = {
     "lr": (False, "1e-3"), "clip_coef": (False, "0.2"), "max_grad_norm": (False, "0.5"),
     "ent_coef": (True, "0.01"), "vf_coef": (True, "0.5"),
 }
+# Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
+RESUME_OVERRIDABLE = ("workers", "max_batch", "engine_batch", "engine_threads", "learner", "progress",
+                      "checkpoint_every", "keep_checkpoints", "stop_timeout", "env_timeout", "ray_address",
+                      "ray_actors", "envs_per_actor")
 # Copies of the network a run holds: inference, current and behaviour parameters, gradients, Adam's two
 # moments.
 _NETWORK_COPIES = 6
@@ -373,6 +377,19 @@ class TrainConfig:
             raise ConfigError(f"--ray-actors {actors} and --envs-per-actor {per_actor} disagree for "
                               f"{self.num_envs} envs ({-(-self.num_envs // per_actor)} actors of at most "
                               f"{per_actor} envs); give one of them.")
+
+    def user_settings(self) -> dict[str, Any]:  # TEMPORARY until the config branch lands
+        defaults = TrainConfig()
+        return {k: v for k, v in self.to_json_dict().items() if v != getattr(defaults, k)}
+
+    @classmethod
+    def for_resume(cls, resolved: dict[str, Any], user: dict[str, Any] | None, overrides: dict[str, Any],
+                   where: str) -> TrainConfig:  # TEMPORARY until the config branch lands
+        for key in overrides:
+            if key not in RESUME_OVERRIDABLE:
+                raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming (the run continues "
+                                  f"as configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
+        return dataclasses.replace(cls.from_json_dict(resolved, where), **overrides)
 
     @property
     def num_rollouts(self) -> int:

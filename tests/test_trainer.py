@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from htsrl_aio import TrainConfig, Trainer
+from htsrl_aio.assembly import oversubscription_warning
 from htsrl_aio.config import available_cores
-from htsrl_aio.trainer import oversubscription_warning
 
 
 def config(run_dir, **overrides) -> TrainConfig:

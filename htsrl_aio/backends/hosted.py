@@ -7,7 +7,7 @@ inference batch produced) go to it together (`_deliver`), so one message serves 
 
 When a host is lost (it died, or stopped answering), either the run stops in one sentence naming its
 envs, or (`--on-env-error restart`) the host is started again: the commands it lost wait for the new
-one, its envs start over with a fresh seed lineage (`_RESPAWNED`), the step each env was taking becomes
+one, its envs start over with a fresh seed lineage (`Lineage.RESPAWNED`), the step each env was taking becomes
 a truncation (`Replica.lost_step`), and every re-created env is charged to the `RestartBudget`.
 
 --env-timeout: a watchdog on the loop looks at the commands in flight; a host holding one past the
@@ -27,13 +27,10 @@ from typing import Any
 import numpy as np
 
 from htsrl_aio.backends.protocol import BackendArgs, as_wire_action, describe_ticket, obs_slot_of
-from htsrl_aio.backends.replica import ReplicaState, RestartBudget, env_error
+from htsrl_aio.backends.replica import Lineage, ReplicaState, RestartBudget, env_error
 from htsrl_aio.backends.worker import Command
 from htsrl_aio.errors import EnvError
 from htsrl_aio.steps import StepResult, StepTicket
-
-# Seeds of envs on a re-created host: (RESPAWNED, respawn count) goes into every episode seed.
-_RESPAWNED = 2
 
 
 class HostedBackend:
@@ -86,7 +83,7 @@ class HostedBackend:
         raise NotImplementedError
 
     def _lineage(self, index: int) -> tuple[int, ...]:
-        return (_RESPAWNED, self._respawns[index]) if self._respawns[index] else ()
+        return (Lineage.RESPAWNED, self._respawns[index]) if self._respawns[index] else ()
 
     def _envs_of(self, index: int) -> str:
         ids = self._slices[index]

@@ -75,6 +75,7 @@ class BackendArgs:
     factory: EnvFactory
     spec: EnvSpec
     num_envs: int
+    rollout_len: int  # steps per rollout: each storage holds rollout_len + 1 observation rows
     run_seed: int
     buffers: ObsBuffers
     workers: int = 1  # worker processes (process backend)

@@ -235,7 +235,7 @@ class RayBackend(HostedBackend):
                 self.ray.kill(old, no_restart=True)
         self._incarnation[index] += 1
         self._unsynced.update(self._slices[index])
-        rollout = a.buffers.storages[0][next(iter(a.buffers.storages[0]))].array.shape[0] - 1
+        rollout = a.rollout_len
         actor = self._actor_class.options(num_cpus=self._actor_cpus, scheduling_strategy="SPREAD").remote(
             a.factory, a.spec, self._slices[index], a.run_seed, rollout, a.restart_on_error,
             self._lineage(index))

@@ -19,6 +19,7 @@ import inspect
 import math
 import traceback
 from collections.abc import Callable, Coroutine
+from enum import IntEnum
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -35,6 +36,13 @@ T = TypeVar("T")
 # An env that fails this often is broken, not unlucky: restarting it forever would hide that.
 MAX_RESTARTS_PER_ENV = 10
 
+
+
+class Lineage(IntEnum):
+    """The first id of a restarted env's seed lineage, so no episode seed of a run is ever reused."""
+
+    RESUMED = 1  # resumed without its saved state: (RESUMED, update of the checkpoint)
+    RESPAWNED = 2  # on a host started again after its predecessor was lost: (RESPAWNED, respawn count)
 
 
 class TrackerState(NamedTuple):

@@ -33,7 +33,11 @@ class SharedArray:
         self._shm = shm
         self.spec = spec
         self.owner = owner
-        self.array: np.ndarray = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
+        # frombuffer holds a buffer export on the block, so the block cannot be unmapped under a live view
+        # (np.ndarray(buffer=...) holds none: a view used after close() was a segmentation fault).
+        dtype = np.dtype(spec.dtype)
+        count = int(np.prod(spec.shape))
+        self.array: np.ndarray = np.frombuffer(shm.buf, dtype=dtype, count=count).reshape(spec.shape)
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: np.dtype) -> SharedArray:
@@ -51,9 +55,20 @@ class SharedArray:
         return cls(shared_memory.SharedMemory(name=spec.name), spec, owner=False)
 
     def close(self) -> None:
-        """Drop the mapping; the owner also unlinks the block so nothing is left in /dev/shm."""
+        """Drop the mapping; the owner also unlinks the block so nothing is left in /dev/shm.
+
+        Views of the array that are still alive elsewhere keep the mapping (never a dangling pointer):
+        it goes with the last of them, and the block's name is gone from /dev/shm at once either way.
+        """
         self.array = np.empty(0)
-        self._shm.close()
+        try:
+            self._shm.close()
+        except BufferError:  # views are alive: let them own the mapping, release the rest now
+            self._shm._buf = None
+            self._shm._mmap = None
+            with contextlib.suppress(OSError):
+                os.close(self._shm._fd)
+            self._shm._fd = -1
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()

@@ -1,8 +1,7 @@
-"""MLP building blocks (orthogonal init, tanh, as in CleanRL) and the parameter hash."""
+"""MLP building blocks (orthogonal init, tanh, as in CleanRL)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 from torch import nn
@@ -24,12 +23,3 @@ def mlp(inp: int, hidden: tuple[int, ...], last: nn.Module) -> nn.Sequential:
         inp = size
     layers.append(last)
     return nn.Sequential(*layers)
-
-
-def params_sha256(model: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer, in state_dict order, as little-endian bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

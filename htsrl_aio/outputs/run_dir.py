@@ -164,19 +164,19 @@ class RunDirectory:
         except OSError as exc:
             raise _write_failed(self.path / METRICS, exc) from None
 
-    def save_checkpoint(self, state: dict[str, Any], name: str = checkpoint.FINAL) -> None:
+    def save_checkpoint(self, state: checkpoint.Checkpoint, name: str = checkpoint.FINAL) -> None:
         """Write a checkpoint atomically; on failure raise one sentence and leave older ones untouched."""
         # Serialised in memory first: torch's zip writer turns a failed write (disk full) into an
         # unrelated-looking RuntimeError, while a plain file write reports the OSError itself.
         buffer = io.BytesIO()
-        torch.save({"format": checkpoint.FORMAT, **state}, buffer)
+        torch.save(state.to_dict(), buffer)
         try:
             (self.path / name).parent.mkdir(exist_ok=True)
             self._atomic_write(name, lambda f: f.write(buffer.getbuffer()))
         except OSError as exc:
             raise _write_failed(self.path / name, exc, CheckpointWriteError) from exc
 
-    def save_periodic(self, state: dict[str, Any], update: int, keep: int) -> None:
+    def save_periodic(self, state: checkpoint.Checkpoint, update: int, keep: int) -> None:
         """Write checkpoints/update-<update>.pt, then delete all but the newest `keep` of them."""
         self.save_checkpoint(state, checkpoint.periodic_name(update))
         for old in checkpoint.periodic_checkpoints(self.path)[:-keep]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from htsrl_aio.distributions import ActionDistribution
+from htsrl_aio.models.params import copy_params
 from htsrl_aio.runtime.tickets import TicketNoise
 from htsrl_aio.steps import ObsSlot, StepTicket
 
@@ -116,8 +117,6 @@ class BatchedInference:
         params, values = self.model({key: torch.from_numpy(a).to(self.device) for key, a in batch.items()})
         return params.float().cpu(), values.float().cpu()
 
-    @torch.no_grad()
     def publish(self, source: nn.Module) -> None:
         """Copy `source`'s parameters and statistics into the inference network (only at a swap)."""
-        for dst, src in zip(self.model.state_dict().values(), source.state_dict().values()):
-            dst.copy_(src)
+        copy_params(self.model, source)

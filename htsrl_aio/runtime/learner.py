@@ -3,10 +3,15 @@
 `Learner` is the algorithm and runs synchronously; `ThreadLearner` (here) and `ProcessLearner`
 (learner_process.py) run it off the event-loop thread behind the same async interface.
 
-It holds two networks. `model` carries the current parameters theta_j, which the optimizer updates
-and which are published to inference at the swap. `behaviour` carries the parameters that collected
-the rollout being learned (theta_{j-1} in hts mode, theta_j in sync mode); it is refreshed from
-inference at every swap.
+The learner is the one owner of the parameters. `model` carries the current parameters theta_j, which
+the optimizer updates and which are published to inference at the swap. `behaviour` carries the
+parameters that collected the rollout being learned (theta_{j-1} in hts mode, theta_j in sync mode):
+before each update the learner keeps the parameters it starts from, keyed by their version, and the
+schedule names the version that collected a rollout (`use_behaviour`). Only that number crosses at a
+swap; no copy of the parameters travels back from inference.
+
+`save()`/`restore()`: what a checkpoint keeps of the learner (update count, current and kept
+parameters, optimizer), under LEARNER_KEYS.
 
 The updates themselves are in algos/ (`ppo_update`: decoupled PPO by default, `a2c_update`: the
 paper's delayed gradient); the learner keeps their placement, the learning-rate schedule, the
@@ -19,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,8 +35,12 @@ from htsrl_aio.algos import RolloutBatch, a2c_update, gae, ppo_update
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import TrainingDiverged
+from htsrl_aio.models.params import clone_params, copy_params
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.seeding import Stream, derive_seed
+
+# The checkpoint keys a learner saves and restores.
+LEARNER_KEYS = ("update", "model", "behaviour", "behaviour_version", "optimizer")
 
 
 class Learner:
@@ -44,22 +54,45 @@ class Learner:
         self.optimizer = _make_optimizer(config, model)
         self.version = 0  # updates applied to `model` so far
         self.behaviour_version = 0  # version of the parameters held in `behaviour`
+        # The parameters the last update started from, and their version: in hts mode they collected
+        # the rollout learned next.
+        self._kept_version = 0
+        self._kept = clone_params(model)
 
-    def restore(self, version: int, optimizer_state: dict) -> None:
-        """Continue from a checkpoint: the update count (it keys minibatch order and the lr) and optimizer."""
-        self.version = version
-        self.optimizer.load_state_dict(optimizer_state)
+    def save(self) -> dict[str, Any]:
+        """The learner's part of a checkpoint (LEARNER_KEYS), taken while it is idle."""
+        return {"update": self.version, "model": clone_params(self.model),
+                "behaviour": {name: tensor.clone() for name, tensor in self._kept.items()},
+                "behaviour_version": self._kept_version, "optimizer": self.optimizer.state_dict()}
 
-    @torch.no_grad()
-    def load_behaviour(self, source: nn.Module, version: int) -> None:
-        """Record the parameters that collected the rollout about to be learned."""
-        for dst, src in zip(self.behaviour.state_dict().values(), source.state_dict().values()):
-            dst.copy_(src)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint: parameters, the kept ones, update count (it keys minibatch order
+        and the learning rate) and optimizer."""
+        copy_params(self.model, state["model"])
+        # A stop or final checkpoint keeps no other parameters: its next rollout is collected afresh.
+        copy_params(self._kept, state.get("behaviour", state["model"]))
+        self.version = state["update"]
+        self._kept_version = state.get("behaviour_version", self.version)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def use_behaviour(self, version: int) -> None:
+        """Learn the next rollout as collected by the parameters of `version`: the current ones (sync),
+        or the ones the last update started from (hts)."""
+        if version == self.version:
+            copy_params(self.behaviour, self.model)
+        elif version == self._kept_version:
+            copy_params(self.behaviour, self._kept)
+        else:
+            raise RuntimeError(f"the learner holds no parameters of version {version} (it is at "
+                               f"{self.version} and kept {self._kept_version}): the schedule broke its "
+                               "one-update lag")
         self.behaviour_version = version
 
     def update(self, storage: RolloutStorage) -> dict[str, float]:
-        """One update on the rollout in `storage`."""
+        """One update on the rollout in `storage` (call `use_behaviour` first where the lag varies)."""
         cfg = self.config
+        copy_params(self._kept, self.model)
+        self._kept_version = self.version
         if cfg.anneal_lr:
             frac = 1.0 - self.version / cfg.num_rollouts
             for group in self.optimizer.param_groups:
@@ -155,28 +188,26 @@ class Learner:
 
 
 class LearnerHandle(Protocol):
-    """What the scheduler needs from a learner, wherever it runs."""
+    """What the scheduler and the checkpoints need from a learner, wherever it runs."""
 
     model: nn.Module  # the current parameters; read only at a swap, while the learner is idle
-    behaviour: nn.Module  # the parameters that collected the rollout being learned
 
     @property
     def version(self) -> int: ...
 
-    @property
-    def behaviour_version(self) -> int: ...
-
-    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
-        """Continue from a checkpoint (before start); the parameters are already in `model`."""
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's LEARNER_KEYS (before start)."""
         ...
 
     async def start(self) -> None: ...
 
-    def load_behaviour(self, source: nn.Module, version: int) -> None: ...
+    async def update(self, storage: RolloutStorage, behaviour_version: int) -> dict[str, float]:
+        """Learn the rollout in `storage`, collected by the parameters of `behaviour_version`."""
+        ...
 
-    async def update(self, storage: RolloutStorage) -> dict[str, float]: ...
-
-    async def optimizer_state(self) -> dict: ...
+    async def save(self) -> dict[str, Any]:
+        """The learner's part of a checkpoint (LEARNER_KEYS), taken while it is idle."""
+        ...
 
     async def settle(self) -> None:
         """Wait for an update still running after its caller was cancelled, so state is consistent."""
@@ -196,7 +227,6 @@ class ThreadLearner:
     def __init__(self, learner: Learner) -> None:
         self.learner = learner
         self.model = learner.model
-        self.behaviour = learner.behaviour
         # torch's thread count is per OS thread: unset, the first ops in a new thread run with another
         # count and differ in the last bits, which breaks determinism (tests/test_train.py caught it).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="htsrl-learner",
@@ -204,9 +234,8 @@ class ThreadLearner:
                                             initargs=(learner.config.torch_threads,))
         self._running: asyncio.Future | None = None
 
-    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
-        self.learner.restore(version, optimizer_state)
-        self.learner.behaviour_version = behaviour_version
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.learner.restore(state)
 
     async def start(self) -> None:
         return None
@@ -218,24 +247,23 @@ class ThreadLearner:
     def version(self) -> int:
         return self.learner.version
 
-    @property
-    def behaviour_version(self) -> int:
-        return self.learner.behaviour_version
-
-    def load_behaviour(self, source: nn.Module, version: int) -> None:
-        self.learner.load_behaviour(source, version)
-
-    async def update(self, storage: RolloutStorage) -> dict[str, float]:
+    async def update(self, storage: RolloutStorage, behaviour_version: int) -> dict[str, float]:
         """Run one update in the learner thread; the loop keeps stepping envs meanwhile."""
         loop = asyncio.get_running_loop()
-        self._running = loop.run_in_executor(self._executor, self.learner.update, storage)
+        self._running = loop.run_in_executor(self._executor, learn, self.learner, storage, behaviour_version)
         return await asyncio.shield(self._running)
 
-    async def optimizer_state(self) -> dict:
-        return self.learner.optimizer.state_dict()
+    async def save(self) -> dict[str, Any]:
+        return self.learner.save()
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+
+def learn(learner: Learner, storage: RolloutStorage, behaviour_version: int) -> dict[str, float]:
+    """One update of `learner` on `storage`, collected by the parameters of `behaviour_version`."""
+    learner.use_behaviour(behaviour_version)
+    return learner.update(storage)
 
 
 async def wait_settled(future: asyncio.Future | None) -> None:

@@ -1,16 +1,19 @@
 """ProcessLearner: the learner in its own process, so its Python work never waits for the GIL.
 
-The parameters live in torch shared memory. The learner process updates `model` in place and
-`behaviour` is written by the parent at a swap; both only while the other side is idle (the swap
-barrier guarantees it), so no lock is needed. Rollouts are read straight from the shared storages;
-only the storage index crosses the pipe.
+The current parameters live in torch shared memory: the learner process updates `model` in place, and
+the parent reads it at a swap to publish it, each only while the other side is idle (the swap barrier
+guarantees it), so no lock is needed. Everything else the learner owns (the kept parameters, the
+optimizer) stays in its process and comes back only in `save()`. Rollouts are read straight from the
+shared storages; only the storage index and the behaviour version cross the pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import traceback
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
@@ -21,25 +24,25 @@ from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.ipc.children import WatchedChild, close_children
-from htsrl_aio.ipc.shm import SharedArray, SharedArraySpec
-from htsrl_aio.runtime.learner import Learner, wait_settled
+from htsrl_aio.ipc.shm import SharedArray
+from htsrl_aio.runtime.learner import Learner, learn, wait_settled
+from htsrl_aio.runtime.memory import StorageSpecs
 from htsrl_aio.runtime.storage import RolloutStorage
-
-StorageSpecs = list[dict[str, SharedArraySpec]]
 
 
 class LearnerCommand(NamedTuple):
-    """Parent -> learner process: learn the rollout in storage `storage`, or send the optimizer state."""
+    """Parent -> learner process: learn the rollout in storage `storage`, collected by the parameters of
+    `behaviour_version`, or send the learner's state for a checkpoint."""
 
-    kind: Literal["update", "optimizer"]
+    kind: Literal["update", "save"]
     storage: int = -1
-    behaviour_version: int = 0  # PPO's trust region depends on the lag, so the child must know it
+    behaviour_version: int = 0
 
 
 class LearnerReply(NamedTuple):
-    """Learner process -> parent: "ready", "done" (value: the update's stats), "optimizer", "error"."""
+    """Learner process -> parent: "ready", "done" (value: the update's stats), "saved", "error"."""
 
-    kind: Literal["ready", "done", "optimizer", "error"]
+    kind: Literal["ready", "done", "saved", "error"]
     value: Any = None
     message: str = ""
     details: str = ""
@@ -50,47 +53,38 @@ class LearnerError(HtsrlError):
 
 
 class ProcessLearner:
-    def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 distribution: ActionDistribution, storage_specs: StorageSpecs) -> None:
+    def __init__(self, config: TrainConfig, model: nn.Module, distribution: ActionDistribution,
+                 storage_specs: StorageSpecs) -> None:
         # The learner needs no env, and a factory may be a closure that cannot be pickled: send its name.
         self.config = dataclasses.replace(config, env=config.to_json_dict()["env"])
         self.model = model.share_memory()
-        self.behaviour = behaviour.share_memory()
         self.distribution = distribution
         self._storage_specs = storage_specs
         self.version = 0  # updates the child has completed, counted as it reports them
-        self.behaviour_version = 0
-        self._optimizer_state: dict | None = None
+        self._restored: Mapping[str, Any] | None = None
         self._child: WatchedChild | None = None
         self._reply: asyncio.Future | None = None
         self._failure: LearnerError | None = None
 
-    def restore(self, version: int, behaviour_version: int, optimizer_state: dict) -> None:
-        """Continue from a checkpoint (call before start); the parameters are already in `model`."""
-        self.version, self.behaviour_version = version, behaviour_version
-        self._optimizer_state = optimizer_state
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's LEARNER_KEYS (call before start); the child loads them."""
+        self.version = state["update"]
+        self._restored = state
 
     async def start(self) -> None:
         self._reply = asyncio.get_running_loop().create_future()
         self._child = WatchedChild("htsrl-learner", learner_main,
-                                   (self.config, self.model, self.behaviour, self.distribution,
-                                    self._storage_specs,
-                                    self.version, self._optimizer_state),
+                                   (self.config, self.model, self.distribution, self._storage_specs,
+                                    self._restored),
                                    self._on_message, self._on_exit)
-        self._optimizer_state = None
+        self._restored = None
         await self._reply
 
-    @torch.no_grad()
-    def load_behaviour(self, source: nn.Module, version: int) -> None:
-        for dst, src in zip(self.behaviour.state_dict().values(), source.state_dict().values()):
-            dst.copy_(src)
-        self.behaviour_version = version
+    async def update(self, storage: RolloutStorage, behaviour_version: int) -> dict[str, float]:
+        return await self._call(LearnerCommand("update", storage.index, behaviour_version))
 
-    async def update(self, storage: RolloutStorage) -> dict[str, float]:
-        return await self._call(LearnerCommand("update", storage.index, self.behaviour_version))
-
-    async def optimizer_state(self) -> dict:
-        return await self._call(LearnerCommand("optimizer"))
+    async def save(self) -> dict[str, Any]:
+        return await self._call(LearnerCommand("save"))
 
     async def settle(self) -> None:
         """Wait until the child has finished what it was asked, even if the asker was cancelled."""
@@ -131,17 +125,16 @@ class ProcessLearner:
             await close_children([child])
 
 
-def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
-                 distribution: ActionDistribution, storage_specs: StorageSpecs, version: int,
-                 optimizer_state: dict | None) -> None:
+def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, distribution: ActionDistribution,
+                 storage_specs: StorageSpecs, restored: Mapping[str, Any] | None) -> None:
     torch.set_num_threads(config.torch_threads)
     torch.use_deterministic_algorithms(config.deterministic)
     shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
     storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                 for i, arrays in enumerate(shared)]
-    learner = Learner(config, model, behaviour, distribution)
-    if optimizer_state is not None:
-        learner.restore(version, optimizer_state)
+    learner = Learner(config, model, copy.deepcopy(model), distribution)
+    if restored is not None:
+        learner.restore(restored)
     try:
         conn.send(LearnerReply("ready"))
         while True:
@@ -149,11 +142,11 @@ def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, behavi
             if message[0] == "close":
                 return
             try:
-                if message.kind == "optimizer":
-                    conn.send(LearnerReply("optimizer", learner.optimizer.state_dict()))
+                if message.kind == "save":
+                    conn.send(LearnerReply("saved", learner.save()))
                     continue
-                learner.behaviour_version = message.behaviour_version
-                conn.send(LearnerReply("done", learner.update(storages[message.storage])))
+                conn.send(LearnerReply("done", learn(learner, storages[message.storage],
+                                                     message.behaviour_version)))
             except HtsrlError as exc:  # already one sentence for the user
                 conn.send(LearnerReply("error", message=str(exc), details=traceback.format_exc()))
             except Exception as exc:

@@ -11,9 +11,10 @@ sync mode (the baseline): the same coroutines, plus a barrier after every env st
 waits for the learner (a second barrier, where parameters are published) before the next rollout.
 
 Checkpoints that resume exactly are taken inside a swap, where nothing moves: every env has finished
-rollout g, the learner is idle, rollout g waits in its storage to be learned. A run resumed from one
-starts right after that swap (`StartPoint.learn_first`). `request_stop` ends the run at the next swap,
-after such a checkpoint: the graceful stop of a signal.
+rollout g, the learner is idle, rollout g waits in its storage to be learned. The schedule saves its
+own part (`save`: episode statistics, the version that collected rollout g, and rollout g itself) and
+a run resumed from one starts right after that swap (`restore`, `StartPoint.learn_first`).
+`request_stop` ends the run at the next swap, after such a checkpoint: the graceful stop of a signal.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.config import TrainConfig
@@ -37,6 +39,8 @@ from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.steps import StepTicket
 
 EPISODE_WINDOW = 100
+# The checkpoint keys the schedule saves and restores.
+SCHEDULE_KEYS = ("schedule", "rollout")
 
 
 class BusyClock:
@@ -73,6 +77,19 @@ class StartPoint:
     episode_returns: list[float] = field(default_factory=list)
     episode_lengths: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
+    behaviour_version: int = 0  # learn_first: the parameters that collected the rollout learned first
+
+    @classmethod
+    def of_checkpoint(cls, kind: str, parts: Mapping[str, Any], envs_restored: bool) -> StartPoint:
+        """Where a run resumed from a checkpoint of `kind` with these parts continues."""
+        schedule, update = parts["schedule"], int(parts["update"])
+        at_swap = kind == "swap"
+        # Format v2 kept the version that collected the pending rollout with the learner's parts.
+        behaviour_version = schedule.get("behaviour_version", parts.get("behaviour_version", update))
+        return cls(update + at_swap, learn_first=at_swap, envs_restored=at_swap and envs_restored,
+                   episodes=schedule["episodes"], episode_returns=list(schedule["episode_returns"]),
+                   episode_lengths=list(schedule["episode_lengths"]), wall_time_s=schedule["wall_time_s"],
+                   behaviour_version=behaviour_version)
 
 
 class RolloutScheduler:
@@ -95,20 +112,9 @@ class RolloutScheduler:
         self.learner = learner
         self.on_update = on_update
         self.sync = config.mode == "sync"
-        self.start = start = start or StartPoint()
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
-        n = config.num_envs
-        # Swap g closes rollout g; publish g follows update g. A resumed run already passed swap rollout-1.
-        self.swap = SwapBarrier(n + 1, on_swap=self._on_swap, generation=start.rollout)
-        self.step_barrier = SwapBarrier(n) if self.sync else None
-        self.publish_barrier = (SwapBarrier(n + 1, on_swap=self._on_publish,
-                                            generation=start.rollout - start.learn_first)
-                                if self.sync else None)
-        self.inference_version = learner.version
-        self.episode_returns: deque[float] = deque(start.episode_returns, maxlen=EPISODE_WINDOW)
-        self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
-        self.episodes = start.episodes
+        self._begin_at(start or StartPoint())
         self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
         self._envs_collecting = 0
         self.collector_clock = BusyClock()
@@ -118,6 +124,46 @@ class RolloutScheduler:
         self._stop_requested = False
         self.stopped_at: int | None = None  # the swap a requested stop ended the run in
         self._updating: asyncio.Future[None] | None = None  # the learner's update and its metrics row
+
+    def _begin_at(self, start: StartPoint) -> None:
+        self.start = start
+        n = self.cfg.num_envs
+        # Swap g closes rollout g; publish g follows update g. A resumed run already passed swap rollout-1.
+        self.swap = SwapBarrier(n + 1, on_swap=self._on_swap, generation=start.rollout)
+        self.step_barrier = SwapBarrier(n) if self.sync else None
+        self.publish_barrier = (SwapBarrier(n + 1, on_swap=self._on_publish,
+                                            generation=start.rollout - start.learn_first)
+                                if self.sync else None)
+        self.inference_version = self.learner.version
+        # The version of the parameters that collected the rollout the learner learns next.
+        self.behaviour_version = start.behaviour_version
+        self.episode_returns: deque[float] = deque(start.episode_returns, maxlen=EPISODE_WINDOW)
+        self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
+        self.episodes = start.episodes
+
+    def save(self, generation: int | None) -> dict[str, Any]:
+        """The schedule's part of a checkpoint (SCHEDULE_KEYS): inside swap `generation`, with the rollout
+        waiting to be learned; with None (a stop outside a swap), the episode statistics alone."""
+        wall = time.perf_counter() - self._start if self._start else self.start.wall_time_s
+        parts: dict[str, Any] = {"schedule": {
+            "episodes": self.episodes, "episode_returns": list(self.episode_returns),
+            "episode_lengths": list(self.episode_lengths), "wall_time_s": wall,
+            "behaviour_version": self.behaviour_version}}
+        if generation is not None:
+            storage = self.storages[generation % 2]
+            parts["rollout"] = {name: torch.from_numpy(a.copy()) for name, a in storage.arrays.items()}
+        return parts
+
+    def restore(self, kind: str, parts: Mapping[str, Any], envs_restored: bool) -> None:
+        """Continue from a checkpoint of `kind` (before `run`): a swap checkpoint's rollout goes back into
+        its storage and is learned first."""
+        start = StartPoint.of_checkpoint(kind, parts, envs_restored)
+        if start.learn_first:
+            storage = self.storages[(start.rollout - 1) % 2]
+            storage.begin(start.rollout - 1)
+            for name, tensor in parts["rollout"].items():
+                storage.arrays[name][...] = tensor.numpy()
+        self._begin_at(start)
 
     def request_stop(self) -> None:
         """End the run at the next swap, after its checkpoint: every env finishes its rollout and the
@@ -162,13 +208,6 @@ class RolloutScheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def snapshot(self) -> StartPoint:
-        """Where a run resumed from the swap now in progress begins (call it inside that swap)."""
-        wall = time.perf_counter() - self._start if self._start else self.start.wall_time_s
-        return StartPoint(self.swap.generation + 1, learn_first=True, envs_restored=True,
-                          episodes=self.episodes, episode_returns=list(self.episode_returns),
-                          episode_lengths=list(self.episode_lengths), wall_time_s=wall)
-
     async def _collect(self, env: int) -> None:
         cfg = self.cfg
         resumed_in_sync = self.start.learn_first and self.publish_barrier is not None
@@ -212,9 +251,9 @@ class RolloutScheduler:
 
     async def _update(self, update: int) -> None:
         storage = self.storages[update % 2]
-        lag = self.learner.version - self.learner.behaviour_version
+        lag = self.learner.version - self.behaviour_version
         self.learner_clock.start()
-        stats = await self.learner.update(storage)
+        stats = await self.learner.update(storage, self.behaviour_version)
         self.learner_clock.stop()
         self.on_update(self._metrics(update, storage, lag, stats))
 
@@ -225,7 +264,7 @@ class RolloutScheduler:
             self.episode_lengths.append(length)
             self.episodes += 1
         self._rollout_episodes.clear()
-        self.learner.load_behaviour(self.inference.model, self.inference_version)
+        self.behaviour_version = self.inference_version  # only the version crosses: the learner kept them
         if generation + 1 < self.cfg.num_rollouts:
             upcoming = self.storages[(generation + 1) % 2]
             upcoming.continue_from(finished)

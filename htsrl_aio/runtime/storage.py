@@ -86,6 +86,11 @@ class RolloutStorage:
         self.truncated[step, env] = truncated
         return truncated
 
+    def release(self) -> None:
+        """Drop every array (the memory behind them is being freed): a later access raises IndexError."""
+        empty = {name: np.empty((0,) * array.ndim, array.dtype) for name, array in self.arrays.items()}
+        self.__init__(self.index, empty)  # type: ignore[misc]
+
     def continue_from(self, previous: RolloutStorage) -> None:
         """Start this rollout where `previous` ended: its bootstrap obs is our first obs."""
         for key, array in self.obs.items():

@@ -1,0 +1,218 @@
+"""Composition of one run: every part built from a config and, on resume, a checkpoint.
+
+`assemble` resolves the env and the settings, opens the run directory, builds the model and its
+copies (all from the same parameters: the released code's third bug), the shared memory, inference,
+the learner, the env backend and the schedule, and restores each self-saving component from the
+checkpoint. Everything it starts is registered on the caller's exit stack, so however the run ends,
+no process or shared-memory block outlives it. The life cycle is `Trainer`'s (trainer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from htsrl_aio.backends.engine import engine_groups
+from htsrl_aio.backends.protocol import BackendArgs, EnvBackend
+from htsrl_aio.backends.registry import backend_name, make_backend
+from htsrl_aio.backends.replica_states import ReplicaStates
+from htsrl_aio.checkpoint import Checkpoint
+from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores
+from htsrl_aio.distributions import make_distribution
+from htsrl_aio.envs import probe_env, resolve_env
+from htsrl_aio.envs.factory import EnvSpec
+from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.children import start_resource_tracker
+from htsrl_aio.ipc.shm import remove_stale_segments
+from htsrl_aio.models import build_model
+from htsrl_aio.outputs.metrics import MetricsSinks
+from htsrl_aio.outputs.progress import ProgressLine
+from htsrl_aio.outputs.run_dir import CONFIG, RunDirectory, default_logdir
+from htsrl_aio.outputs.tensorboard import ScalarLog
+from htsrl_aio.runtime.inference import BatchedInference
+from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
+from htsrl_aio.runtime.learner_process import ProcessLearner
+from htsrl_aio.runtime.memory import RunMemory
+from htsrl_aio.runtime.scheduler import RolloutScheduler
+from htsrl_aio.runtime.tickets import TicketNoise
+
+SwapCheckpoint = Callable[[int, bool], Awaitable[None]]
+
+
+@dataclass
+class RunParts:
+    """The parts of one run, built and (on resume) restored; each owns its own state."""
+
+    cfg: TrainConfig  # resolved
+    spec: EnvSpec
+    run_dir: RunDirectory
+    sinks: MetricsSinks
+    inference: BatchedInference
+    learner: LearnerHandle
+    backend: EnvBackend
+    replicas: ReplicaStates
+    scheduler: RolloutScheduler
+    resume_note: dict[str, Any]  # what the first metrics row after a resume says about it
+
+
+async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contextlib.AsyncExitStack,
+                   on_update: Callable[[dict[str, Any]], None], on_swap: SwapCheckpoint,
+                   on_restart: Callable[[str, str], None]) -> RunParts:
+    """Build a run of `config` (resolved here), or continue `resume`; register every cleanup on `stack`."""
+    remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
+    start_resource_tracker()
+    cfg = config.resolved()
+    factory = resolve_env(cfg.env, cfg)
+    spec = await probe_env(factory, cfg.env_timeout or None)
+    backend_kind = backend_name(cfg.env_backend, factory, spec)
+    device = resolve_device(cfg.device)
+    if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
+        warnings.warn(warning, RuntimeWarning, stacklevel=3)
+    run_dir, sinks, config_json = _open_outputs(cfg, factory.name, resume, backend_kind, device, stack)
+    stack.enter_context(_torch_settings(cfg, device))
+
+    model = build_model(spec, cfg)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+    model = model.to(device)
+    distribution = make_distribution(spec.action)
+    noise = TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout, distribution.noise_size, distribution.noise)
+    obs_arrays = spec.obs.arrays()
+    inference = BatchedInference(copy.deepcopy(model), distribution, noise, cfg.max_batch, obs_arrays,
+                                 block=cfg.inference_block if cfg.deterministic else None, device=device)
+    memory = RunMemory(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype)
+    stack.callback(memory.close)
+    learner: LearnerHandle
+    # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
+    if cfg.learner == "process" and device.type == "cpu":
+        learner = ProcessLearner(cfg, model, distribution, memory.specs)
+    else:
+        learner = ThreadLearner(Learner(cfg, model, copy.deepcopy(model), distribution, device))
+    backend = make_backend(backend_kind, BackendArgs(
+        factory, spec, cfg.num_envs, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
+        cfg.engine_threads, cfg.on_env_error == "restart", on_restart, env_timeout=cfg.env_timeout or None,
+        ray_address=cfg.ray_address, ray_actors=cfg.ray_actors, envs_per_actor=cfg.envs_per_actor))
+    stack.push_async_callback(backend.aclose)
+    stack.push_async_callback(learner.aclose)
+    if resume is not None:
+        learner.restore(resume.parts)
+    await asyncio.gather(backend.start(), learner.start())
+    placement = getattr(backend, "placement", None)
+    if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
+        run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})
+
+    scheduler = RolloutScheduler(cfg, backend, memory.storages, memory.final_obs, inference, learner,
+                                 on_update, checkpoint=on_swap, checkpoint_every=cfg.checkpoint_every)
+    replicas = ReplicaStates(backend, cfg.num_envs)
+    resume_note: dict[str, Any] = {}
+    if resume is not None:
+        not_restored = await replicas.restore(resume.parts, resume.update)
+        scheduler.restore(resume.kind, resume.parts, envs_restored=not_restored is None)
+        resume_note = {"resumed_from_update": resume.update,
+                       "resume_envs": "restored" if scheduler.start.envs_restored
+                       else f"restarted with new derived seeds: {not_restored or 'no env states'}"}
+    steps_per_rollout = cfg.num_envs * cfg.rollout
+    progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress, f"{cfg.mode}/{cfg.algo}",
+                            initial=scheduler.start.rollout * steps_per_rollout)
+    sinks.add_progress(progress)
+    return RunParts(cfg, spec, run_dir, sinks, inference, learner, backend, replicas, scheduler, resume_note)
+
+
+def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, backend_kind: str,
+                  device: torch.device, stack: contextlib.AsyncExitStack
+                  ) -> tuple[RunDirectory, MetricsSinks, dict[str, Any]]:
+    """The run directory (new, or reopened at the checkpoint's update), config.json and the sinks."""
+    if resume is None:
+        logdir = Path(cfg.logdir or default_logdir(env_name, cfg.algo, cfg.mode, cfg.seed))
+        run_dir = RunDirectory.create(logdir)
+    else:
+        logdir = Path(cfg.logdir)
+        run_dir = RunDirectory.reopen(logdir, resume.update, resume.config, RESUME_OVERRIDABLE)
+    stack.callback(run_dir.close)
+    resume_step = None if resume is None else resume.update * cfg.num_envs * cfg.rollout + 1
+    scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
+    sinks = MetricsSinks(run_dir, scalars)
+    stack.callback(sinks.close)
+    config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": scalars.status,
+                   "env_runs": where_envs_run(backend_kind, cfg),
+                   "determinism": determinism_note(cfg, device)}
+    run_dir.write_json(CONFIG, config_json)
+    return run_dir, sinks, config_json
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def where_envs_run(backend: str, cfg: TrainConfig) -> str:
+    if backend == "loop":
+        return "in the event loop"
+    if backend == "ray":
+        return "on Ray actors (how many: once Ray has started)"
+    if backend == "engine":
+        groups = len(engine_groups(cfg.num_envs, cfg.engine_batch))
+        return (f"in {groups} C++ vector engine(s) of up to {cfg.engine_batch} envs, "
+                f"{cfg.engine_threads} thread(s) each")
+    return f"in {min(cfg.workers, cfg.num_envs)} worker processes"
+
+
+def oversubscription_warning(cfg: TrainConfig, device: torch.device, cores: int) -> str | None:
+    """A warning when hts on a CPU runs more torch threads at once than there are cores.
+
+    In hts mode inference and the learner compute at the same time, each with `torch_threads` OpenMP
+    threads. OpenMP threads that wait between parallel regions spin (its default wait policy), so
+    two teams on too few cores take each other's cores: Pong PPO at --torch-threads 2 on 2 cores ran
+    114 steps/s against 568 at 1 thread, and 548 with OMP_WAIT_POLICY=PASSIVE (docs/benchmarks.md).
+    One thread each starts no OpenMP threads, so nothing spins.
+    """
+    if cfg.mode != "hts" or device.type != "cpu" or cfg.torch_threads == 1 or 2 * cfg.torch_threads <= cores:
+        return None
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    return (f"--torch-threads {cfg.torch_threads} in hts mode runs {2 * cfg.torch_threads} torch threads at "
+            f"once (inference and the learner) on {cores} core(s), and waiting OpenMP threads then spin "
+            f"on the cores the others need (Pong: 5x slower); use --torch-threads "
+            f"{max(1, cores // 2)}, or set OMP_WAIT_POLICY=PASSIVE before starting Python.")
+
+
+def determinism_note(cfg: TrainConfig, device: torch.device) -> str:
+    if not cfg.deterministic:
+        return "off: inference batches are not padded, results may depend on timing and batch make-up"
+    if device.type == "cuda":
+        return ("best effort on CUDA: padded batches and deterministic algorithms, but GPU kernels are not "
+                "guaranteed bit-identical across runs")
+    if torch.backends.mkl.is_available() and "STRICT" not in os.environ.get("MKL_CBWR", "").upper():
+        return (f"not guaranteed: MKL_CBWR={os.environ.get('MKL_CBWR', '')} is not strict, and MKL then may "
+                "round differently from run to run (unset it, or use AUTO,STRICT as htsrl_aio does)")
+    return ("bit-identical across workers, max_batch and timing (CPU; same torch_threads and "
+            "inference_block)")
+
+
+@contextlib.contextmanager
+def _torch_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Apply the run's torch thread count and determinism, restoring the caller's afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic and device.type == "cuda":
+        # Deterministic cuBLAS needs a fixed workspace, read when the first handle is made; without
+        # it torch refuses every matrix product under use_deterministic_algorithms.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(cfg.torch_threads)
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
