@@ -38,7 +38,7 @@ from htsrl_aio.backends.engine import engine_groups
 from htsrl_aio.backends.protocol import BackendArgs, ObsBuffers
 from htsrl_aio.backends.registry import backend_name, make_backend
 from htsrl_aio.backends.replica import ReplicaState, TrackerState
-from htsrl_aio.config import TrainConfig, available_cores
+from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.errors import ConfigError, HtsrlError, TrainingDiverged
@@ -64,10 +64,6 @@ from htsrl_aio.runtime.tickets import TicketNoise
 from htsrl_aio.seeding import Stream, generator
 
 _DONE = object()
-# Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
-RESUME_OVERRIDABLE = ("workers", "max_batch", "engine_batch", "engine_threads", "learner", "progress",
-                      "checkpoint_every", "keep_checkpoints", "stop_timeout", "env_timeout", "ray_address",
-                      "ray_actors", "envs_per_actor")
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
 
