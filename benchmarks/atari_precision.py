@@ -34,7 +34,7 @@ from htsrl_aio.checkpoint import load, periodic_checkpoints
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import EnvSpec
 from htsrl_aio.models import ActorCritic, build_model
-from htsrl_aio.runtime.learner import Learner
+from htsrl_aio.runtime.learner import Learner, learn
 from htsrl_aio.runtime.storage import RolloutStorage
 
 
@@ -47,13 +47,11 @@ def atari_spec(obs: torch.Tensor, state_dict: dict) -> EnvSpec:
 
 def learn_once(state: dict, cfg: TrainConfig, storage: RolloutStorage, spec: EnvSpec) -> ActorCritic:
     """The parameters after the checkpoint's next update, learned under `cfg`."""
-    model, behaviour = build_model(spec, cfg), build_model(spec, cfg)
-    model.load_state_dict(state["model"])
-    behaviour.load_state_dict(state["behaviour"])
-    learner = Learner(cfg, model, behaviour, make_distribution(spec.action))
-    learner.restore(state["update"], state["optimizer"])
-    learner.behaviour_version = state["behaviour_version"]
-    learner.update(storage)
+    model = build_model(spec, cfg)
+    learner = Learner(cfg.learner_settings(), model, build_model(spec, cfg), make_distribution(spec.action))
+    learner.restore(state)
+    # The version that collected the checkpoint's rollout (checkpoint format v2 kept it with the learner).
+    learn(learner, storage, state["schedule"].get("behaviour_version", state["behaviour_version"]))
     return model
 
 

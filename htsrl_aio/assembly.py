@@ -94,9 +94,10 @@ async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contex
     learner: LearnerHandle
     # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
     if cfg.learner == "process" and device.type == "cpu":
-        learner = ProcessLearner(cfg, model, distribution, memory.specs)
+        learner = ProcessLearner(cfg.learner_settings(), model, distribution, memory.specs)
     else:
-        learner = ThreadLearner(Learner(cfg, model, copy.deepcopy(model), distribution, device))
+        learner = ThreadLearner(Learner(cfg.learner_settings(), model, copy.deepcopy(model), distribution,
+                                        device))
     backend = make_backend(backend_kind, BackendArgs(
         factory, spec, cfg.num_envs, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
         cfg.engine_threads, cfg.on_env_error == "restart", on_restart, env_timeout=cfg.env_timeout or None,

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from htsrl_aio.config import ALGO_DEFAULTS, BASE_DEFAULTS, TrainConfig, load_config_file
+from htsrl_aio.config import TrainConfig, load_config_file
 from htsrl_aio.errors import ConfigError, HtsrlError
+from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS
 
 
 def build_parser() -> argparse.ArgumentParser:

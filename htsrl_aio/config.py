@@ -1,15 +1,18 @@
 """The one training configuration: a dataclass whose fields are the CLI flags.
 
 Hyperparameters that a preset or the algorithm decides default to ``None``. :meth:`TrainConfig.resolved`
-fills each one in from, in order: the chosen ``--preset`` (``PRESETS``), the chosen ``algo``
-(``ALGO_DEFAULTS``), then ``BASE_DEFAULTS``; so a value given explicitly always wins over a preset.
-It then validates everything, so a bad value is reported in one sentence before any process starts.
+fills each one in from, in order: the chosen ``--preset``, the chosen ``algo``, then the base defaults
+(``PRESETS``, ``ALGO_DEFAULTS`` and ``BASE_DEFAULTS`` in :mod:`htsrl_aio.presets`); so a value given
+explicitly always wins over a preset. It then validates everything, so a bad value is reported in one
+sentence before any process starts. Each field carries its own check and its role on resume in its
+metadata; only the checks that relate several fields are written out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -21,100 +24,66 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS, PRESETS
+
+# What a field's value means for resuming a run (the field's "resume" metadata):
+#   "kept": it changes results, so a resumed run keeps the stored value;
+#   "overridable": an execution setting that changes no bit, which a resumed run may override;
+#   "machine": also that, with a default that depends on this machine's cores, so a run resumed on another
+#   machine resolves it again there unless the user had set it.
+ResumeRole = Literal["kept", "overridable", "machine"]
 
 
-def _opt(help: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": help}, **kwargs)
+@dataclass(frozen=True)
+class _Check:
+    """A rule for one field's value, and the words that complete "--flag ..., got VALUE." when it fails."""
+
+    holds: Callable[[Any], bool]
+    rule: str
 
 
-# Defaults that depend on the algorithm, chosen on the learning suite (docs/learning.md). PPO's learn
-# classic control quickly with 8 envs (CartPole-v1 reaches a mean return of 500 within 150k-300k steps);
-# A2C's are the usual reference implementation's (5-step returns, RMSprop 7e-4) with no entropy bonus, as
-# the SB3 zoo uses on classic control, and the learning rate decayed to 0: with a constant rate and a
-# 0.01 bonus A2C reached 475 on CartPole-v1 in 1 hts seed of 10, with these in 10 of 10 (sync: 0 and 7).
-# Atari, Box2D and football get presets of their own.
-BASE_DEFAULTS: dict[str, Any] = {
-    "algo": "ppo", "num_envs": 8, "gamma": 0.99, "clip_coef": 0.2, "vf_coef": 0.5, "max_grad_norm": 0.5,
-    "precision": "fp32", "normalize_obs": False, "normalize_reward": False,
-}
-
-ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {
-        "rollout": 64, "lr": 1e-3, "optimizer": "adam", "anneal_lr": True, "gae_lambda": 0.95,
-        "epochs": 4, "minibatches": 4, "ent_coef": 0.0, "clip_vloss": True,
-    },
-    "a2c": {
-        "rollout": 5, "lr": 7e-4, "optimizer": "rmsprop", "anneal_lr": True, "gae_lambda": 1.0,
-        "epochs": 1, "minibatches": 1, "ent_coef": 0.0, "clip_vloss": False,  # A2C has no value clip
-    },
-}
-
-# Named bundles of hyperparameters for an env family; every key is a TrainConfig field left at None.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's released GFootball PPO runs (docs: htsrl.md): 16 envs, alpha = 128, 2 epochs x 8
-    # minibatches, clip 0.08 (value loss too), Adam 3.43e-4 decayed linearly (eps 1e-5 is the learner's).
-    "football-ppo": {
-        "algo": "ppo", "num_envs": 16, "rollout": 128, "epochs": 2, "minibatches": 8, "clip_coef": 0.08,
-        "gamma": 0.993, "gae_lambda": 0.95, "ent_coef": 0.003, "vf_coef": 0.5, "max_grad_norm": 0.64,
-        "lr": 3.43e-4, "optimizer": "adam", "anneal_lr": True,
-    },
-    # Atari (any ALE/... id): CleanRL's PPO and the reference A2C. bf16 autocast of the CNN trunk is
-    # 2.3-2.7x faster per learner pass on a CPU with AVX-512 bf16; the Pong learning check runs with it
-    # (docs/benchmarks.md).
-    "atari-ppo": {
-        "algo": "ppo", "num_envs": 8, "rollout": 128, "epochs": 4, "minibatches": 4, "lr": 2.5e-4,
-        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
-        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "precision": "bf16",
-    },
-    # Continuous control (MuJoCo, Box2D, Pendulum): CleanRL's ppo_continuous_action (batch 2048,
-    # 32 minibatches, 10 epochs, lr 3e-4 decayed, running normalisation of observations and rewards),
-    # with the batch spread over 8 envs so that collection and learning have something to overlap.
-    "mujoco-ppo": {
-        "algo": "ppo", "num_envs": 8, "rollout": 256, "epochs": 10, "minibatches": 32, "lr": 3e-4,
-        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.2, "ent_coef": 0.0, "vf_coef": 0.5,
-        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "normalize_obs": True,
-        "normalize_reward": True,
-    },
-    # Image observations outside Atari (Procgen, MiniGrid pixels, ViZDoom, ...): CleanRL's Atari PPO
-    # settings without Atari's preprocessing; frames are shrunk with --frame-size.
-    "image-ppo": {
-        "algo": "ppo", "num_envs": 8, "rollout": 128, "epochs": 4, "minibatches": 4, "lr": 2.5e-4,
-        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
-        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5,
-    },
-    # Box2D's discrete-action tasks (LunarLander): the SB3 zoo's tuned settings for LunarLander (16 envs,
-    # minibatches of 64, gamma 0.999, an entropy bonus, and SB3's unclipped value loss: its returns reach
-    # +-100 in a step, and a value clip of 0.2 holds the critic back), but rollouts of 256 steps instead
-    # of 1024: with 61 updates in 1M steps one update of hts lag was a large part of the run, and hts
-    # seeds kept hovering where sync ones landed; with 244 both modes land (docs/learning.md). The
-    # classic-control defaults hover above the pad instead of landing.
-    "box2d-ppo": {
-        "algo": "ppo", "num_envs": 16, "rollout": 256, "epochs": 4, "minibatches": 64, "lr": 3e-4,
-        "optimizer": "adam", "anneal_lr": False, "clip_coef": 0.2, "clip_vloss": False, "ent_coef": 0.01,
-        "vf_coef": 0.5, "gamma": 0.999, "gae_lambda": 0.98, "max_grad_norm": 0.5,
-    },
-    "box2d-a2c": {
-        "algo": "a2c", "num_envs": 8, "rollout": 5, "lr": 8.3e-4, "optimizer": "rmsprop", "anneal_lr": True,
-        "ent_coef": 1e-5, "gamma": 0.995, "gae_lambda": 1.0,
-    },
-    "atari-a2c": {
-        "algo": "a2c", "num_envs": 16, "rollout": 5, "lr": 7e-4, "optimizer": "rmsprop", "anneal_lr": False,
-        "ent_coef": 0.01,
-        "vf_coef": 0.5, "max_grad_norm": 0.5, "precision": "bf16",
-    },
-}
+def _positive_int(value: Any) -> bool:
+    return _int(value) and value >= 1
 
 
-# Float hyperparameters that must be finite and not negative: (whether 0 is allowed, a usual value).
-# A negative --max-grad-norm flips every gradient, NaN passes `<= 0` checks: both wreck a run silently.
-_FLOAT_LIMITS: dict[str, tuple[bool, str]] = {
-    "lr": (False, "1e-3"), "clip_coef": (False, "0.2"), "max_grad_norm": (False, "0.5"),
-    "ent_coef": (True, "0.01"), "vf_coef": (True, "0.5"),
-}
-# Settings that change how fast a run goes but not a single bit of it: the only ones a resume may change.
-RESUME_OVERRIDABLE = ("workers", "max_batch", "engine_batch", "engine_threads", "learner", "progress",
-                      "checkpoint_every", "keep_checkpoints", "stop_timeout", "env_timeout", "ray_address",
-                      "ray_actors", "envs_per_actor")
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(usual: str, zero_ok: bool = False) -> _Check:
+    """Finite and not negative: a negative --max-grad-norm flips every gradient, and NaN passes `<= 0`
+    checks; both wreck a run silently."""
+    bound = "0 or more" if zero_ok else "above 0"
+    return _Check(lambda v: _real(v) and math.isfinite(v) and (v > 0 or (zero_ok and v == 0)),
+                  f"must be a finite number {bound} (usually about {usual})")
+
+
+def _fraction(note: str) -> _Check:
+    return _Check(lambda v: _real(v) and 0.0 <= v <= 1.0, f"must lie in [0, 1] ({note})")  # NaN fails too
+
+
+_POSITIVE_INT = _Check(_positive_int, "must be a positive integer")
+_COUNT = _Check(lambda v: _int(v) and v >= 0, "must be 0 or a positive integer")
+_SECONDS = _Check(lambda v: _real(v) and math.isfinite(v) and v >= 0,
+                  "must be a finite number of seconds, 0 or more")
+_KEY_VALUES = _Check(lambda v: isinstance(v, dict), "must be KEY=VALUE pairs (a table in TOML)")
+_RAY_ADDRESS = _Check(lambda v: isinstance(v, str) and v != "",
+                      "takes 'auto' or a cluster address (host:port)")
+_LAYER_SIZES = _Check(lambda v: all(_positive_int(h) for h in v), "sizes must be positive integers")
+_FRAME_SIZE = _Check(lambda v: len(v) == 2 and all(_positive_int(s) for s in v),
+                     "takes HEIGHT WIDTH (two positive integers)")
+
+
+def _opt(help: str, *, check: _Check | None = None, resume: ResumeRole = "kept", **kwargs: Any) -> Any:
+    """A TrainConfig field: its --help text, its own check (a Literal field's comes from its type) and
+    what it means for resuming."""
+    return field(metadata={"help": help, "check": check, "resume": resume}, **kwargs)
+
+
 # Copies of the network a run holds: inference, current and behaviour parameters, gradients, Adam's two
 # moments.
 _NETWORK_COPIES = 6
@@ -128,7 +97,7 @@ class TrainConfig:
         "gymnasium id (CartPole-v1) or 'package.module:factory' returning an env", default="CartPole-v1")
     env_kwargs: dict[str, Any] = _opt(
         "keyword arguments for the env: KEY=VALUE ... on the command line (VALUE is JSON, else a string), "
-        "a table in a --config file", default_factory=dict)
+        "a table in a --config file", check=_KEY_VALUES, default_factory=dict)
     env_backend: Literal["auto", "process", "loop", "engine", "ray"] = _opt(
         "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or any "
         "env for debugging), engine (C++ vector engines: ALE/... and envpool:... ids), ray (Ray actors, "
@@ -140,47 +109,52 @@ class TrainConfig:
     mode: Literal["hts", "sync"] = _opt(
         "hts: learn on one storage while collecting the other (one update of lag); "
         "sync: barrier every step, learn after collecting (the A2C/PPO baseline)", default="hts")
-    num_envs: int | None = _opt("number of env replicas", default=None)
-    rollout: int | None = _opt("steps per env per rollout (the sync interval alpha)", default=None)
-    total_steps: int = _opt("env steps to train for, over all envs", default=200_000)
+    num_envs: int | None = _opt("number of env replicas", check=_POSITIVE_INT, default=None)
+    rollout: int | None = _opt("steps per env per rollout (the sync interval alpha)", check=_POSITIVE_INT,
+                               default=None)
+    total_steps: int = _opt("env steps to train for, over all envs", check=_POSITIVE_INT, default=200_000)
     seed: int = _opt("run seed: env seeds, action streams, init and minibatch order derive from it",
-                     default=1)
+                     check=_COUNT, default=1)
     logdir: str | None = _opt("run directory (default: runs/<env>-<algo>-<mode>-s<seed>)", default=None)
-    workers: int | None = _opt("env worker processes (default: number of cores)", default=None)
+    workers: int | None = _opt("env worker processes (default: number of cores)", check=_POSITIVE_INT,
+                               resume="machine", default=None)
     engine_batch: int | None = _opt(
         "engine backend: envs per C++ engine; the engines step independently, each in lockstep "
         "(default: half the envs, so one engine steps while the other's actions are inferred, rounded up "
-        "to a multiple of --inference-block, so no inference pass is padded)", default=None)
+        "to a multiple of --inference-block, so no inference pass is padded)", check=_POSITIVE_INT,
+        resume="machine", default=None)
     engine_threads: int | None = _opt(
         "engine backend: C++ threads of each engine (default: the cores divided among the engines)",
-        default=None)
+        check=_POSITIVE_INT, resume="machine", default=None)
     ray_address: str | None = _opt(
         "--env-backend ray: the Ray cluster to run envs on: 'auto' joins the cluster this machine belongs "
         "to (started with `ray start`), an address (host:port, ray://host:port) joins that one; by "
         "default a local Ray instance sized to this machine is started and stopped with the run",
-        default=None)
+        check=_RAY_ADDRESS, resume="overridable", default=None)
     ray_actors: int | None = _opt(
         "--env-backend ray: Ray actors hosting the envs, spread over the nodes (default: the CPUs Ray "
-        "reports, at most num_envs)", default=None)
+        "reports, at most num_envs)", check=_POSITIVE_INT, resume="overridable", default=None)
     envs_per_actor: int | None = _opt(
         "--env-backend ray: envs hosted by each Ray actor, stepped together in one message (another way "
-        "to say --ray-actors: num_envs / envs_per_actor actors, rounded up)", default=None)
+        "to say --ray-actors: num_envs / envs_per_actor actors, rounded up)", check=_POSITIVE_INT,
+        resume="overridable", default=None)
     max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
-                                 default=None)
+                                 check=_POSITIVE_INT, resume="machine", default=None)
     inference_block: int = _opt(
         "rows per forward pass when deterministic: requests are padded/split into blocks of this fixed "
-        "shape, so --max-batch and timing cannot change a single bit", default=8)
+        "shape, so --max-batch and timing cannot change a single bit", check=_POSITIVE_INT, default=8)
     device: Literal["cpu", "cuda", "auto"] = _opt("where inference and learning run", default="cpu")
 
-    lr: float | None = _opt("learning rate", default=None)
+    lr: float | None = _opt("learning rate", check=_number("1e-3"), default=None)
     optimizer: Literal["adam", "rmsprop"] | None = _opt("optimizer", default=None)
     anneal_lr: bool | None = _opt("decay the learning rate linearly to 0", default=None)
-    gamma: float | None = _opt("discount factor", default=None)
-    gae_lambda: float | None = _opt("GAE lambda (1.0 gives n-step returns)", default=None)
-    epochs: int | None = _opt("passes over each rollout (PPO)", default=None)
+    gamma: float | None = _opt("discount factor", check=_fraction("usually 0.9-1"), default=None)
+    gae_lambda: float | None = _opt("GAE lambda (1.0 gives n-step returns)", check=_fraction("usually 0.9-1"),
+                                    default=None)
+    epochs: int | None = _opt("passes over each rollout (PPO)", check=_POSITIVE_INT, default=None)
     minibatches: int | None = _opt("minibatches per epoch (PPO); must divide num_envs*rollout",
-                                   default=None)
-    clip_coef: float | None = _opt("PPO surrogate clip range", default=None)
+                                   check=_POSITIVE_INT, default=None)
+    clip_coef: float | None = _opt("PPO surrogate clip range", check=_number("0.2"), default=None)
     ppo_trust_region: Literal["current", "behaviour"] = _opt(
         "hts PPO learns data one update old: 'current' clips around the parameters the update starts "
         "from, importance-weights the lag and takes advantages from their critic (decoupled PPO); "
@@ -189,10 +163,11 @@ class TrainConfig:
         default="current")
     clip_vloss: bool | None = _opt("clip the PPO value loss with the same range", default=None)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)
-    ent_coef: float | None = _opt("entropy bonus coefficient", default=None)
-    vf_coef: float | None = _opt("value loss coefficient", default=None)
-    max_grad_norm: float | None = _opt("gradient norm clip", default=None)
-    hidden: tuple[int, ...] = _opt("MLP hidden layer sizes", default=(64, 64))
+    ent_coef: float | None = _opt("entropy bonus coefficient", check=_number("0.01", zero_ok=True),
+                                  default=None)
+    vf_coef: float | None = _opt("value loss coefficient", check=_number("0.5", zero_ok=True), default=None)
+    max_grad_norm: float | None = _opt("gradient norm clip", check=_number("0.5"), default=None)
+    hidden: tuple[int, ...] = _opt("MLP hidden layer sizes", check=_LAYER_SIZES, default=(64, 64))
     normalize_obs: bool | None = _opt(
         "normalise non-image observations by running mean and std (updated by the learner once per "
         "update, saved in checkpoints)", default=None)
@@ -208,16 +183,18 @@ class TrainConfig:
         "with AVX-512 bf16 and on GPUs", default=None)
     frame_size: tuple[int, ...] | None = _opt(
         "image envs (not Atari, which has its own preprocessing): resize frames to HEIGHT WIDTH",
-        default=None)
+        check=_FRAME_SIZE, default=None)
     grayscale: bool = _opt("image envs: convert RGB frames to one gray channel", default=False)
-    frame_stack: int = _opt("image envs: stack this many consecutive frames as channels", default=1)
+    frame_stack: int = _opt("image envs: stack this many consecutive frames as channels", check=_POSITIVE_INT,
+                            default=1)
     atari_sticky: float | None = _opt(
         "Atari: probability of repeating the previous action (default: the id's own, 0.25 for v5)",
-        default=None)
+        check=_fraction("the probability of repeating an action"), default=None)
     atari_episodic_life: bool = _opt(
         "Atari: a lost life ends the training episode (logged returns stay whole games)", default=False)
     atari_fire_reset: bool = _opt("Atari: press FIRE after a reset in games that need it", default=True)
-    atari_noop_max: int = _opt("Atari: at most this many no-op actions after a reset", default=30)
+    atari_noop_max: int = _opt("Atari: at most this many no-op actions after a reset", check=_COUNT,
+                               default=30)
     football_representation: Literal["simple115v2", "extracted"] = _opt(
         "GFootball: simple115v2 (115 floats, MLP) or extracted (72x96 super-mini-map, 4 frames stacked, "
         "CNN)", default="simple115v2")
@@ -227,88 +204,89 @@ class TrainConfig:
 
     learner: Literal["process", "thread"] = _opt(
         "where the learner runs: its own process (no GIL contention with the event loop; best on CPU) "
-        "or a thread of the main process (best with a GPU)", default="process")
+        "or a thread of the main process (best with a GPU)", resume="overridable", default="process")
     torch_threads: int = _opt(
         "torch intra-op threads for inference and for learning; in hts mode both compute at once, "
-        "so keep twice this within the cores", default=1)
+        "so keep twice this within the cores", check=_POSITIVE_INT, default=1)
     deterministic: bool = _opt(
         "bit-identical results whatever the timing, workers or batch make-up (fixed-shape "
         "inference blocks, deterministic torch algorithms)", default=True)
-    progress: bool = _opt("show a live progress line", default=True)
+    progress: bool = _opt("show a live progress line", resume="overridable", default=True)
     on_env_error: Literal["stop", "restart"] = _opt(
         "when an env raises or its worker dies: stop the run (checkpointing the last update), or "
         "re-create that env with a new derived seed and go on (counted as env_restarts)", default="stop")
     env_timeout: float = _opt(
         "seconds an env's reset or step may take; one that does not answer in time is an env failure "
         "(stopping the run or, with --on-env-error restart, replacing the env like a crash); 0 turns it "
-        "off", default=60.0)
+        "off", check=_SECONDS, resume="overridable", default=60.0)
     stop_timeout: float = _opt(
         "on SIGINT/SIGTERM/SIGHUP the run stops at the next swap with a checkpoint that resumes exactly; "
         "if that takes longer than this many seconds, it stops at once with the last completed update",
-        default=20.0)
+        check=_SECONDS, resume="overridable", default=20.0)
     tensorboard: bool = _opt("write TensorBoard scalars into the run directory (needs the tensorboard extra)",
                              default=True)
     checkpoint_every: int = _opt(
-        "write a checkpoint that resumes exactly every this many updates (0: only at the end)", default=50)
-    keep_checkpoints: int = _opt("how many of those periodic checkpoints to keep (the newest)", default=3)
+        "write a checkpoint that resumes exactly every this many updates (0: only at the end)", check=_COUNT,
+        resume="overridable", default=50)
+    keep_checkpoints: int = _opt("how many of those periodic checkpoints to keep (the newest)",
+                                 check=_POSITIVE_INT, resume="overridable", default=3)
 
     def resolved(self) -> TrainConfig:
-        """A copy with preset and algorithm defaults filled in, validated; raise ConfigError otherwise."""
-        preset = {}
+        """A copy with preset, algorithm and machine defaults filled in, validated; raise ConfigError
+        otherwise."""
+        cfg = dataclasses.replace(self, **self._hyperparameter_defaults())
+        cfg.hidden = tuple(cfg.hidden)
+        cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
+        cfg._check_fields()
+        cfg._fill_machine_defaults()
+        cfg._check_batch()
+        cfg._check_ray()
+        _require_network_fits(cfg.hidden)
+        return cfg
+
+    def _hyperparameter_defaults(self) -> dict[str, Any]:
+        """The values of the preset, the algorithm and the base defaults for the fields left at None."""
+        preset: dict[str, Any] = {}
         if self.preset is not None:
             if self.preset not in PRESETS:
                 close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"choose one of {sorted(PRESETS)}."
                 raise ConfigError(f"unknown --preset {self.preset!r}; {hint}")
-            preset = PRESETS[self.preset]
+            preset = PRESETS[self.preset].values
         algo = self.algo or preset.get("algo") or BASE_DEFAULTS["algo"]
-        if algo not in ALGO_DEFAULTS:
-            raise ConfigError(f"unknown --algo {algo!r}; choose one of {sorted(ALGO_DEFAULTS)}.")
+        if algo not in ALGO_DEFAULTS:  # checked here: the algorithm picks the defaults
+            raise ConfigError(_unknown_choice("algo", algo, tuple(ALGO_DEFAULTS)))
         defaults = {**BASE_DEFAULTS, **ALGO_DEFAULTS[algo], **preset, "algo": algo}
-        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **filled)
-        if cfg.workers is None:
-            cfg.workers = available_cores()
-        if cfg.max_batch is None:
-            cfg.max_batch = cfg.num_envs
-        if cfg.engine_batch is None and _positive_int(cfg.num_envs) and _positive_int(cfg.inference_block):
-            cfg.engine_batch = default_engine_batch(cfg.num_envs, cfg.inference_block)
-        if cfg.engine_threads is None:
-            engines = -(-cfg.num_envs // cfg.engine_batch) if _positive_int(cfg.engine_batch) else 1
-            cfg.engine_threads = max(1, available_cores() // engines)
-        cfg.hidden = tuple(cfg.hidden)
-        cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
-        cfg._validate()
-        return cfg
+        return {k: v for k, v in defaults.items() if getattr(self, k) is None}
 
-    def _validate(self) -> None:
-        for name in ("num_envs", "rollout", "total_steps", "workers", "max_batch", "epochs", "minibatches",
-                     "torch_threads", "inference_block", "engine_batch", "engine_threads"):
-            value = getattr(self, name)
-            if not _positive_int(value):
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}.")
-        every, keep = self.checkpoint_every, self.keep_checkpoints
-        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-            raise ConfigError(f"--checkpoint-every must be 0 or a positive integer, got {every!r}.")
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise ConfigError(f"--keep-checkpoints must be a positive integer, got {keep!r}.")
-        if self.mode not in ("hts", "sync"):
-            raise ConfigError(f"unknown --mode {self.mode!r}; choose 'hts' or 'sync'.")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ConfigError(f"unknown --device {self.device!r}; choose 'cpu', 'cuda' or 'auto'.")
-        if self.env_backend not in _choices(typing.get_type_hints(TrainConfig)["env_backend"]):
-            raise ConfigError(f"unknown --env-backend {self.env_backend!r}; choose 'auto', 'process', "
-                              "'loop', 'engine' or 'ray'.")
-        self._validate_ray()
-        if not isinstance(self.env_kwargs, dict):
-            raise ConfigError(f"--env-kwargs must be KEY=VALUE pairs (a table in TOML), got "
-                              f"{self.env_kwargs!r}.")
-        if self.on_env_error not in ("stop", "restart"):
-            raise ConfigError(f"unknown --on-env-error {self.on_env_error!r}; choose 'stop' or 'restart'.")
-        if self.learner not in ("process", "thread"):
-            raise ConfigError(f"unknown --learner {self.learner!r}; choose 'process' or 'thread'.")
-        if self.optimizer not in ("adam", "rmsprop"):
-            raise ConfigError(f"unknown --optimizer {self.optimizer!r}; choose 'adam' or 'rmsprop'.")
+    def _check_fields(self) -> None:
+        """Each field's own check: its metadata's, or the choices of its Literal type. None passes where it
+        is the default (unset: resolved later, or off)."""
+        hints = _type_hints()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            choices = _choices(hints[f.name])
+            if choices and value not in choices:
+                raise ConfigError(_unknown_choice(f.name, value, choices))
+            check: _Check | None = f.metadata["check"]
+            if check is not None and not check.holds(value):
+                raise ConfigError(f"--{_flag(f.name)} {check.rule}, got {value!r}.")
+
+    def _fill_machine_defaults(self) -> None:
+        """Resolve the execution settings left unset, from the (checked) envs and this machine's cores."""
+        if self.workers is None:
+            self.workers = available_cores()
+        if self.max_batch is None:
+            self.max_batch = self.num_envs
+        if self.engine_batch is None:
+            self.engine_batch = default_engine_batch(self.num_envs, self.inference_block)
+        if self.engine_threads is None:
+            engines = -(-self.num_envs // self.engine_batch)
+            self.engine_threads = max(1, available_cores() // engines)
+
+    def _check_batch(self) -> None:
         batch = self.num_envs * self.rollout
         if batch % self.minibatches:
             raise ConfigError(
@@ -318,57 +296,13 @@ class TrainConfig:
             raise ConfigError(
                 f"--total-steps {self.total_steps} is less than one rollout (num_envs*rollout = {batch}); "
                 "raise it or shrink the rollout.")
-        for name, (zero_ok, usual) in _FLOAT_LIMITS.items():
-            value = getattr(self, name)
-            if not _real(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-                bound = "0 or more" if zero_ok else "above 0"
-                raise ConfigError(f"--{_flag(name)} must be a finite number {bound} (usually about {usual}), "
-                                  f"got {value!r}.")
-        for name in ("env_timeout", "stop_timeout"):
-            value = getattr(self, name)
-            if not _real(value) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{_flag(name)} must be a finite number of seconds, 0 or more, got "
-                                  f"{value!r}.")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"--seed must be 0 or a positive integer, got {self.seed!r}.")
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if not _real(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-                raise ConfigError(f"--{_flag(name)} must lie in [0, 1] (usually 0.9-1), got {value!r}.")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown --precision {self.precision!r}; choose 'fp32' or 'bf16'.")
-        if self.atari_sticky is not None and not 0.0 <= self.atari_sticky <= 1.0:
-            raise ConfigError(f"--atari-sticky is a probability in [0, 1], got {self.atari_sticky}.")
-        if self.atari_noop_max < 0:
-            raise ConfigError(f"--atari-noop-max must be 0 or more, got {self.atari_noop_max}.")
-        for name, choices in (("ppo_trust_region", ("current", "behaviour")),
-                              ("football_representation", ("simple115v2", "extracted")),
-                              ("football_rewards", ("scoring", "scoring,checkpoints"))):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown --{_flag(name)} {getattr(self, name)!r}; choose "
-                                  f"{' or '.join(map(repr, choices))}.")
-        if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
-            raise ConfigError(f"--frame-size takes HEIGHT WIDTH (two positive integers), got "
-                              f"{self.frame_size}.")
-        if not isinstance(self.frame_stack, int) or self.frame_stack < 1:
-            raise ConfigError(f"--frame-stack must be a positive integer, got {self.frame_stack!r}.")
-        if any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden sizes must be positive integers, got {self.hidden}.")
-        _require_network_fits(self.hidden)
 
-    def _validate_ray(self) -> None:
+    def _check_ray(self) -> None:
         ray_flags = [name for name in ("ray_address", "ray_actors", "envs_per_actor")
                      if getattr(self, name) is not None]
         if ray_flags and self.env_backend != "ray":
             raise ConfigError(f"--{_flag(ray_flags[0])} applies to Ray actors only; add --env-backend ray "
                               "or drop it.")
-        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
-            raise ConfigError(f"--ray-address takes 'auto' or a cluster address (host:port), got "
-                              f"{self.ray_address!r}.")
-        for name in ("ray_actors", "envs_per_actor"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value!r}.")
         actors, per_actor = self.ray_actors, self.envs_per_actor
         if actors is not None and actors > self.num_envs:
             raise ConfigError(f"--ray-actors {actors} is more than the {self.num_envs} envs they would host; "
@@ -378,25 +312,13 @@ class TrainConfig:
                               f"{self.num_envs} envs ({-(-self.num_envs // per_actor)} actors of at most "
                               f"{per_actor} envs); give one of them.")
 
-    def user_settings(self) -> dict[str, Any]:  # TEMPORARY until the config branch lands
-        defaults = TrainConfig()
-        return {k: v for k, v in self.to_json_dict().items() if v != getattr(defaults, k)}
-
-    @classmethod
-    def for_resume(cls, resolved: dict[str, Any], user: dict[str, Any] | None, overrides: dict[str, Any],
-                   where: str) -> TrainConfig:  # TEMPORARY until the config branch lands
-        for key in overrides:
-            if key not in RESUME_OVERRIDABLE:
-                raise ConfigError(f"--{key.replace('_', '-')} cannot change when resuming (the run continues "
-                                  f"as configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
-        return dataclasses.replace(cls.from_json_dict(resolved, where), **overrides)
-
     @property
     def num_rollouts(self) -> int:
         """Rollouts (= learner updates) in the run; total_steps is rounded down to whole rollouts."""
         return self.total_steps // (self.num_envs * self.rollout)
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values; an env factory becomes its 'module:qualname'."""
         data = dataclasses.asdict(self)
         if callable(self.env):
             data["env"] = f"{self.env.__module__}:{getattr(self.env, '__qualname__', repr(self.env))}"
@@ -413,6 +335,74 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"the config stored in {where} is not usable: {exc}.") from None
+
+    def user_settings(self) -> dict[str, Any]:
+        """The settings given explicitly: the fields of this config as given (before `resolved()`) that
+        differ from their defaults, JSON-ready like `to_json_dict`. Stored beside the resolved config, they
+        tell a run resumed on another machine which machine-dependent settings to keep (`for_resume`)."""
+        defaults = TrainConfig().to_json_dict()
+        return {name: value for name, value in self.to_json_dict().items() if value != defaults[name]}
+
+    @classmethod
+    def for_resume(cls, resolved: dict[str, Any], user: dict[str, Any] | None, overrides: dict[str, Any],
+                   where: str) -> TrainConfig:
+        """The resolved, validated config of a run resumed on this machine.
+
+        `resolved` is the run's stored resolved config (`to_json_dict`), `user` its stored `user_settings()`
+        (None for checkpoints written before those were stored), `overrides` the settings given for the
+        resumed run, and `where` names the checkpoint in messages. Every setting that can change a bit keeps
+        its stored value. The machine-dependent ones (MACHINE_DEPENDENT) that the user had not set are
+        resolved again here, so a run started on 64 cores does not start 64 workers on a laptop; without
+        `user` they keep their stored values. `overrides`, which may name only RESUME_OVERRIDABLE settings,
+        win over both.
+        """
+        for key in overrides:
+            if key not in RESUME_OVERRIDABLE:
+                raise ConfigError(f"--{_flag(key)} cannot change when resuming (the run continues as "
+                                  f"configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
+        stored = cls.from_json_dict(resolved, where)
+        again = {} if user is None else {name: None for name in MACHINE_DEPENDENT if name not in user}
+        # resolved() fills only what is None: the stored hyperparameters and the overrides stay as they are.
+        return dataclasses.replace(stored, **{**again, **overrides}).resolved()
+
+    def learner_settings(self) -> LearnerSettings:
+        """The settings the learner reads, small and picklable (no env factory), of this config resolved.
+        Resolving a resolved config again leaves every one of them as it is."""
+        cfg = self.resolved()
+        return LearnerSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LearnerSettings)})
+
+
+# Settings a resumed run may change: the execution ones, which change no bit of the results.
+RESUME_OVERRIDABLE: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] != "kept")
+# Those of them whose defaults depend on the machine, resolved again when a run resumes elsewhere.
+MACHINE_DEPENDENT: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"] == "machine")
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """The part of a resolved TrainConfig that the learner reads; small enough to send to its process."""
+
+    algo: Literal["ppo", "a2c"]
+    seed: int
+    num_rollouts: int
+    lr: float
+    anneal_lr: bool
+    optimizer: Literal["adam", "rmsprop"]
+    epochs: int
+    minibatches: int
+    clip_coef: float
+    clip_vloss: bool
+    vf_coef: float
+    ent_coef: float
+    max_grad_norm: float
+    norm_adv: bool
+    gamma: float
+    gae_lambda: float
+    ppo_trust_region: Literal["current", "behaviour"]
+    torch_threads: int
+    deterministic: bool
 
 
 def default_engine_batch(num_envs: int, block: int) -> int:
@@ -435,12 +425,17 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _unknown_choice(name: str, value: Any, choices: tuple[Any, ...]) -> str:
+    """The sentence refusing a value outside a field's choices, e.g. "unknown --mode 'x'; choose 'hts' or
+    'sync'."."""
+    names = [repr(choice) for choice in choices]
+    either = " or ".join(part for part in (", ".join(names[:-1]), names[-1]) if part)
+    return f"unknown --{_flag(name)} {value!r}; choose {either}."
 
 
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
 
 
 def _require_network_fits(hidden: tuple[int, ...]) -> None:
@@ -474,7 +469,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"--config {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                           f"{exc.start}); save it as UTF-8.") from None
-    hints = typing.get_type_hints(TrainConfig)
+    hints = _type_hints()
     for key, value in values.items():
         if key not in hints:
             close = difflib.get_close_matches(key, list(hints), n=1)

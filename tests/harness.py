@@ -83,7 +83,7 @@ def make_harness(**overrides: Any) -> Harness:
     final_obs = np.zeros((cfg.num_envs, 4), np.float32)
     pool = FakePool([s.obs["obs"] for s in storages], final_obs)
     distribution = make_distribution(VECTOR_SPEC.action)
-    learner = RecordingLearner(cfg, model, copy.deepcopy(model), distribution)
+    learner = RecordingLearner(cfg.learner_settings(), model, copy.deepcopy(model), distribution)
     inference = BatchedInference(copy.deepcopy(model), distribution,
                                  TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout), cfg.max_batch,
                                  VECTOR_SPEC.obs.arrays())

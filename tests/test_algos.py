@@ -106,12 +106,12 @@ def test_a2c_gradient_is_taken_at_the_behaviour_parameters():
                       anneal_lr=False).resolved()  # the SGD step below keeps its readable 0.1
     torch.manual_seed(0)
     current, behaviour = small_model(), small_model()
-    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
+    learner = Learner(cfg.learner_settings(), copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)  # so the step is readable
     storage = _storage(1)
 
     # The gradient the paper's eq. 6 asks for: at the behaviour parameters, on the behaviour data.
-    reference = Learner(cfg, copy.deepcopy(behaviour), copy.deepcopy(behaviour), DIST)
+    reference = Learner(cfg.learner_settings(), copy.deepcopy(behaviour), copy.deepcopy(behaviour), DIST)
     batch = reference._batch(storage)
     logits, value = reference.model(batch.obs)
     dist = torch.distributions.Categorical(logits=logits)
@@ -141,7 +141,7 @@ def test_bootstrap_values_come_from_the_behaviour_parameters():
     storage = _storage(2)
     storage.truncated[3, 0] = True
     storage.bootstrap_values[3, 0] = 7.5  # the final observation's value, recorded at collection
-    batch = Learner(cfg, current, behaviour, DIST)._batch(storage)
+    batch = Learner(cfg.learner_settings(), current, behaviour, DIST)._batch(storage)
     with torch.no_grad():
         v_boot = behaviour.value({"obs": torch.from_numpy(storage.obs["obs"][-1])})
     adv = batch.advantages.view(5, 3)
@@ -170,7 +170,7 @@ def _lagged_ppo_step(trust_region: str, lag: int,
         logits = behaviour({"obs": torch.from_numpy(storage.obs["obs"][:-1].reshape(15, 4))})[0]
         storage.logprobs[:] = torch.distributions.Categorical(logits=logits).log_prob(
             torch.from_numpy(storage.actions.reshape(15))).numpy().reshape(5, 3)
-    learner = Learner(cfg, copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
+    learner = Learner(cfg.learner_settings(), copy.deepcopy(current), copy.deepcopy(behaviour), DIST)
     learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.1)
     learner.version, learner.behaviour_version = lag, 0
     batch = learner._batch(storage)
@@ -246,7 +246,7 @@ def test_hts_ppo_takes_advantages_from_the_critic_the_update_starts_from(algo: s
     torch.manual_seed(0)
     current, behaviour = small_model(), small_model()
     storage = _storage(4)
-    learner = Learner(cfg, current, behaviour, DIST)
+    learner = Learner(cfg.learner_settings(), current, behaviour, DIST)
     learner.version, learner.behaviour_version = 1, 0
     batch = learner._batch(storage)
     obs = {"obs": torch.from_numpy(storage.obs["obs"])}

@@ -11,12 +11,12 @@ import torch
 from htsrl_aio import ConfigError, TrainConfig, train
 from htsrl_aio.backends.replica import EpisodeTracker
 from htsrl_aio.cli import main as cli_main
-from htsrl_aio.config import PRESETS
 from htsrl_aio.envs import EnvSpec, resolve_env
 from htsrl_aio.envs.atari import AleSpec, AtariOptions, PreprocessedAtariEnv
 from htsrl_aio.envs.engines import OneEngineEnv
 from htsrl_aio.models import build_model
 from htsrl_aio.models.cnn import NatureCNN
+from htsrl_aio.presets import PRESETS
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -77,7 +77,7 @@ def test_pong_smoke_run_with_the_presets(run_dir, no_leaks, mode, preset, learne
     config = json.loads((run_dir / "config.json").read_text())
     # Explicit flags win over the preset; the rest comes from it.
     assert (config["num_envs"], config["rollout"]) == (num_envs, rollout)
-    expected = {k: v for k, v in PRESETS[preset].items() if k not in ("num_envs", "rollout")}
+    expected = {k: v for k, v in PRESETS[preset].values.items() if k not in ("num_envs", "rollout")}
     assert {k: config[k] for k in expected} == expected
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["model"]["encoder.cnns.obs.trunk.0.weight"].shape == (32, 4, 8, 8)  # the Nature CNN

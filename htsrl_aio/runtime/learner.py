@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from htsrl_aio.algos import RolloutBatch, a2c_update, gae, ppo_update
-from htsrl_aio.config import TrainConfig
+from htsrl_aio.config import LearnerSettings
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import TrainingDiverged
 from htsrl_aio.models.params import clone_params, copy_params
@@ -44,7 +44,7 @@ LEARNER_KEYS = ("update", "model", "behaviour", "behaviour_version", "optimizer"
 
 
 class Learner:
-    def __init__(self, config: TrainConfig, model: nn.Module, behaviour: nn.Module,
+    def __init__(self, config: LearnerSettings, model: nn.Module, behaviour: nn.Module,
                  distribution: ActionDistribution, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.model = model
@@ -274,7 +274,7 @@ async def wait_settled(future: asyncio.Future | None) -> None:
             future.exception()
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(config: LearnerSettings, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
     return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=0.99, eps=1e-5)

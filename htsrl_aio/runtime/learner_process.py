@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import traceback
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -20,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from htsrl_aio.config import TrainConfig
+from htsrl_aio.config import LearnerSettings
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.ipc.children import WatchedChild, close_children
@@ -53,10 +52,9 @@ class LearnerError(HtsrlError):
 
 
 class ProcessLearner:
-    def __init__(self, config: TrainConfig, model: nn.Module, distribution: ActionDistribution,
+    def __init__(self, settings: LearnerSettings, model: nn.Module, distribution: ActionDistribution,
                  storage_specs: StorageSpecs) -> None:
-        # The learner needs no env, and a factory may be a closure that cannot be pickled: send its name.
-        self.config = dataclasses.replace(config, env=config.to_json_dict()["env"])
+        self.settings = settings
         self.model = model.share_memory()
         self.distribution = distribution
         self._storage_specs = storage_specs
@@ -74,7 +72,7 @@ class ProcessLearner:
     async def start(self) -> None:
         self._reply = asyncio.get_running_loop().create_future()
         self._child = WatchedChild("htsrl-learner", learner_main,
-                                   (self.config, self.model, self.distribution, self._storage_specs,
+                                   (self.settings, self.model, self.distribution, self._storage_specs,
                                     self._restored),
                                    self._on_message, self._on_exit)
         self._restored = None
@@ -125,14 +123,15 @@ class ProcessLearner:
             await close_children([child])
 
 
-def learner_main(conn: Connection, config: TrainConfig, model: nn.Module, distribution: ActionDistribution,
-                 storage_specs: StorageSpecs, restored: Mapping[str, Any] | None) -> None:
-    torch.set_num_threads(config.torch_threads)
-    torch.use_deterministic_algorithms(config.deterministic)
+def learner_main(conn: Connection, settings: LearnerSettings, model: nn.Module,
+                 distribution: ActionDistribution, storage_specs: StorageSpecs,
+                 restored: Mapping[str, Any] | None) -> None:
+    torch.set_num_threads(settings.torch_threads)
+    torch.use_deterministic_algorithms(settings.deterministic)
     shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
     storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                 for i, arrays in enumerate(shared)]
-    learner = Learner(config, model, copy.deepcopy(model), distribution)
+    learner = Learner(settings, model, copy.deepcopy(model), distribution)
     if restored is not None:
         learner.restore(restored)
     try:
