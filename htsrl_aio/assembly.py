@@ -63,6 +63,15 @@ class RunParts:
     scheduler: RolloutScheduler
     resume_note: dict[str, Any]  # what the first metrics row after a resume says about it
 
+    async def save(self, generation: int | None) -> dict[str, Any]:
+        """Every component's part of a checkpoint: inside swap `generation` all of them (they resume
+        exactly); outside a swap (None) the learner's and the schedule's. `assemble` restores them: a
+        new component is saved here and restored there."""
+        parts = {**await self.learner.save(), **self.scheduler.save(generation)}
+        if generation is not None:
+            parts.update(await self.replicas.save())
+        return parts
+
 
 async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contextlib.AsyncExitStack,
                    on_update: Callable[[dict[str, Any]], None], on_swap: SwapCheckpoint,

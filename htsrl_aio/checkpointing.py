@@ -38,8 +38,7 @@ class RunCheckpoints:
         """Inside swap `generation`, everything paused: every component, so it resumes exactly. A stop
         there also writes it as checkpoint.pt, so either file resumes exactly."""
         p = self._parts
-        parts = {**await p.learner.save(), **p.scheduler.save(generation), **await p.replicas.save()}
-        checkpoint = self._checkpoint("swap", stopping, parts)
+        checkpoint = self._checkpoint("swap", stopping, await p.save(generation))
         await self._write(p.run_dir.save_periodic, checkpoint, generation, p.cfg.keep_checkpoints)
         if stopping:
             await self._write(p.run_dir.save_checkpoint, checkpoint)
@@ -55,18 +54,18 @@ class RunCheckpoints:
             # optimizer and metrics agree.
             await asyncio.wait_for(p.scheduler.settle(), SETTLE_TIMEOUT_S)
             await asyncio.wait_for(p.learner.settle(), SETTLE_TIMEOUT_S)
-            learner = await p.learner.save()
+            parts = await p.save(None)
         except (HtsrlError, asyncio.TimeoutError):
             if self._last_good is None:
                 return None
-            learner = self._last_good
-        checkpoint = self._checkpoint("stop", True, {**learner, **p.scheduler.save(None)})
+            parts = {**self._last_good, **p.scheduler.save(None)}
+        checkpoint = self._checkpoint("stop", True, parts)
         p.run_dir.save_checkpoint(checkpoint)
         return checkpoint
 
     async def at_end(self) -> None:
         p = self._parts
-        checkpoint = self._checkpoint("final", False, {**await p.learner.save(), **p.scheduler.save(None)})
+        checkpoint = self._checkpoint("final", False, await p.save(None))
         p.run_dir.save_checkpoint(checkpoint)
 
     async def drain(self) -> None:

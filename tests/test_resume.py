@@ -175,3 +175,21 @@ def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs
     assert summary["updates"] == 10
     assert rows(crashed)[9]["resume_envs"].startswith(
         "restarted with new derived seeds: the saved env state was not written on this machine")
+
+
+def test_a_run_resumed_on_a_smaller_machine_resolves_its_machine_defaults_again(tmp_path, no_leaks,
+                                                                                 monkeypatch):
+    """Workers default to the cores: a run started where 3 cores are free and resumed where 1 is must
+    not start 3 workers there; a workers setting the user gave is kept; the bits are the same."""
+    import htsrl_aio.config
+
+    monkeypatch.setattr(htsrl_aio.config, "available_cores", lambda: 3)
+    given = {"workers": None, "max_batch": 2}
+    full = train(config(tmp_path / "full", **given))
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["workers"] == 3
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    monkeypatch.setattr(htsrl_aio.config, "available_cores", lambda: 1)
+    resumed = resume(crashed / "checkpoints" / "update-0000006.pt")
+    on_disk = json.loads((crashed / "config.json").read_text())
+    assert on_disk["workers"] == 1 and on_disk["max_batch"] == 2  # resolved again; the user's kept
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -123,3 +124,36 @@ def test_the_cli_prints_the_warning_as_one_line(tmp_path):
     warned = [line for line in proc.stderr.splitlines() if "--torch-threads" in line]
     assert len(warned) == 1 and warned[0].startswith("htsrl-aio: warning: --torch-threads"), proc.stderr
     assert "trainer.py" not in proc.stderr  # no file and line, no source echo
+
+
+async def test_a_cancelled_swap_checkpoint_is_written_before_the_run_directory_is_released(
+        run_dir, no_leaks, monkeypatch):
+    """The periodic checkpoint is written off the loop; a cancel while it is written must not release the
+    run directory (its lock) before the write ends, or a prompt --resume cleans up the half-written
+    file under it."""
+    from htsrl_aio.outputs.run_dir import RunDirectory
+
+    writing, released = threading.Event(), threading.Event()
+    save_periodic, close = RunDirectory.save_periodic, RunDirectory.close
+    released_while_writing = []
+
+    def slow_save_periodic(self, state, update, keep):
+        writing.set()
+        released.wait(timeout=5)  # before the fix the release came now; after it, only once this returns
+        released_while_writing.append(released.is_set())
+        save_periodic(self, state, update, keep)
+
+    def noting_close(self):
+        released.set()
+        close(self)
+
+    monkeypatch.setattr(RunDirectory, "save_periodic", slow_save_periodic)
+    monkeypatch.setattr(RunDirectory, "close", noting_close)
+    async with Trainer(config(run_dir, checkpoint_every=1, total_steps=4 * 16 * 100)) as trainer:
+        task = asyncio.ensure_future(trainer.run())
+        await asyncio.to_thread(writing.wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert released_while_writing == [False]
+    assert (run_dir / "checkpoints" / "update-0000001.pt").exists()
