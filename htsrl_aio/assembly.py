@@ -123,18 +123,23 @@ async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contex
     scheduler = RolloutScheduler(cfg, backend, memory.storages, memory.final_obs, inference, learner,
                                  on_update, checkpoint=on_swap, checkpoint_every=cfg.checkpoint_every)
     replicas = ReplicaStates(backend, cfg.num_envs)
-    resume_note: dict[str, Any] = {}
-    if resume is not None:
-        not_restored = await replicas.restore(resume.parts, resume.update)
-        scheduler.restore(resume.kind, resume.parts, envs_restored=not_restored is None)
-        resume_note = {"resumed_from_update": resume.update,
-                       "resume_envs": "restored" if scheduler.start.envs_restored
-                       else f"restarted with new derived seeds: {not_restored or 'no env states'}"}
+    resume_note = {} if resume is None else await _restore(resume, replicas, scheduler)
     steps_per_rollout = cfg.num_envs * cfg.rollout
     progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress, f"{cfg.mode}/{cfg.algo}",
                             initial=scheduler.start.rollout * steps_per_rollout)
     sinks.add_progress(progress)
     return RunParts(cfg, spec, run_dir, sinks, inference, learner, backend, replicas, scheduler, resume_note)
+
+
+async def _restore(resume: Checkpoint, replicas: ReplicaStates,
+                   scheduler: RolloutScheduler) -> dict[str, Any]:
+    """Put the env replicas and the schedule back (the learner restored itself before it started);
+    return what the first metrics row after the resume says about it."""
+    not_restored = await replicas.restore(resume.parts, resume.update)
+    scheduler.restore(resume.kind, resume.parts, envs_restored=not_restored is None)
+    return {"resumed_from_update": resume.update,
+            "resume_envs": "restored" if scheduler.start.envs_restored
+            else f"restarted with new derived seeds: {not_restored or 'no env states'}"}
 
 
 def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, backend_kind: str,
