@@ -36,6 +36,11 @@ def test_restarts_are_as_reproducible_as_the_rest(tmp_path, no_leaks):
     a = train(restarting(tmp_path / "a", "envs_for_tests:raising_cartpole", workers=1))
     b = train(restarting(tmp_path / "b", "envs_for_tests:raising_cartpole", workers=2, max_batch=2))
     assert a["final_params_sha256"] == b["final_params_sha256"]
+    # A row counts the restarts of the rollouts learned up to it, whatever the next rollout was doing
+    # meanwhile: the 4 envs fail at their step calls 101, 202 and 303, i.e. in rollouts 6, 12 and 18.
+    expected = [4 * sum(update >= r for r in (6, 12, 18)) for update in range(20)]
+    assert [r["env_restarts"] for r in rows(tmp_path / "a")] == expected
+    assert [r["env_restarts"] for r in rows(tmp_path / "b")] == expected
 
 
 def test_a_dead_worker_is_spawned_again_with_its_envs(run_dir, tmp_path, monkeypatch, no_leaks):

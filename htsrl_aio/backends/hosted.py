@@ -50,7 +50,8 @@ class HostedBackend:
         self._commands: dict[int, Command] = {}  # the command each pending future waits for
         self._outbox: dict[int, list[Command]] = {}  # host index -> commands delivered at the next flush
         self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
-        self._stale: set[int] = set()  # envs of a lost host: their next step is a lost step
+        # Envs of a lost host -> why it was re-created: their next step is a lost step, which reports it.
+        self._stale: dict[int, tuple[str, str]] = {}
         self._respawning: set[asyncio.Task] = set()
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,10 +135,10 @@ class HostedBackend:
     def _forward(self, index: int, env_id: int) -> None:
         assert self._loop is not None
         cmd = self._commands[env_id]
-        if env_id in self._stale and cmd.kind in ("step", "reset"):
-            self._stale.discard(env_id)
-            cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
-            self._commands[env_id] = cmd
+        if env_id in self._stale and cmd.kind == "reset":  # a new episode anyway: no step is lost
+            del self._stale[env_id]
+        elif env_id in self._stale and cmd.kind == "step":
+            cmd = self._commands[env_id] = cmd._replace(kind="lost_step")
         if self.args.env_timeout:
             self._sent_at[env_id] = self._loop.time()
         if not self._outbox:
@@ -160,6 +161,8 @@ class HostedBackend:
             if error is not None:
                 self._fail(error)
                 return
+        if kind == "lost_step":  # charged when its host was lost; the schedule counts it at this step
+            value = value._replace(restarted=self._stale.pop(env_id))
         self._commands.pop(env_id, None)
         self._sent_at.pop(env_id, None)
         future = self._pending.pop(env_id, None)
@@ -212,7 +215,7 @@ class HostedBackend:
             return
         # Commands in flight are lost with the host: they wait for the new one, as do new ones.
         self._held[index] = [e for e in env_ids if e in self._pending]
-        self._stale.update(env_ids)
+        self._stale.update(dict.fromkeys(env_ids, (restarted, details)))
         for env_id in env_ids:
             self._sent_at.pop(env_id, None)
         self._respawns[index] += 1

@@ -110,6 +110,10 @@ class RolloutScheduler:
         self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
         self.episodes = start.episodes
         self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
+        # Env re-creations reported by the steps of the rollouts swapped so far (a step's
+        # StepResult.restarted), not the backend's count, which moves while the next rollout runs.
+        self.env_restarts = 0
+        self._rollout_restarts = 0
         self._envs_collecting = 0
         self.collector_clock = BusyClock()
         self.learner_clock = BusyClock()
@@ -186,6 +190,8 @@ class RolloutScheduler:
                     storage.bootstrap_values[step, env] = (await self.inference.value(final)).value
                 if result.episode is not None:
                     self._rollout_episodes.append((step, env, *result.episode))
+                if result.restarted is not None:
+                    self._rollout_restarts += 1
                 if self.step_barrier is not None:
                     await self.step_barrier.wait()
             self._envs_collecting -= 1
@@ -225,6 +231,8 @@ class RolloutScheduler:
             self.episode_lengths.append(length)
             self.episodes += 1
         self._rollout_episodes.clear()
+        self.env_restarts += self._rollout_restarts
+        self._rollout_restarts = 0
         self.learner.load_behaviour(self.inference.model, self.inference_version)
         if generation + 1 < self.cfg.num_rollouts:
             upcoming = self.storages[(generation + 1) % 2]
@@ -270,7 +278,7 @@ class RolloutScheduler:
             "learner_busy_frac": (learn - last_learn) / span,
             "collector_busy_frac": (collect - last_collect) / span,
             "inference_batch_mean": (rows - last_rows) / max(passes - last_passes, 1),
-            "env_restarts": self.pool.restarts,
+            "env_restarts": self.env_restarts,
             "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
         }
         metrics.update(stats)
