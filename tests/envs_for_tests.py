@@ -360,3 +360,25 @@ class _HangsAfter(gym.Wrapper):
 
 def hangs_after_40_steps_cartpole() -> gym.Env:
     return _HangsAfter(gym.make("CartPole-v1"))
+
+
+def _in_env_worker() -> bool:
+    import multiprocessing
+
+    return multiprocessing.current_process().name.startswith("htsrl-env-worker")
+
+
+def exits_in_workers() -> gym.Env:
+    """Ends its env worker process while it is created there (the start-up probe passes)."""
+    import os
+
+    if _in_env_worker():
+        os._exit(3)
+    return gym.make("CartPole-v1")
+
+
+def hangs_in_workers() -> gym.Env:
+    """Is never done being created in an env worker process (the start-up probe passes)."""
+    if _in_env_worker():
+        _hang()
+    return gym.make("CartPole-v1")

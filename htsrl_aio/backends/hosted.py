@@ -14,6 +14,10 @@ a truncation (`Replica.lost_step`), and every re-created env is charged to the `
 limit (counted from when the command left for it) is killed (`_kill`), and its death is a lost host
 like any other, with the timeout as the reason.
 
+Start-up is the subclass's: `_launch` resolves once the host has built its envs, and fails (one
+sentence, in both modes) when the host dies first or does not build them in time (--env-timeout); a
+restart replaces a host that ran, not one that cannot start.
+
 Subclasses launch, reach and kill hosts (`_launch`, `_deliver`, `_kill`) and report a death with
 `_host_died`.
 """
