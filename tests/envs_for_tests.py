@@ -382,3 +382,14 @@ def hangs_in_workers() -> gym.Env:
     if _in_env_worker():
         _hang()
     return gym.make("CartPole-v1")
+
+
+def pixel_cartpole(render_mode: str | None = None) -> gym.Env:
+    """CartPole seen as (48, 64, 3) pixels: its rendering is the observation, whatever `render_mode`
+    asks (it renders rgb_array frames either way)."""
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    env.unwrapped.screen_width, env.unwrapped.screen_height = 64, 48
+    return gym.wrappers.AddRenderObservation(env, render_only=True)
+
+
+gym.register("PixelCartPole-v0", entry_point=pixel_cartpole)
