@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -68,7 +67,7 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     model.eval()
     seed = cfg.seed if seed is None else seed
     rng = None if deterministic else generator(seed, Stream.EVAL_ACT)
-    env = _make_env(factory, rendered=writer is not None)
+    env = await _make_env(factory, rendered=writer is not None)
     distribution = make_distribution(spec.action)
     returns, lengths = [], []
     try:
@@ -112,11 +111,32 @@ def _config(values: dict[str, Any], file: Path) -> TrainConfig:
     return dataclasses.replace(config, progress=False).resolved()
 
 
-def _make_env(factory: EnvFactory, rendered: bool) -> Any:
-    # Plain gymnasium ids can render; Atari's C++ preprocessing cannot, its frames come from observations.
-    if rendered and factory.env_id in gym.registry and not factory.env_id.startswith("ALE/"):
-        return gym.make(factory.env_id, render_mode="rgb_array", **dict(factory.kwargs))
-    return factory()
+async def _make_env(factory: EnvFactory, rendered: bool) -> Any:
+    """The env as training built it (id or factory, --env-kwargs, frame options); for a video, built
+    again with render_mode="rgb_array" where it renders such frames but was not asked to."""
+    env = factory()
+    # A C++ engine cannot render: its frames come from its observations (`_frame`).
+    if not rendered or factory.engine is not None or getattr(env, "render_mode", None) == "rgb_array":
+        return env
+    metadata = getattr(env, "metadata", None)
+    modes = metadata.get("render_modes", []) if isinstance(metadata, dict) else []
+    await close_env(env)
+    if "rgb_array" not in modes:
+        raise ConfigError(f"--video needs frames, but env {factory.name!r} cannot render them (its "
+                          f"render_modes are {modes}, without 'rgb_array'); evaluate it without --video.")
+    if factory.factory is not None and "render_mode" not in _parameters(factory.factory):
+        raise ConfigError(f"--video needs frames, but the factory {factory.name!r} takes no render_mode "
+                          "argument; give it one and pass it to the env (or create the env with "
+                          "render_mode='rgb_array').")
+    kwargs = tuple(sorted({**dict(factory.kwargs), "render_mode": "rgb_array"}.items()))
+    return dataclasses.replace(factory, kwargs=kwargs)()
+
+
+def _parameters(function: Any) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return set()
 
 
 def _frame(env: Any, obs: Any) -> np.ndarray:

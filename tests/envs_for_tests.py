@@ -360,3 +360,36 @@ class _HangsAfter(gym.Wrapper):
 
 def hangs_after_40_steps_cartpole() -> gym.Env:
     return _HangsAfter(gym.make("CartPole-v1"))
+
+
+def _in_env_worker() -> bool:
+    import multiprocessing
+
+    return multiprocessing.current_process().name.startswith("htsrl-env-worker")
+
+
+def exits_in_workers() -> gym.Env:
+    """Ends its env worker process while it is created there (the start-up probe passes)."""
+    import os
+
+    if _in_env_worker():
+        os._exit(3)
+    return gym.make("CartPole-v1")
+
+
+def hangs_in_workers() -> gym.Env:
+    """Is never done being created in an env worker process (the start-up probe passes)."""
+    if _in_env_worker():
+        _hang()
+    return gym.make("CartPole-v1")
+
+
+def pixel_cartpole(render_mode: str | None = None) -> gym.Env:
+    """CartPole seen as (48, 64, 3) pixels: its rendering is the observation, whatever `render_mode`
+    asks (it renders rgb_array frames either way)."""
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    env.unwrapped.screen_width, env.unwrapped.screen_height = 64, 48
+    return gym.wrappers.AddRenderObservation(env, render_only=True)
+
+
+gym.register("PixelCartPole-v0", entry_point=pixel_cartpole)

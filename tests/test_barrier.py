@@ -97,3 +97,36 @@ async def test_a_party_cancelled_during_the_swap_leaves_no_unretrieved_exception
     gc.collect()
     await asyncio.sleep(0)
     assert reported == []
+
+
+@pytest.mark.parametrize("stop", ["cancel", "abort"])
+async def test_a_swap_that_fails_after_a_party_left_raises_its_own_failure(stop):
+    # A checkpoint fails while another party is cancelled (or the run aborts the barrier): that empties
+    # the waiters, and the checkpoint's error, not a consequence of the bookkeeping, must come out.
+    import gc
+
+    reported: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+    checkpointing, fail = asyncio.Event(), asyncio.Event()
+
+    async def checkpoint(generation: int) -> None:
+        checkpointing.set()
+        await fail.wait()
+        raise OSError("disk full")
+
+    barrier = SwapBarrier(2, on_swap=checkpoint)
+    leaving = asyncio.ensure_future(barrier.wait())
+    releasing = asyncio.ensure_future(barrier.wait())
+    await checkpointing.wait()
+    if stop == "cancel":
+        leaving.cancel()
+    else:
+        barrier.abort()
+    await asyncio.gather(leaving, return_exceptions=True)
+    fail.set()
+    with pytest.raises(OSError, match="disk full"):
+        await releasing
+    del leaving, releasing
+    gc.collect()
+    await asyncio.sleep(0)
+    assert reported == []

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from harness import as_if_crashed_after
 
-from htsrl_aio import EnvError, TrainConfig, train
+from htsrl_aio import EnvError, TrainConfig, resume, train
 from htsrl_aio.backends.replica import MAX_RESTARTS_PER_ENV
 
 
@@ -36,6 +37,11 @@ def test_restarts_are_as_reproducible_as_the_rest(tmp_path, no_leaks):
     a = train(restarting(tmp_path / "a", "envs_for_tests:raising_cartpole", workers=1))
     b = train(restarting(tmp_path / "b", "envs_for_tests:raising_cartpole", workers=2, max_batch=2))
     assert a["final_params_sha256"] == b["final_params_sha256"]
+    # A row counts the restarts of the rollouts learned up to it, whatever the next rollout was doing
+    # meanwhile: the 4 envs fail at their step calls 101, 202 and 303, i.e. in rollouts 6, 12 and 18.
+    expected = [4 * sum(update >= r for r in (6, 12, 18)) for update in range(20)]
+    assert [r["env_restarts"] for r in rows(tmp_path / "a")] == expected
+    assert [r["env_restarts"] for r in rows(tmp_path / "b")] == expected
 
 
 def test_a_dead_worker_is_spawned_again_with_its_envs(run_dir, tmp_path, monkeypatch, no_leaks):
@@ -55,3 +61,11 @@ def test_in_loop_async_env_is_recreated_too(run_dir, no_leaks):
     summary = train(restarting(run_dir, "envs_for_tests:failing_async_cartpole"))
     assert summary["updates"] == 20
     assert rows(run_dir)[-1]["env_restarts"] > 0
+
+
+def test_a_resumed_run_goes_on_counting_restarts_where_its_checkpoint_was(tmp_path, no_leaks):
+    full = train(restarting(tmp_path / "full", "envs_for_tests:raising_cartpole", checkpoint_every=8))
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    resumed = resume(crashed / "checkpoints" / "update-0000008.pt")  # after the first 4 restarts
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert [r["env_restarts"] for r in rows(crashed)] == [r["env_restarts"] for r in rows(tmp_path / "full")]

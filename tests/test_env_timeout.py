@@ -59,3 +59,20 @@ def test_the_start_up_probe_survives_an_env_that_hangs_or_exits(run_dir, env, me
     with pytest.raises(ConfigError, match=rf"^env 'envs_for_tests:{env}': {message}"):
         train(config(run_dir, f"envs_for_tests:{env}"))
     assert not run_dir.exists()  # refused before the run directory is made
+
+
+@pytest.mark.parametrize("on_env_error", ["stop", "restart"])
+def test_a_worker_that_exits_while_creating_its_envs_ends_the_start_in_one_sentence(run_dir, no_leaks,
+                                                                                      on_env_error):
+    with pytest.raises(EnvError, match=r"^env worker \d \(envs \d-\d\) of 'envs_for_tests:exits_in_workers' "
+                                       r"exited with code 3 before its envs were built, without raising an "
+                                       r"exception; make creating the env work in a fresh process"):
+        train(config(run_dir, "envs_for_tests:exits_in_workers", on_env_error=on_env_error))
+
+
+@pytest.mark.parametrize("on_env_error", ["stop", "restart"])
+def test_an_env_never_done_being_created_ends_the_start_at_the_timeout(run_dir, no_leaks, on_env_error):
+    with pytest.raises(EnvError, match=r"^env worker \d \(envs \d-\d\) of 'envs_for_tests:hangs_in_workers' "
+                                       r"did not build its envs within --env-timeout 1 s, so it was killed; "
+                                       r"make the env's constructor return sooner or raise --env-timeout\.$"):
+        train(config(run_dir, "envs_for_tests:hangs_in_workers", on_env_error=on_env_error))

@@ -1,6 +1,7 @@
 """Using a trained agent (htsrl-aio eval, with video) and the TensorBoard scalars of a run."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,3 +72,35 @@ def test_without_tensorboard_installed_logging_is_off_with_one_line(tmp_path, mo
     assert capsys.readouterr().err.strip() == f"htsrl-aio: {ENABLE_HINT}"
     assert log.status == ENABLE_HINT
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_video_builds_the_env_as_training_did(tmp_path, capsys):
+    # A registered id trained with frame options: the video's env must get them too, or the network
+    # meets raw (48, 64, 3) frames instead of 2 stacked grayscale ones.
+    run = tmp_path / "run"
+    train(TrainConfig(env="envs_for_tests:PixelCartPole-v0", grayscale=True, frame_stack=2, num_envs=2,
+                      rollout=8, total_steps=2 * 8 * 2, workers=1, logdir=str(run), progress=False))
+    video = tmp_path / "agent.mp4"
+    assert cli_main(["eval", str(run), "--episodes", "1", "--video", str(video)]) == 0
+    length = float(capsys.readouterr().out.split("mean length ")[1].split()[0])
+    reader = imageio.get_reader(str(video))
+    assert sum(1 for _ in reader) == length
+    assert reader.get_meta_data()["size"] == (64, 48)  # the env's own rgb_array render, in colour
+
+
+@pytest.mark.parametrize("env,message", [
+    ("envs_for_tests:ManySpacesEnv", r"env 'envs_for_tests:ManySpacesEnv' cannot render them \(its "
+                                     r"render_modes are \[\], without 'rgb_array'\); evaluate it without "
+                                     r"--video\."),
+    ("envs_for_tests:cartpole_60", r"the factory 'envs_for_tests:cartpole_60' takes no render_mode argument; "
+                                   r"give it one and pass it to the env"),
+], ids=["cannot-render", "factory-without-render-mode"])
+def test_eval_video_of_an_env_without_frames_is_one_sentence(tmp_path, capsys, env, message):
+    run = tmp_path / "run"
+    train(TrainConfig(env=env, num_envs=2, rollout=8, total_steps=2 * 8, workers=1, logdir=str(run),
+                      progress=False))
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["eval", str(run), "--episodes", "1", "--video", str(tmp_path / "agent.mp4")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(rf"--video needs frames, but {message}", err) and "\n" not in err

@@ -20,17 +20,26 @@ ACTION_SPACES = {
 }
 
 
-def make_inference(space: gym.Space) -> BatchedInference:
+def make_inference(space: gym.Space, spread: bool = False) -> BatchedInference:
+    """`spread`: every parameter drawn from N(0, 1), as far from the small initialisation as training
+    takes them: large, varied distribution parameters, where vectorised kernels' tails show."""
     torch.manual_seed(0)
     spec = vector_spec(space)
     dist = make_distribution(spec.action)
     noise = TicketNoise(7, CAP, 4, dist.noise_size, dist.noise)
-    return BatchedInference(small_model(spec, (64, 64)), dist, noise, CAP, spec.obs.arrays(), block=8)
+    model = small_model(spec, (64, 64))
+    if spread:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_()
+    return BatchedInference(model, dist, noise, CAP, spec.obs.arrays(), block=8)
 
 
+@pytest.mark.parametrize("spread", [False, True], ids=["initial", "spread"])
 @pytest.mark.parametrize("kind", list(ACTION_SPACES))
-def test_rows_alone_equal_rows_in_batches_of_every_size(kind):
-    inference = make_inference(ACTION_SPACES[kind])
+def test_rows_alone_equal_rows_in_batches_of_every_size(kind, spread):
+    # Actions, log-probabilities and values, bit for bit, whatever rows share the batch and where.
+    inference = make_inference(ACTION_SPACES[kind], spread)
     rng = np.random.default_rng(0)
     obs = [{"obs": row} for row in rng.standard_normal((CAP, 4)).astype(np.float32) * 3]
     tickets = [StepTicket(0, env, 1) for env in range(CAP)]

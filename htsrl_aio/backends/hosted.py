@@ -14,6 +14,10 @@ a truncation (`Replica.lost_step`), and every re-created env is charged to the `
 limit (counted from when the command left for it) is killed (`_kill`), and its death is a lost host
 like any other, with the timeout as the reason.
 
+Start-up is the subclass's: `_launch` resolves once the host has built its envs, and fails (one
+sentence, in both modes) when the host dies first or does not build them in time (--env-timeout); a
+restart replaces a host that ran, not one that cannot start.
+
 Subclasses launch, reach and kill hosts (`_launch`, `_deliver`, `_kill`) and report a death with
 `_host_died`.
 """
@@ -47,7 +51,8 @@ class HostedBackend:
         self._commands: dict[int, Command] = {}  # the command each pending future waits for
         self._outbox: dict[int, list[Command]] = {}  # host index -> commands delivered at the next flush
         self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
-        self._stale: set[int] = set()  # envs of a lost host: their next step is a lost step
+        # Envs of a lost host -> why it was re-created: their next step is a lost step, which reports it.
+        self._stale: dict[int, tuple[str, str]] = {}
         self._respawning: set[asyncio.Task] = set()
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,10 +136,10 @@ class HostedBackend:
     def _forward(self, index: int, env_id: int) -> None:
         assert self._loop is not None
         cmd = self._commands[env_id]
-        if env_id in self._stale and cmd.kind in ("step", "reset"):
-            self._stale.discard(env_id)
-            cmd = cmd._replace(kind="lost_step") if cmd.kind == "step" else cmd
-            self._commands[env_id] = cmd
+        if env_id in self._stale and cmd.kind == "reset":  # a new episode anyway: no step is lost
+            del self._stale[env_id]
+        elif env_id in self._stale and cmd.kind == "step":
+            cmd = self._commands[env_id] = cmd._replace(kind="lost_step")
         if self.args.env_timeout:
             self._sent_at[env_id] = self._loop.time()
         if not self._outbox:
@@ -157,6 +162,8 @@ class HostedBackend:
             if error is not None:
                 self._fail(error)
                 return
+        if kind == "lost_step":  # charged when its host was lost; the schedule counts it at this step
+            value = value._replace(restarted=self._stale.pop(env_id))
         self._commands.pop(env_id, None)
         self._sent_at.pop(env_id, None)
         future = self._pending.pop(env_id, None)
@@ -209,7 +216,7 @@ class HostedBackend:
             return
         # Commands in flight are lost with the host: they wait for the new one, as do new ones.
         self._held[index] = [e for e in env_ids if e in self._pending]
-        self._stale.update(env_ids)
+        self._stale.update(dict.fromkeys(env_ids, (restarted, details)))
         for env_id in env_ids:
             self._sent_at.pop(env_id, None)
         self._respawns[index] += 1

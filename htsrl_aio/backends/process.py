@@ -5,7 +5,11 @@ nothing and never spins. Commands and replies carry the env id; a reply resolves
 A worker's commands of one loop iteration travel as one message, and their replies as one message back.
 
 Everything else (futures by env id, `--env-timeout`, a dead worker stopping the run or spawned again
-with its envs under `--on-env-error restart`) is `HostedBackend`'s: a worker is a host.
+with its envs under `--on-env-error restart`) is `HostedBackend`'s: a worker is a host. Only a worker
+that has not built its envs yet is this module's: one that exits, or does not build them within
+--env-timeout (counted from when it starts building, not from its spawn, which a loaded machine can
+stretch), fails the start (or the restart) in one sentence whatever --on-env-error says: a new
+worker would build the same envs the same way.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ class ProcessBackend(HostedBackend):
         ready = self._loop.create_future()
         self._ready.append(ready)
         self._workers[index] = WatchedChild(f"htsrl-env-worker-{index}", worker_main, (worker_args,),
-                                            functools.partial(self._dispatch, where, ready),
-                                            functools.partial(self._on_exit, index, where))
+                                            functools.partial(self._dispatch, index, where, ready),
+                                            functools.partial(self._on_exit, index, where, ready))
         return ready
 
     def _deliver(self, index: int, commands: list[Command]) -> None:
@@ -63,8 +67,11 @@ class ProcessBackend(HostedBackend):
         if worker is not None:
             worker.process.kill()  # its death (a loop callback) is a lost host
 
-    def _dispatch(self, where: str, ready: asyncio.Future, replies: list[Reply]) -> None:
+    def _dispatch(self, index: int, where: str, ready: asyncio.Future, replies: list[Reply]) -> None:
         for reply in replies:
+            if reply.kind == "building":
+                self._bound_building(index, where, ready)
+                continue
             if reply.kind == "ready":
                 if not ready.done():
                     ready.set_result(None)
@@ -78,8 +85,26 @@ class ProcessBackend(HostedBackend):
             assert env_id is not None
             self._resolve(env_id, reply.value)
 
-    def _on_exit(self, index: int, where: str, exitcode: int | None) -> None:
-        self._host_died(index, where, f"exit code {exitcode}")
+    def _bound_building(self, index: int, where: str, ready: asyncio.Future) -> None:
+        timeout = self.args.env_timeout
+        if timeout and not ready.done():
+            assert self._loop is not None
+            timer = self._loop.call_later(timeout, self._building_timed_out, index, where, timeout)
+            ready.add_done_callback(lambda _: timer.cancel())
+
+    def _building_timed_out(self, index: int, where: str, timeout: float) -> None:
+        self._fail(env_error(f"{where} of {self.args.factory.name!r} did not build its envs within "
+                             f"--env-timeout {timeout:g} s, so it was killed; make the env's constructor "
+                             "return sooner or raise --env-timeout.", ""))
+        self._kill(index)
+
+    def _on_exit(self, index: int, where: str, ready: asyncio.Future, exitcode: int | None) -> None:
+        if ready.done():  # it had started (or its start failed, and the run with it)
+            self._host_died(index, where, f"exit code {exitcode}")
+            return
+        self._fail(env_error(f"{where} of {self.args.factory.name!r} exited with code {exitcode} before its "
+                             "envs were built, without raising an exception; make creating the env work in a "
+                             "fresh process (`htsrl-aio check-env` runs it in one).", ""))
 
     def _fail(self, error: EnvError) -> None:
         super()._fail(error)

@@ -35,10 +35,10 @@ class Command(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """Worker -> parent, in lists (one per list of commands): "ready" once every replica is built,
-    "done" with a command's value, "error"."""
+    """Worker -> parent, in lists (one per list of commands): "building" as it starts building its
+    replicas, "ready" once every one is built, "done" with a command's value, "error"."""
 
-    kind: Literal["ready", "done", "error"]
+    kind: Literal["building", "ready", "done", "error"]
     env_id: int | None
     value: Any = None
     message: str = ""
@@ -64,6 +64,7 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
                          {key: next(arrays) for key in args.final})
     replicas: dict[int, Replica] = {}
     try:
+        conn.send([Reply("building", None)])
         for env_id in args.env_ids:
             replicas[env_id] = Replica(env_id, args.factory, args.spec.obs, args.spec.action, args.run_seed,
                                        args.restart_on_error, args.lineage)

@@ -47,7 +47,7 @@ class SwapBarrier:
         self._waiters.append(future)
         try:
             if len(self._waiters) == self.parties:
-                await self._release()
+                await self._release(future)
             return await future
         except asyncio.CancelledError:
             # Nobody awaits this party's future any more, so it must not be left holding an abort that
@@ -61,7 +61,8 @@ class SwapBarrier:
                 self.abort()
             raise
 
-    async def _release(self) -> None:
+    async def _release(self, own: asyncio.Future[int]) -> None:
+        """Run on_swap as party `own` (the last to arrive), then release everyone."""
         waiters = self._waiters
         generation = self._generation
         try:
@@ -70,8 +71,11 @@ class SwapBarrier:
                 if inspect.isawaitable(pending):
                     await pending
         except Exception as exc:
-            # The party that ran on_swap raises the failure itself; the others see BarrierAborted.
-            self._waiters.remove(self._waiters[-1])
+            # The party that ran on_swap raises the failure itself; the others see BarrierAborted. A
+            # party cancelled meanwhile has aborted the barrier already, failing `own` too: that
+            # BarrierAborted is only a consequence of `exc`, which must not be masked.
+            if not own.cancel():
+                own.exception()
             self.abort(exc)
             raise
         if self._aborted is not None:  # aborted from elsewhere while on_swap was running

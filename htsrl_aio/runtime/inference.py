@@ -2,10 +2,11 @@
 
 Requests made in the same loop iteration join one batch: the first request schedules a flush with
 `call_soon`, which runs after every collector that woke in this iteration has asked. In deterministic
-mode every forward pass has the fixed shape (block, ...): requests are split into blocks and the rows
-that are not requests are padding. CPU kernels pick their blocking by shape, so a row's outputs could
-otherwise change in the last bits with the batch size and flip a sampled action; the block is fixed by
-the run's settings, not by `max_batch` or timing (see docs/determinism.md).
+mode every forward pass, and the sampling and scoring of its actions, has the fixed shape (block, ...):
+requests are split into blocks and the rows that are not requests are padding. CPU kernels pick their
+blocking by shape, so a row's outputs could otherwise change in the last bits with the batch size and
+flip a sampled action; the block is fixed by the run's settings, not by `max_batch` or timing (see
+docs/determinism.md).
 
 Two kinds of request share the batches: `act` (an action sampled from the ticket's noise, its
 log-probability and the value) and `value` (only the value: the bootstrap target of an episode cut by
@@ -47,6 +48,7 @@ class BatchedInference:
         self.device = torch.device(device)
         rows = block or max_batch
         self._batch = {key: np.zeros((rows, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
+        self._noise = np.zeros((rows, noise.shape[-1]))
         self._queue: list[tuple[StepTicket | None, ObsSlot, asyncio.Future]] = []
         self._flush_scheduled = False
         self.forward_passes = 0
@@ -91,25 +93,27 @@ class BatchedInference:
         """Results for `observations` (at most max_batch); actions sampled from each ticket's noise."""
         n = len(observations)
         step = self.block or n
-        parts_p, parts_v = [], []
+        results: list[ActionResult] = []
         for start in range(0, n, step):
             rows = observations[start:start + step]
+            # Sampling and scoring run on the whole block too: vectorised kernels treat the elements
+            # of a tensor's tail differently, so a row's bits must not depend on how many rows follow.
+            size = self.block or len(rows)
             for key, batch in self._batch.items():
                 for i, obs in enumerate(rows):
                     batch[i] = obs[key]
-            params, values = self.forward({key: batch[:self.block or len(rows)]
-                                           for key, batch in self._batch.items()})
-            parts_p.append(params[:len(rows)])
-            parts_v.append(values[:len(rows)])
+            for i, ticket in enumerate(tickets[start:start + step]):
+                self._noise[i] = 0.0 if ticket is None else self.noise.of(ticket)
+            params, values = self.forward({key: batch[:size] for key, batch in self._batch.items()})
+            noise = torch.from_numpy(self._noise[:size])
+            actions = self.distribution.sample(params, noise)
+            logprobs = self.distribution.log_prob(params, actions)
+            actions_np = actions.numpy()
+            results.extend(ActionResult(actions_np[i], lp, v) for i, (lp, v) in
+                           enumerate(zip(logprobs[:len(rows)].tolist(), values[:len(rows)].tolist())))
             self.forward_passes += 1
-        params, values = torch.cat(parts_p), torch.cat(parts_v)
-        blank = np.zeros(self.noise.shape[-1])
-        noise = torch.from_numpy(np.stack([blank if t is None else self.noise.of(t) for t in tickets]))
-        actions = self.distribution.sample(params, noise)
-        logprobs = self.distribution.log_prob(params, actions).tolist()
-        actions_np = actions.numpy()
         self.rows_served += n
-        return [ActionResult(actions_np[i], logprobs[i], v) for i, v in enumerate(values.tolist())]
+        return results
 
     @torch.no_grad()
     def forward(self, batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

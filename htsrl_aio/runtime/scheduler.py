@@ -78,6 +78,7 @@ class StartPoint:
     episode_lengths: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
     behaviour_version: int = 0  # learn_first: the parameters that collected the rollout learned first
+    env_restarts: int = 0
 
     @classmethod
     def of_checkpoint(cls, kind: str, parts: Mapping[str, Any], envs_restored: bool) -> StartPoint:
@@ -89,7 +90,7 @@ class StartPoint:
         return cls(update + at_swap, learn_first=at_swap, envs_restored=at_swap and envs_restored,
                    episodes=schedule["episodes"], episode_returns=list(schedule["episode_returns"]),
                    episode_lengths=list(schedule["episode_lengths"]), wall_time_s=schedule["wall_time_s"],
-                   behaviour_version=behaviour_version)
+                   behaviour_version=behaviour_version, env_restarts=schedule.get("env_restarts", 0))
 
 
 class RolloutScheduler:
@@ -116,6 +117,7 @@ class RolloutScheduler:
         self.checkpoint_every = checkpoint_every
         self._begin_at(start or StartPoint())
         self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
+        self._rollout_restarts = 0
         self._envs_collecting = 0
         self.collector_clock = BusyClock()
         self.learner_clock = BusyClock()
@@ -140,6 +142,9 @@ class RolloutScheduler:
         self.episode_returns: deque[float] = deque(start.episode_returns, maxlen=EPISODE_WINDOW)
         self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
         self.episodes = start.episodes
+        # Env re-creations reported by the steps of the rollouts swapped so far (a step's
+        # StepResult.restarted), not the backend's count, which moves while the next rollout runs.
+        self.env_restarts = start.env_restarts
 
     def save(self, generation: int | None) -> dict[str, Any]:
         """The schedule's part of a checkpoint (SCHEDULE_KEYS): inside swap `generation`, with the rollout
@@ -148,7 +153,7 @@ class RolloutScheduler:
         parts: dict[str, Any] = {"schedule": {
             "episodes": self.episodes, "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths), "wall_time_s": wall,
-            "behaviour_version": self.behaviour_version}}
+            "behaviour_version": self.behaviour_version, "env_restarts": self.env_restarts}}
         if generation is not None:
             storage = self.storages[generation % 2]
             parts["rollout"] = {name: torch.from_numpy(a.copy()) for name, a in storage.arrays.items()}
@@ -225,6 +230,8 @@ class RolloutScheduler:
                     storage.bootstrap_values[step, env] = (await self.inference.value(final)).value
                 if result.episode is not None:
                     self._rollout_episodes.append((step, env, *result.episode))
+                if result.restarted is not None:
+                    self._rollout_restarts += 1
                 if self.step_barrier is not None:
                     await self.step_barrier.wait()
             self._envs_collecting -= 1
@@ -264,6 +271,8 @@ class RolloutScheduler:
             self.episode_lengths.append(length)
             self.episodes += 1
         self._rollout_episodes.clear()
+        self.env_restarts += self._rollout_restarts
+        self._rollout_restarts = 0
         self.behaviour_version = self.inference_version  # only the version crosses: the learner kept them
         if generation + 1 < self.cfg.num_rollouts:
             upcoming = self.storages[(generation + 1) % 2]
@@ -309,7 +318,7 @@ class RolloutScheduler:
             "learner_busy_frac": (learn - last_learn) / span,
             "collector_busy_frac": (collect - last_collect) / span,
             "inference_batch_mean": (rows - last_rows) / max(passes - last_passes, 1),
-            "env_restarts": self.pool.restarts,
+            "env_restarts": self.env_restarts,
             "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
         }
         metrics.update(stats)
