@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from htsrl_aio.backends.engine import engine_groups
 from htsrl_aio.backends.protocol import BackendArgs, EnvBackend
-from htsrl_aio.backends.registry import backend_name, make_backend
+from htsrl_aio.backends.registry import BACKENDS, backend_name, make_backend
 from htsrl_aio.backends.replica_states import ReplicaStates
 from htsrl_aio.checkpoint import Checkpoint
 from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores
@@ -158,7 +157,7 @@ def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, ba
     sinks = MetricsSinks(run_dir, scalars)
     stack.callback(sinks.close)
     config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": scalars.status,
-                   "env_runs": where_envs_run(backend_kind, cfg),
+                   "env_runs": BACKENDS[backend_kind].placement(cfg),
                    "determinism": determinism_note(cfg, device)}
     run_dir.write_json(CONFIG, config_json)
     return run_dir, sinks, config_json
@@ -170,18 +169,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
     return torch.device(name)
-
-
-def where_envs_run(backend: str, cfg: TrainConfig) -> str:
-    if backend == "loop":
-        return "in the event loop"
-    if backend == "ray":
-        return "on Ray actors (how many: once Ray has started)"
-    if backend == "engine":
-        groups = len(engine_groups(cfg.num_envs, cfg.engine_batch))
-        return (f"in {groups} C++ vector engine(s) of up to {cfg.engine_batch} envs, "
-                f"{cfg.engine_threads} thread(s) each")
-    return f"in {min(cfg.workers, cfg.num_envs)} worker processes"
 
 
 def oversubscription_warning(cfg: TrainConfig, device: torch.device, cores: int) -> str | None:

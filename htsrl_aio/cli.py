@@ -219,7 +219,7 @@ _python_format_warning = warnings.formatwarning
 
 
 def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
-    from htsrl_aio.backends.registry import backend_name
+    from htsrl_aio.backends.registry import BACKENDS, backend_name
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.training import run_event_loop
 
@@ -236,8 +236,7 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float)
         return 1
     spec = report.spec
     assert spec is not None
-    where = {"loop": "in the event loop (AsyncEnv)", "process": "in worker processes",
-             "engine": "in C++ vector engines"}[backend_name("auto", factory, spec)]
+    where = BACKENDS[backend_name("auto", factory, spec)].runs_envs
     print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs.describe()}, "
           f"{spec.action.describe()}; runs {where}).")
     return 0

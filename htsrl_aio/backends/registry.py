@@ -1,13 +1,16 @@
-"""Env backends by name (`--env-backend`), and the default for an env."""
+"""Env backends by name (`--env-backend`), what each says about where it runs envs, and the default
+for an env. A new backend is one entry in BACKENDS."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
-from htsrl_aio.backends.engine import EngineBackend
+from htsrl_aio.backends.engine import EngineBackend, engine_groups
 from htsrl_aio.backends.loop import LoopBackend
 from htsrl_aio.backends.process import ProcessBackend
 from htsrl_aio.backends.protocol import BackendArgs, EnvBackend
+from htsrl_aio.config import TrainConfig
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
 
@@ -18,11 +21,26 @@ def _ray_backend(args: BackendArgs) -> EnvBackend:
     return RayBackend(args)
 
 
-BACKENDS: dict[str, Callable[[BackendArgs], EnvBackend]] = {
-    "process": ProcessBackend,
-    "loop": LoopBackend,
-    "engine": EngineBackend,
-    "ray": _ray_backend,
+class Backend(NamedTuple):
+    make: Callable[[BackendArgs], EnvBackend]
+    runs_envs: str  # where it runs envs, in a few words (check-env)
+    placement: Callable[[TrainConfig], str]  # the same for one run's resolved settings (config.json)
+
+
+def _engines(cfg: TrainConfig) -> str:
+    assert cfg.engine_batch is not None
+    return (f"in {len(engine_groups(cfg.num_envs, cfg.engine_batch))} C++ vector engine(s) of up to "
+            f"{cfg.engine_batch} envs, {cfg.engine_threads} thread(s) each")
+
+
+BACKENDS: dict[str, Backend] = {
+    "process": Backend(ProcessBackend, "in worker processes",
+                       lambda cfg: f"in {min(cfg.workers or 1, cfg.num_envs or 1)} worker processes"),
+    "loop": Backend(LoopBackend, "in the event loop (AsyncEnv)", lambda cfg: "in the event loop"),
+    "engine": Backend(EngineBackend, "in C++ vector engines", _engines),
+    # Ray reports how many actors on which nodes once it has started (the backend's `placement`).
+    "ray": Backend(_ray_backend, "on Ray actors",
+                   lambda cfg: "on Ray actors (how many: once Ray has started)"),
 }
 
 
@@ -45,4 +63,4 @@ def backend_name(choice: str, factory: EnvFactory, spec: EnvSpec) -> str:
 
 
 def make_backend(name: str, args: BackendArgs) -> EnvBackend:
-    return BACKENDS[name](args)
+    return BACKENDS[name].make(args)
