@@ -20,9 +20,9 @@ elsewhere cannot run code. Env states are pickled bytes and only unpickled if si
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from typing import Any
 import torch
 
 from htsrl_aio.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # v2: observations stored per key, action rows of any space, bootstrap values instead of final
 # observations, model state of models/actor_critic.py. v1 files are refused in one sentence.
@@ -113,8 +115,7 @@ def newest(run_dir: Path, resumable: bool) -> Path:
                 unreadable.append(str(exc))
                 continue
         for reason in unreadable:
-            print(f"htsrl-aio: {reason} Using {path} instead, the newest readable checkpoint.",
-                  file=sys.stderr)
+            log.warning("%s Using %s instead, the newest readable checkpoint.", reason, path)
         return path
     what = "resumable checkpoint" if resumable else "checkpoint"
     readable, why = ("readable ", f" ({unreadable[0]})") if unreadable else ("", "")
