@@ -25,6 +25,7 @@ _EXPORTS = {
     "TrainConfig": "htsrl_aio.config",
     "EnvError": "htsrl_aio.errors",
     "HtsrlError": "htsrl_aio.errors",
+    "RunInterrupted": "htsrl_aio.errors",
     "RunStopped": "htsrl_aio.trainer",
     "Trainer": "htsrl_aio.trainer",
     "resume": "htsrl_aio.training",
@@ -33,13 +34,13 @@ _EXPORTS = {
     "train_async": "htsrl_aio.training",
 }
 
-__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunStopped", "TrainConfig", "Trainer",
-           "__version__", "resume", "resume_async", "train", "train_async"]
+__all__ = ["AsyncEnv", "ConfigError", "EnvError", "HtsrlError", "RunInterrupted", "RunStopped", "TrainConfig",
+           "Trainer", "__version__", "resume", "resume_async", "train", "train_async"]
 
 if TYPE_CHECKING:
     from htsrl_aio.config import TrainConfig
     from htsrl_aio.envs.async_env import AsyncEnv
-    from htsrl_aio.errors import ConfigError, EnvError, HtsrlError
+    from htsrl_aio.errors import ConfigError, EnvError, HtsrlError, RunInterrupted
     from htsrl_aio.trainer import RunStopped, Trainer
     from htsrl_aio.training import resume, resume_async, train, train_async
 

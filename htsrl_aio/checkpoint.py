@@ -61,7 +61,7 @@ _PARTS = ("update", "model", "optimizer", "schedule")
 _KIND_PARTS: dict[str, tuple[str, ...]] = {"final": (), "stop": (), "swap": ("behaviour", "rollout", "envs")}
 # Libraries whose versions a checkpoint records (where installed).
 _LIBRARIES = ("htsrl-aio", "torch", "numpy", "gymnasium", "ale-py", "envpool")
-_log = logging.getLogger("htsrl_aio")
+log = logging.getLogger(__name__)
 
 
 class Saveable(Protocol):
@@ -198,7 +198,7 @@ def newest(run_dir: Path, resumable: bool) -> Path:
                 unreadable.append(str(exc))
                 continue
         for reason in unreadable:
-            _log.warning("%s Using %s instead, the newest readable checkpoint.", reason, path)
+            log.warning("%s Using %s instead, the newest readable checkpoint.", reason, path)
         return path
     what = "resumable checkpoint" if resumable else "checkpoint"
     readable, why = ("readable ", f" ({unreadable[0]})") if unreadable else ("", "")

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import json
-import signal
+import logging
 import sys
 import types
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from htsrl_aio.config import TrainConfig, load_config_file
-from htsrl_aio.errors import ConfigError, HtsrlError
+from htsrl_aio.errors import ConfigError, HtsrlError, RunInterrupted
 from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS
 
 
@@ -99,112 +99,87 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` (default: sys.argv) and return its exit status; wrong flags or input raise
+    SystemExit(2) instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "diff":
-        return _diff(args.run_a, args.run_b)
-    if args.command == "check-env":
-        return _check_env(args.env, args.steps, dict(args.env_kwargs), args.env_timeout)
-    if args.command == "plot":
-        return _plot(parser, args.runs, args.output)
-    if args.command == "eval":
-        return _eval(parser, args)
-    if args.command == "clean":
-        return _clean()
+    command = {"train": _train, "check-env": _check_env, "eval": _eval, "plot": _plot, "diff": _diff,
+               "clean": _clean}[args.command]
+    with _terminal_messages():
+        return _exit_status(args.command, lambda: command(args))
+
+
+# What Ctrl-C stopped, as the line that ends the command says.
+_INTERRUPTED = {"train": "interrupted; envs stopped and shared memory freed."}
+
+
+def _exit_status(command: str, run: Callable[[], int]) -> int:
+    """Every command's errors as one line on stderr and an exit status: a stop signal 128 + its number,
+    wrong input (ConfigError) 2, any other HtsrlError 1, Ctrl-C 130."""
     try:
-        from htsrl_aio.training import run_event_loop  # torch is imported only when a run starts
+        return run()
+    except RunInterrupted as exc:  # its sentence was logged as the run ended (training.train)
+        return exc.exit_status
+    except ConfigError as exc:  # before HtsrlError, which it derives from
+        print(f"htsrl-aio: error: {exc}", file=sys.stderr)
+        sys.exit(2)  # as argparse exits for a wrong flag, so callers of main() see both alike
+    except HtsrlError as exc:
+        print(f"htsrl-aio: {'run' if command == 'train' else command} failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"htsrl-aio: {_INTERRUPTED.get(command, f'{command} interrupted.')}", file=sys.stderr)
+        return 130
+
+
+class _TerminalHandler(logging.Handler):
+    """htsrl-aio's log records as `htsrl-aio: <message>` on the current stderr (looked up at each record,
+    so a test capturing stderr sees them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"htsrl-aio: {record.getMessage()}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _terminal_messages() -> Iterator[None]:
+    """While a command runs, the library's log records and its own warnings print as one line each."""
+    logger = logging.getLogger("htsrl_aio")
+    handler = _TerminalHandler()
+    logger.addHandler(handler)
+    python_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+        logger.removeHandler(handler)
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from htsrl_aio.training import resume, train  # torch is imported only when a run starts
     except KeyboardInterrupt:  # Ctrl-C while torch loads (the first second or two): nothing started yet
         print("htsrl-aio: interrupted before the run started; nothing was written.", file=sys.stderr)
         return 130
-
-    warnings.formatwarning = _format_warning
-
-    try:
-        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if hasattr(args, f.name)}
-        if "env_kwargs" in flags:
-            flags["env_kwargs"] = dict(flags["env_kwargs"])
-        if args.resume is not None:
-            if args.config is not None:
-                raise ConfigError("--config cannot be combined with --resume: the run continues as "
-                                  "configured.")
-            summary = run_event_loop(_train_until_signalled(None, args.resume, flags))
-        else:
-            values = {**(load_config_file(args.config) if args.config else {}), **flags}
-            if isinstance(values.get("hidden"), list):
-                values["hidden"] = tuple(values["hidden"])
-            summary = run_event_loop(_train_until_signalled(TrainConfig(**values)))
-    except ConfigError as exc:
-        parser.exit(2, f"htsrl-aio: error: {exc}\n")
-    except HtsrlError as exc:
-        print(f"htsrl-aio: run failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("htsrl-aio: interrupted; envs stopped and shared memory freed.", file=sys.stderr)
-        return 130
-    except _Terminated as exc:
-        note = f"; {exc.note}" if exc.note else ""
-        print(f"htsrl-aio: {exc.what}{note}; envs stopped and shared memory freed.", file=sys.stderr)
-        return 128 + exc.signum
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "env_kwargs" in flags:
+        flags["env_kwargs"] = dict(flags["env_kwargs"])
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError("--config cannot be combined with --resume: the run continues as configured.")
+        summary = resume(args.resume, **flags)
+    else:
+        values = {**(load_config_file(args.config) if args.config else {}), **flags}
+        if isinstance(values.get("hidden"), list):
+            values["hidden"] = tuple(values["hidden"])
+        summary = train(TrainConfig(**values))
     ret = summary["episode_return_mean"]
     print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
           f"({summary['sps']:.0f} steps/s), mean return of the last 100 episodes: "
           f"{'n/a' if ret is None else f'{ret:.1f}'}; run directory: {summary['logdir']}")
     return 0
-
-
-# Stop signals from a terminal or a supervisor: the exit status is 128 + signal.
-_STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
-
-
-class _Terminated(Exception):
-    """A stop signal arrived; the run stopped, checkpointed and cleaned up (`note` says how)."""
-
-    def __init__(self, signum: signal.Signals, note: str) -> None:
-        super().__init__(signum.name)
-        self.signum = int(signum)
-        self.what = _STOPPED_BY[signum]
-        self.note = note
-
-
-async def _train_until_signalled(config: TrainConfig | None, resume: Path | None = None,
-                                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `config`, or resume from `resume`. The first stop signal ends the run at the next swap with
-    a checkpoint that resumes exactly (at once if training has not started, or after --stop-timeout);
-    a second one stops it at once. Either way the checkpoint and cleanup run instead of a hard exit."""
-    from htsrl_aio.trainer import RunStopped, Trainer
-
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    received: list[signal.Signals] = []
-    trainer: Trainer | None = None
-
-    def on_signal(signum: signal.Signals) -> None:
-        received.append(signum)
-        if len(received) == 1 and trainer is not None and trainer.stop_at_next_swap():
-            return
-        task.cancel()
-
-    # A signal the caller ignores stays ignored: `nohup htsrl-aio train` must survive its terminal.
-    handled = [signum for signum in _STOPPED_BY if signal.getsignal(signum) is not signal.SIG_IGN]
-    for signum in handled:
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        if config is not None:
-            trainer = Trainer(config)
-        else:
-            assert resume is not None
-            trainer = Trainer.resume(resume, **(overrides or {}))
-        async with trainer:
-            return await trainer.run()
-    except (asyncio.CancelledError, RunStopped):
-        if received:
-            raise _Terminated(received[0], "" if trainer is None else trainer.stop_note) from None
-        raise
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -218,18 +193,15 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 _python_format_warning = warnings.formatwarning
 
 
-def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float) -> int:
+def _check_env(args: argparse.Namespace) -> int:
     from htsrl_aio.backends.registry import BACKENDS, backend_name
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.training import run_event_loop
 
-    try:
-        config = TrainConfig(env_kwargs=env_kwargs, env_timeout=timeout).resolved()  # checks the timeout
-        factory = resolve_env(env, config)
-        report = run_event_loop(check_env(factory, steps=steps, timeout=timeout or None))
-    except ConfigError as exc:
-        print(f"htsrl-aio: error: {exc}", file=sys.stderr)
-        return 2
+    timeout = args.env_timeout
+    config = TrainConfig(env_kwargs=dict(args.env_kwargs), env_timeout=timeout).resolved()  # checks it
+    factory = resolve_env(args.env, config)
+    report = run_event_loop(check_env(factory, steps=args.steps, timeout=timeout or None))
     for problem in report.problems:
         print(f"{report.name}: {problem}")
     if not report.ok:
@@ -242,32 +214,26 @@ def _check_env(env: str, steps: int, env_kwargs: dict[str, Any], timeout: float)
     return 0
 
 
-def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace) -> int:
     from htsrl_aio.evaluate import evaluate, format_result
     from htsrl_aio.training import run_event_loop
 
-    try:
-        result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))
-    except ConfigError as exc:
-        parser.exit(2, f"htsrl-aio: error: {exc}\n")
+    result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))
     print(format_result(result))
     if args.video is not None:
         print(f"wrote {args.video}")
     return 0
 
 
-def _plot(parser: argparse.ArgumentParser, runs: list[Path], output: Path) -> int:
+def _plot(args: argparse.Namespace) -> int:
     from htsrl_aio.outputs.plot import plot_runs
 
-    try:
-        plot_runs(runs, output)
-    except ConfigError as exc:
-        parser.exit(2, f"htsrl-aio: error: {exc}\n")
-    print(f"wrote {output}")
+    plot_runs(args.runs, args.output)
+    print(f"wrote {args.output}")
     return 0
 
 
-def _clean() -> int:
+def _clean(args: argparse.Namespace) -> int:
     from htsrl_aio.ipc.shm import SHM_DIR, remove_stale_segments
 
     removed = remove_stale_segments()
@@ -280,14 +246,10 @@ def _clean() -> int:
     return 0
 
 
-def _diff(run_a: Path, run_b: Path) -> int:
+def _diff(args: argparse.Namespace) -> int:
     from htsrl_aio.outputs.compare import first_divergence  # it loads torch
 
-    try:
-        result = first_divergence(run_a, run_b)
-    except (OSError, ValueError) as exc:
-        print(f"htsrl-aio: error: {exc}", file=sys.stderr)
-        return 2
+    result = first_divergence(args.run_a, args.run_b)
     print(result.message)
     return 0 if result.identical else 1
 

@@ -1,5 +1,9 @@
 """Errors that end a run with one sentence for the user (the CLI prints them without a traceback)."""
 
+from __future__ import annotations
+
+import signal
+
 
 class HtsrlError(RuntimeError):
     """Base for failures the user can act on; the message names the problem and the fix."""
@@ -17,6 +21,34 @@ class EnvError(HtsrlError):
 
 class TrainingDiverged(HtsrlError):
     """A loss or a parameter became NaN or Inf; the update that did it is named."""
+
+
+# The stop signals, as the sentence that ends a run names them.
+STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
+class RunInterrupted(HtsrlError):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) ended the run, which stopped, wrote its stop checkpoint and
+    cleaned up first. The message says which signal and which checkpoint holds the run (`note`);
+    `exit_status` is 128 + the signal number, what a shell reports for a process that signal ended."""
+
+    def __init__(self, signum: int, note: str) -> None:
+        self.signum = signum
+        self.note = note
+        self.exit_status = 128 + signum
+        super().__init__("; ".join(filter(None, [STOPPED_BY[signum], note,
+                                                 "envs stopped and shared memory freed."])))
+
+
+class RunInterruptedExit(RunInterrupted, SystemExit):
+    """RunInterrupted as `train()` and `resume()` raise it, outside any event loop: also a SystemExit
+    whose `code` is the exit status, so a script that does not catch it exits with that status, without
+    a traceback (the sentence is logged as the run ends). Raised inside a loop, a SystemExit would stop
+    the loop itself, so the async forms raise plain RunInterrupted."""
+
+    def __init__(self, signum: int, note: str) -> None:
+        super().__init__(signum, note)
+        self.code = self.exit_status
 
 
 class EnvTimeout(Exception):

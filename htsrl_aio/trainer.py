@@ -36,7 +36,7 @@ from htsrl_aio.outputs.metrics import END_OF_RUN
 from htsrl_aio.outputs.run_dir import ERROR_LOG, SUMMARY, CheckpointWriteError
 from htsrl_aio.seeding import Stream, generator
 
-_log = logging.getLogger("htsrl_aio")
+log = logging.getLogger(__name__)
 
 
 class RunStopped(Exception):
@@ -155,7 +155,7 @@ class Trainer:
         """The terminal gets one line per restart; error.log gets the traceback too."""
         assert self._parts is not None
         self._parts.run_dir.append_text(ERROR_LOG, f"{message}\n{details}\n")
-        _log.warning(message)
+        log.warning("%s", message)
 
     def _record(self, metrics: dict[str, Any]) -> None:
         assert self._parts is not None and self._checkpoints is not None

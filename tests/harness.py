@@ -4,9 +4,14 @@ crashed run directory."""
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +104,38 @@ def wait_until(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def metrics_rows(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def signalled(argv: list[str], run: Path, sig: signal.Signals, *, group: bool = False,
+              again_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+    """Start `argv` (tests/ importable), send `sig` once it has written the first row of
+    `run`/metrics.jsonl (and again once `again_when()` holds, if given), to its process group if `group`
+    (as `timeout`, Slurm or a closed terminal send it); return its exit status and stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=terminal_signals, start_new_session=True)
+
+    def send() -> None:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
+    try:
+        metrics = run / "metrics.jsonl"
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "a metrics row")
+        send()
+        if again_when is not None:
+            wait_until(lambda: again_when() or proc.poll() is not None, 60, "the second signal's moment")
+            send()
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
 
 
 def as_if_crashed_after(run_dir: Path, copy: Path) -> Path:

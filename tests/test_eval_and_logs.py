@@ -64,12 +64,13 @@ def test_tensorboard_scalars_match_metrics(trained_run):
     assert "on: tensorboard --logdir" in json.loads((trained_run / "config.json").read_text())["tensorboard"]
 
 
-def test_without_tensorboard_installed_logging_is_off_with_one_line(tmp_path, monkeypatch, capsys):
+def test_without_tensorboard_installed_logging_is_off_with_one_line(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
     log = ScalarLog(tmp_path, enabled=True)
     log.write({"global_step": 1, "sps": 1.0})
     log.close()
-    assert capsys.readouterr().err.strip() == f"htsrl-aio: {ENABLE_HINT}"
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("htsrl_aio.outputs.tensorboard", "WARNING", ENABLE_HINT)]
     assert log.status == ENABLE_HINT
     assert list(tmp_path.iterdir()) == []
 

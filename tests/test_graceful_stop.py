@@ -4,23 +4,20 @@ the checkpoint holds, and nothing is printed after the final sentence."""
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from harness import terminal_signals, wait_until
+from harness import metrics_rows, signalled
 
 from htsrl_aio import TrainConfig, checkpoint, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.trainer import Trainer
 from htsrl_aio.training import run_event_loop
 
-TESTS = Path(__file__).parent
 # Jittered steps (0-2 ms) keep the run going long enough for a signal to land in the middle of it.
 RUN = {"env": "envs_for_tests:jitter_cartpole", "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 40,
        "workers": 2, "checkpoint_every": 0}
@@ -33,30 +30,12 @@ def _flags(settings: dict) -> list[str]:
     return flags
 
 
-def _rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *,
                    again_when: Callable[[], bool] | None = None) -> tuple[int, str]:
-    """Start `htsrl-aio train`, send `sig` once it has written a metrics row (and again once `again_when()`
-    holds, if given); return its exit status and stderr."""
+    """`htsrl-aio train` with `settings`, signalled as `signalled` does."""
     argv = [sys.executable, "-m", "htsrl_aio.cli", "train", *_flags(settings), "--logdir", str(run),
             "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=terminal_signals, start_new_session=True)
-    try:
-        metrics = run / "metrics.jsonl"
-        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "a metrics row")
-        proc.send_signal(sig)
-        if again_when is not None:
-            wait_until(lambda: again_when() or proc.poll() is not None, 60, "the second signal's moment")
-            proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    return proc.returncode, stderr
+    return signalled(argv, run, sig, again_when=again_when)
 
 
 @pytest.mark.parametrize("algo,mode,sig", [("ppo", "hts", signal.SIGINT), ("ppo", "sync", signal.SIGTERM),
@@ -77,15 +56,15 @@ def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tm
     assert stderr.endswith(f"stopped at the swap after update {update} with a checkpoint that resumes "
                            f"exactly (checkpoints/update-{update:07d}.pt); envs stopped and shared memory "
                            "freed.\n")
-    assert _rows(run)[-1]["update"] == update  # the checkpointed update's row is there
+    assert metrics_rows(run)[-1]["update"] == update  # the checkpointed update's row is there
 
     assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["final_params_sha256"] == full["final_params_sha256"]
-    assert [r["update"] for r in _rows(run)] == list(range(1, full["updates"] + 1))
-    full_rows = _rows(tmp_path / "full")
-    assert [r["actions_sha256"] for r in _rows(run)] == [r["actions_sha256"] for r in full_rows]
-    assert _rows(run)[update]["resume_envs"] == "restored"
+    assert [r["update"] for r in metrics_rows(run)] == list(range(1, full["updates"] + 1))
+    full_rows = metrics_rows(tmp_path / "full")
+    assert [r["actions_sha256"] for r in metrics_rows(run)] == [r["actions_sha256"] for r in full_rows]
+    assert metrics_rows(run)[update]["resume_envs"] == "restored"
 
 
 def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its_checkpoint(tmp_path):
@@ -99,10 +78,10 @@ def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its
     assert stopped["kind"] == "stop" and stopped["optimizer"] is not None
     assert "the next swap did not come within --stop-timeout 0 s, so it stopped at once with checkpoint.pt " \
            f"of update {stopped['update']} (its envs restart on resume)" in stderr
-    assert _rows(run)[-1]["update"] == stopped["update"]
+    assert metrics_rows(run)[-1]["update"] == stopped["update"]
 
     assert cli_main(["train", "--resume", str(run), "--no-progress", "--stop-timeout", "20"]) == 0
-    assert [r["update"] for r in _rows(run)] == list(range(1, 41))  # no update missing, none twice
+    assert [r["update"] for r in metrics_rows(run)] == list(range(1, 41))  # no update missing, none twice
 
 
 def test_a_second_ctrl_c_during_the_swap_checkpoint_prints_nothing_after_the_final_sentence(tmp_path):

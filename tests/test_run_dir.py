@@ -139,7 +139,9 @@ def test_diff_names_the_file_and_line_of_a_bad_metrics_line(crashed, finished, c
     lines = metrics.read_text().splitlines()
     lines[2] = lines[2][:40]
     metrics.write_text("\n".join(lines) + "\n")
-    assert cli_main(["diff", str(finished), str(crashed)]) == 2
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["diff", str(finished), str(crashed)])
+    assert exited.value.code == 2
     assert f"{metrics}, line 3, is not a metrics row" in capsys.readouterr().err
 
 

@@ -21,7 +21,23 @@ def _action_hashes(run: Path) -> list[tuple[int, str]]:
     if not (run / METRICS).is_file():
         raise ConfigError(f"{run} is not a run directory: it has no {METRICS}.")
     rows = read_metrics(run)
+    if any(not isinstance(row.get("actions_sha256"), str) for row in rows):
+        raise ConfigError(f"{run / METRICS} has rows without actions_sha256: it is not from an htsrl-aio run "
+                          "that can be compared.")
     return [(row["update"], row["actions_sha256"]) for row in rows]
+
+
+def _final_params(run: Path) -> str | None:
+    """The final parameters' hash in the run's summary.json; None for a run that has not finished."""
+    path = run / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        params = json.loads(path.read_text())["final_params_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, not a summary
+        raise ConfigError(f"{path} is not a readable htsrl-aio summary ({type(exc).__name__}: {exc}).") \
+            from None
+    return str(params)
 
 
 def first_divergence(run_a: Path, run_b: Path) -> Divergence:
@@ -34,10 +50,6 @@ def first_divergence(run_a: Path, run_b: Path) -> Divergence:
         return Divergence(False, min(len(a), len(b)) + 1,
                           f"actions agree for {min(len(a), len(b))} updates, then one run stops "
                           f"({len(a)} vs {len(b)} updates).")
-    params = []
-    for run in (run_a, run_b):
-        path = run / SUMMARY
-        params.append(json.loads(path.read_text())["final_params_sha256"] if path.exists() else None)
-    if params[0] != params[1]:
+    if _final_params(run_a) != _final_params(run_b):
         return Divergence(False, None, f"actions agree for all {len(a)} updates but final parameters differ.")
     return Divergence(True, None, f"identical: {len(a)} updates of actions and the final parameters agree.")

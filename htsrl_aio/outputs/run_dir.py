@@ -11,10 +11,10 @@ import contextlib
 import fcntl
 import io
 import json
+import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Collection, Iterator
@@ -25,6 +25,8 @@ import torch
 
 from htsrl_aio import checkpoint
 from htsrl_aio.errors import ConfigError, HtsrlError
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -229,8 +231,8 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
                 raise ValueError("not a metrics row")
         except ValueError as exc:
             if number == len(lines):
-                print(f"htsrl-aio: note: the last line of {path} was cut off (the run was killed while "
-                      "writing it); it is ignored.", file=sys.stderr)
+                log.warning("note: the last line of %s was cut off (the run was killed while writing it); "
+                            "it is ignored.", path)
                 break
             raise ConfigError(f"{path}, line {number}, is not a metrics row ({exc}); fix or remove that "
                               "line.") from None

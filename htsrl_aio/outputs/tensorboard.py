@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 from htsrl_aio.outputs.run_dir import RunDirWriteError
+
+log = logging.getLogger(__name__)
 
 ENABLE_HINT = "TensorBoard logging is off: pip install 'htsrl-aio[tensorboard]' to enable it."
 
@@ -24,7 +26,7 @@ class ScalarLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             self.status = ENABLE_HINT
-            print(f"htsrl-aio: {ENABLE_HINT}", file=sys.stderr)
+            log.warning(ENABLE_HINT)
             return
         try:
             self._writer = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
