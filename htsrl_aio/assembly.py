@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
+import logging
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,7 +37,7 @@ from htsrl_aio.ipc.shm import remove_stale_segments
 from htsrl_aio.models import build_model
 from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
-from htsrl_aio.outputs.run_dir import CONFIG, RunDirectory, default_logdir
+from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, RunDirectory, default_logdir
 from htsrl_aio.outputs.tensorboard import ScalarLog
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
@@ -45,6 +47,7 @@ from htsrl_aio.runtime.scheduler import RolloutScheduler
 from htsrl_aio.runtime.tickets import TicketNoise
 
 SwapCheckpoint = Callable[[int, bool], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,8 +76,7 @@ class RunParts:
 
 
 async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contextlib.AsyncExitStack,
-                   on_update: Callable[[dict[str, Any]], None], on_swap: SwapCheckpoint,
-                   on_restart: Callable[[str, str], None]) -> RunParts:
+                   on_update: Callable[[dict[str, Any]], None], on_swap: SwapCheckpoint) -> RunParts:
     """Build a run of `config` (resolved here), or continue `resume`; register every cleanup on `stack`."""
     remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
     start_resource_tracker()
@@ -108,7 +110,8 @@ async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contex
                                         device))
     backend = make_backend(backend_kind, BackendArgs(
         factory, spec, cfg.num_envs, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
-        cfg.engine_threads, cfg.on_env_error == "restart", on_restart, env_timeout=cfg.env_timeout or None,
+        cfg.engine_threads, cfg.on_env_error == "restart", functools.partial(_log_restart, run_dir),
+        env_timeout=cfg.env_timeout or None,
         ray_address=cfg.ray_address, ray_actors=cfg.ray_actors, envs_per_actor=cfg.envs_per_actor))
     stack.push_async_callback(backend.aclose)
     stack.push_async_callback(learner.aclose)
@@ -161,6 +164,12 @@ def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, ba
                    "determinism": determinism_note(cfg, device)}
     run_dir.write_json(CONFIG, config_json)
     return run_dir, sinks, config_json
+
+
+def _log_restart(run_dir: RunDirectory, message: str, details: str) -> None:
+    """The terminal gets one line per env restart; error.log gets the traceback too."""
+    run_dir.append_text(ERROR_LOG, f"{message}\n{details}\n")
+    log.warning("%s", message)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from htsrl_aio.assembly import RunParts
-from htsrl_aio.checkpoint import Checkpoint, Kind, periodic_name
-from htsrl_aio.errors import HtsrlError, TrainingDiverged
+from htsrl_aio.checkpoint import CHECKPOINT_DIR, Checkpoint, Kind, load, newest, periodic_name
+from htsrl_aio.config import TrainConfig
+from htsrl_aio.errors import ConfigError, HtsrlError, TrainingDiverged
 from htsrl_aio.models import clone_params
 
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
@@ -81,6 +83,19 @@ class RunCheckpoints:
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)
         await asyncio.shield(write)
+
+
+def resume_point(path: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
+    """The settings and checkpoint a run resumes from: run directory `path`'s newest resumable
+    checkpoint, or the checkpoint file `path`; `overrides` may change only RESUME_OVERRIDABLE settings."""
+    file = path if path.is_file() else newest(path, resumable=True)
+    state = load(file)
+    if not state.resumable:
+        raise ConfigError(f"{file} holds parameters only (the run diverged or its learner failed), so it "
+                          "cannot be resumed; resume from a checkpoint in checkpoints/ instead.")
+    config = TrainConfig.for_resume(state.config, state.user_config, overrides, str(file))
+    config.logdir = str(file.parent.parent if file.parent.name == CHECKPOINT_DIR else file.parent)
+    return config, state
 
 
 def stop_note(checkpoint: Checkpoint | None, timed_out: float | None) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,15 +27,13 @@ from typing import Any
 
 from htsrl_aio import checkpoint
 from htsrl_aio.assembly import RunParts, assemble
-from htsrl_aio.checkpointing import RunCheckpoints, stop_note, swap_stop_note
+from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.errors import ConfigError, HtsrlError
+from htsrl_aio.errors import HtsrlError
 from htsrl_aio.models import params_sha256
 from htsrl_aio.outputs.metrics import END_OF_RUN
 from htsrl_aio.outputs.run_dir import ERROR_LOG, SUMMARY, CheckpointWriteError
 from htsrl_aio.seeding import Stream, generator
-
-log = logging.getLogger(__name__)
 
 
 class RunStopped(Exception):
@@ -73,21 +70,12 @@ class Trainer:
 
         `overrides` may change only settings that leave results unchanged (RESUME_OVERRIDABLE).
         """
-        path = Path(path)
-        file = path if path.is_file() else checkpoint.newest(path, resumable=True)
-        state = checkpoint.load(file)
-        if not state.resumable:
-            raise ConfigError(f"{file} holds parameters only (the run diverged or its learner failed), so it "
-                              "cannot be resumed; resume from a checkpoint in checkpoints/ instead.")
-        run_dir = file.parent.parent if file.parent.name == checkpoint.CHECKPOINT_DIR else file.parent
-        config = TrainConfig.for_resume(state.config, state.user_config, overrides, str(file))
-        config.logdir = str(run_dir)
+        config, state = resume_point(Path(path), overrides)
         return cls(config, resume_from=state)
 
     async def __aenter__(self) -> Trainer:
         try:
-            self._parts = await assemble(self.config, self._resume, self._stack, self._record,
-                                         self._at_swap, self._log_restart)
+            self._parts = await assemble(self.config, self._resume, self._stack, self._record, self._at_swap)
             user = self.config.user_settings() if self._resume is None else self._resume.user_config
             self._checkpoints = RunCheckpoints(self._parts, user)
             self._stack.push_async_callback(self._checkpoints.drain)  # before the run directory closes
@@ -150,12 +138,6 @@ class Trainer:
         if stopping:
             self._stopped_at_swap = True
             self.stop_note = swap_stop_note(self._parts.learner.version, generation)
-
-    def _log_restart(self, message: str, details: str) -> None:
-        """The terminal gets one line per restart; error.log gets the traceback too."""
-        assert self._parts is not None
-        self._parts.run_dir.append_text(ERROR_LOG, f"{message}\n{details}\n")
-        log.warning("%s", message)
 
     def _record(self, metrics: dict[str, Any]) -> None:
         assert self._parts is not None and self._checkpoints is not None
