@@ -37,7 +37,7 @@ from htsrl_aio.ipc.shm import remove_stale_segments
 from htsrl_aio.models import build_model
 from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
-from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, RunDirectory, default_logdir
+from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
 from htsrl_aio.outputs.tensorboard import ScalarLog
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
@@ -46,7 +46,15 @@ from htsrl_aio.runtime.memory import RunMemory
 from htsrl_aio.runtime.scheduler import RolloutScheduler
 from htsrl_aio.runtime.tickets import TicketNoise
 
-SwapCheckpoint = Callable[[int, bool], Awaitable[None]]
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What the run calls back into its owner (the Trainer)."""
+
+    on_update: Callable[[dict[str, Any]], None]  # each update's metrics row
+    on_swap: Callable[[int, bool], Awaitable[None]]  # checkpoint inside swap g (stopping or not)
+    on_run_dir: Callable[[Path], None]  # the run directory exists (config.json written)
+
 log = logging.getLogger(__name__)
 
 
@@ -75,9 +83,10 @@ class RunParts:
         return parts
 
 
-async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contextlib.AsyncExitStack,
-                   on_update: Callable[[dict[str, Any]], None], on_swap: SwapCheckpoint) -> RunParts:
-    """Build a run of `config` (resolved here), or continue `resume`; register every cleanup on `stack`."""
+async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Checkpoint | None,
+                   stack: contextlib.AsyncExitStack, hooks: RunHooks) -> RunParts:
+    """Build a run of `config` (resolved here; `user`: the settings the user gave), or continue `resume`;
+    register every cleanup on `stack`."""
     remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
     start_resource_tracker()
     cfg = config.resolved()
@@ -87,7 +96,8 @@ async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contex
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
-    run_dir, sinks, config_json = _open_outputs(cfg, factory.name, resume, backend_kind, device, stack)
+    run_dir, sinks, config_json = _open_outputs(cfg, user, factory.name, resume, backend_kind, device, stack)
+    hooks.on_run_dir(run_dir.path)
     stack.enter_context(_torch_settings(cfg, device))
 
     model = build_model(spec, cfg)
@@ -123,7 +133,8 @@ async def assemble(config: TrainConfig, resume: Checkpoint | None, stack: contex
         run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})
 
     scheduler = RolloutScheduler(cfg, backend, memory.storages, memory.final_obs, inference, learner,
-                                 on_update, checkpoint=on_swap, checkpoint_every=cfg.checkpoint_every)
+                                 hooks.on_update, checkpoint=hooks.on_swap,
+                                 checkpoint_every=cfg.checkpoint_every)
     replicas = ReplicaStates(backend, cfg.num_envs)
     resume_note = {} if resume is None else await _restore(resume, replicas, scheduler)
     steps_per_rollout = cfg.num_envs * cfg.rollout
@@ -144,10 +155,12 @@ async def _restore(resume: Checkpoint, replicas: ReplicaStates,
             else f"restarted with new derived seeds: {not_restored or 'no env states'}"}
 
 
-def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, backend_kind: str,
-                  device: torch.device, stack: contextlib.AsyncExitStack
+def _open_outputs(cfg: TrainConfig, user: dict[str, Any] | None, env_name: str, resume: Checkpoint | None,
+                  backend_kind: str, device: torch.device, stack: contextlib.AsyncExitStack
                   ) -> tuple[RunDirectory, MetricsSinks, dict[str, Any]]:
-    """The run directory (new, or reopened at the checkpoint's update), config.json and the sinks."""
+    """The run directory (new, or reopened at the checkpoint's update), config.json and the sinks.
+    config.json keeps the settings the user gave too: a run stopped before its first checkpoint starts
+    again from them (`checkpointing.resume_point`)."""
     if resume is None:
         logdir = Path(cfg.logdir or default_logdir(env_name, cfg.algo, cfg.mode, cfg.seed))
         run_dir = RunDirectory.create(logdir)
@@ -161,7 +174,7 @@ def _open_outputs(cfg: TrainConfig, env_name: str, resume: Checkpoint | None, ba
     stack.callback(sinks.close)
     config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": scalars.status,
                    "env_runs": BACKENDS[backend_kind].placement(cfg),
-                   "determinism": determinism_note(cfg, device)}
+                   "determinism": determinism_note(cfg, device), USER_SETTINGS: user}
     run_dir.write_json(CONFIG, config_json)
     return run_dir, sinks, config_json
 

@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from htsrl_aio.assembly import RunParts
-from htsrl_aio.checkpoint import CHECKPOINT_DIR, Checkpoint, Kind, load, newest, periodic_name
+from htsrl_aio.checkpoint import (
+    CHECKPOINT_DIR,
+    FINAL,
+    Checkpoint,
+    Kind,
+    load,
+    newest,
+    periodic_checkpoints,
+    periodic_name,
+)
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.errors import ConfigError, HtsrlError, TrainingDiverged
 from htsrl_aio.models import clone_params
+from htsrl_aio.outputs.run_dir import CONFIG, recorded_start
 
 # Waiting for an in-flight update before the stop checkpoint is bounded, so Ctrl-C always returns.
 SETTLE_TIMEOUT_S = 30.0
@@ -47,7 +57,9 @@ class RunCheckpoints:
 
     async def at_stop(self, failure: HtsrlError | None) -> Checkpoint | None:
         """Stopped outside a swap: keep what was learned up to the last completed update (after that
-        update finished, if one was running); None when no update completed."""
+        update finished, if one was running). None, writing nothing, when no update completed since the
+        run started or resumed: a fresh run then starts again from the beginning (`resume_point`), a
+        resumed one stays at the checkpoint it resumed from."""
         p = self._parts
         try:
             if isinstance(failure, TrainingDiverged):
@@ -56,6 +68,8 @@ class RunCheckpoints:
             # optimizer and metrics agree.
             await asyncio.wait_for(p.scheduler.settle(), SETTLE_TIMEOUT_S)
             await asyncio.wait_for(p.learner.settle(), SETTLE_TIMEOUT_S)
+            if self._last_good is None:
+                return None
             parts = await p.save(None)
         except (HtsrlError, asyncio.TimeoutError):
             if self._last_good is None:
@@ -85,9 +99,16 @@ class RunCheckpoints:
         await asyncio.shield(write)
 
 
-def resume_point(path: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
-    """The settings and checkpoint a run resumes from: run directory `path`'s newest resumable
-    checkpoint, or the checkpoint file `path`; `overrides` may change only RESUME_OVERRIDABLE settings."""
+def resume_point(path: Path, overrides: dict[str, Any]
+                 ) -> tuple[TrainConfig, Checkpoint | None, dict[str, Any] | None]:
+    """The settings, checkpoint and settings the user gave that a run resumes from: run directory
+    `path`'s newest resumable checkpoint, or the checkpoint file `path`. A run directory stopped before
+    its first update (no checkpoint, no metrics) starts again from the beginning: no checkpoint, the
+    settings config.json recorded, the same bits as a fresh run. `overrides` may change only
+    RESUME_OVERRIDABLE settings."""
+    if path.is_dir() and not (path / FINAL).exists() and not periodic_checkpoints(path):
+        recorded, user = recorded_start(path)
+        return TrainConfig.for_resume(recorded, user, overrides, str(path / CONFIG)), None, user
     file = path if path.is_file() else newest(path, resumable=True)
     state = load(file)
     if not state.resumable:
@@ -95,7 +116,7 @@ def resume_point(path: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, Ch
                           "cannot be resumed; resume from a checkpoint in checkpoints/ instead.")
     config = TrainConfig.for_resume(state.config, state.user_config, overrides, str(file))
     config.logdir = str(file.parent.parent if file.parent.name == CHECKPOINT_DIR else file.parent)
-    return config, state
+    return config, state, state.user_config
 
 
 def stop_note(checkpoint: Checkpoint | None, timed_out: float | None) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from htsrl_aio import checkpoint
-from htsrl_aio.assembly import RunParts, assemble
+from htsrl_aio.assembly import RunHooks, RunParts, assemble
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.errors import HtsrlError
@@ -42,10 +42,14 @@ class RunStopped(Exception):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, *, resume_from: checkpoint.Checkpoint | None = None) -> None:
-        """Use `Trainer.resume(path)` to continue a run; `resume_from` is a loaded checkpoint."""
+    def __init__(self, config: TrainConfig, *, resume_from: checkpoint.Checkpoint | None = None,
+                 user_settings: dict[str, Any] | None = None) -> None:
+        """Use `Trainer.resume(path)` to continue a run; `resume_from` is a loaded checkpoint, and
+        `user_settings` the settings the user gave, where `config` is already resolved."""
         self.config = config
         self._resume = resume_from
+        self._user = (user_settings if user_settings is not None else config.user_settings()
+                      if resume_from is None else resume_from.user_config)
         self.summary: dict[str, Any] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task | None = None
@@ -70,19 +74,24 @@ class Trainer:
 
         `overrides` may change only settings that leave results unchanged (RESUME_OVERRIDABLE).
         """
-        config, state = resume_point(Path(path), overrides)
-        return cls(config, resume_from=state)
+        config, state, user = resume_point(Path(path), overrides)
+        return cls(config, resume_from=state, user_settings=user)
 
     async def __aenter__(self) -> Trainer:
         try:
-            self._parts = await assemble(self.config, self._resume, self._stack, self._record, self._at_swap)
-            user = self.config.user_settings() if self._resume is None else self._resume.user_config
-            self._checkpoints = RunCheckpoints(self._parts, user)
+            hooks = RunHooks(self._record, self._at_swap, self._on_run_dir)
+            self._parts = await assemble(self.config, self._user, self._resume, self._stack, hooks)
+            self._checkpoints = RunCheckpoints(self._parts, self._user)
             self._stack.push_async_callback(self._checkpoints.drain)  # before the run directory closes
         except BaseException:
             await self._stack.aclose()
             raise
         return self
+
+    def _on_run_dir(self, path: Path) -> None:
+        if self._resume is None:
+            self.stop_note = (f"stopped before its first update; --resume {path} starts it again from the "
+                              "beginning")
 
     @property
     def cfg(self) -> TrainConfig:

@@ -393,3 +393,22 @@ def pixel_cartpole(render_mode: str | None = None) -> gym.Env:
 
 
 gym.register("PixelCartPole-v0", entry_point=pixel_cartpole)
+
+
+class _StallsInWorkers(gym.Wrapper):
+    """Resets only once the file HTSRL_TEST_GO_MARKER names exists, in training's worker processes
+    (the env checker's probe passes): a run stays in its start-up, before its first update, until the
+    test lets it go on."""
+
+    def reset(self, **kwargs):
+        import multiprocessing
+        import os
+
+        if multiprocessing.current_process().name.startswith("htsrl-env-worker"):
+            while not os.path.exists(os.environ["HTSRL_TEST_GO_MARKER"]):
+                time.sleep(0.05)
+        return super().reset(**kwargs)
+
+
+def stalls_in_workers_cartpole() -> gym.Env:
+    return _StallsInWorkers(gym.make("CartPole-v1"))

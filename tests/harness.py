@@ -111,10 +111,12 @@ def metrics_rows(run: Path) -> list[dict[str, Any]]:
 
 
 def signalled(argv: list[str], run: Path, sig: signal.Signals, *, group: bool = False,
-              again_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+              again_when: Callable[[], bool] | None = None,
+              when: Callable[[], bool] | None = None) -> tuple[int, str]:
     """Start `argv` (tests/ importable), send `sig` once it has written the first row of
-    `run`/metrics.jsonl (and again once `again_when()` holds, if given), to its process group if `group`
-    (as `timeout`, Slurm or a closed terminal send it); return its exit status and stderr."""
+    `run`/metrics.jsonl, or once `when()` holds if given (and again once `again_when()` holds, if given),
+    to its process group if `group` (as `timeout`, Slurm or a closed terminal send it); return its exit
+    status and stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=terminal_signals, start_new_session=True)
@@ -127,7 +129,8 @@ def signalled(argv: list[str], run: Path, sig: signal.Signals, *, group: bool = 
 
     try:
         metrics = run / "metrics.jsonl"
-        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "a metrics row")
+        wait_until(when or (lambda: metrics.exists() and metrics.read_text().count("\n") >= 1), 120,
+                   "the moment to signal")
         send()
         if again_when is not None:
             wait_until(lambda: again_when() or proc.poll() is not None, 60, "the second signal's moment")

@@ -121,3 +121,30 @@ def test_a_stop_while_resuming_says_the_run_stays_at_the_checkpoint_it_resumed_f
     assert trainer.stop_note == (f"stopped before its first update since resuming; the run stays at update "
                                  f"{update}, its checkpoints unchanged")
     assert checkpoint.newest(run, resumable=True) == newest and newest.read_bytes() == before
+
+
+def test_a_run_stopped_during_its_start_up_starts_again_from_the_beginning_on_resume(tmp_path,
+                                                                                      monkeypatch):
+    """A supervisor that restarts preempted jobs with --resume must not break on a job preempted while
+    it starts: a run stopped before its first update says so, and --resume runs it from the beginning
+    with the settings it recorded, to the same bits as a run never stopped."""
+    go = tmp_path / "go"
+    monkeypatch.setenv("HTSRL_TEST_GO_MARKER", str(go))
+    settings = {**RUN, "env": "envs_for_tests:stalls_in_workers_cartpole", "total_steps": 4 * 16 * 6,
+                "stop_timeout": 0}
+    run = tmp_path / "stopped"
+    argv = [sys.executable, "-m", "htsrl_aio.cli", "train", *_flags(settings), "--logdir", str(run),
+            "--no-progress"]
+    code, stderr = signalled(argv, run, signal.SIGTERM, when=lambda: (run / "config.json").exists())
+    assert code == 128 + signal.SIGTERM, stderr
+    assert stderr.endswith(f"htsrl-aio: terminated; stopped before its first update; --resume {run} starts "
+                           "it again from the beginning; envs stopped and shared memory freed.\n"), stderr
+    assert not (run / "checkpoint.pt").exists() and not metrics_rows(run)
+
+    go.touch()
+    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+    full = train(TrainConfig(**settings, logdir=str(tmp_path / "full"), progress=False))
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert [r["actions_sha256"] for r in metrics_rows(run)] == \
+        [r["actions_sha256"] for r in metrics_rows(tmp_path / "full")]

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
+USER_SETTINGS = "user_settings"  # the key of config.json that holds the settings the user gave
 ERROR_LOG = "error.log"
 LOCK = ".lock"
 _TEMPORARY = ".*.tmp"  # what _atomic_write names its temporary files
@@ -206,6 +207,22 @@ class RunDirectory:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def recorded_start(run: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The resolved settings and the settings the user gave that config.json recorded, for a run that
+    stopped before its first update; one sentence where there is no such run to start again."""
+    if not run.is_dir():
+        raise ConfigError(f"run directory {run} does not exist.")
+    path = run / CONFIG
+    if (run / SUMMARY).exists() or read_metrics(run) or not path.exists():
+        raise ConfigError(f"{run} holds no resumable checkpoint (checkpoint.pt or checkpoints/update-*.pt).")
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}), so the run that stopped before its first update "
+                          "cannot start again from it; start a new run instead.") from None
+    return recorded, recorded.get(USER_SETTINGS)
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
