@@ -128,6 +128,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     if resume is not None:
         learner.restore(resume.parts)
     await asyncio.gather(backend.start(), learner.start())
+    if resume is None:  # the start is accepted: only now may what an earlier start here left go
+        run_dir.clear_leftovers()
     placement = getattr(backend, "placement", None)
     if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
         run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})

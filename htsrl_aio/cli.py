@@ -241,7 +241,7 @@ def _clean(args: argparse.Namespace) -> int:
         print(f"nothing to clean: no shared memory of a dead htsrl-aio process in {SHM_DIR}.")
         return 0
     megabytes = sum(size for _, size in removed) / 2**20
-    print(f"removed {len(removed)} shared-memory segment(s) of dead htsrl-aio processes "
+    print(f"removed {len(removed)} shared-memory segment(s) and lock file(s) of dead htsrl-aio processes "
           f"({megabytes:.1f} MiB) from {SHM_DIR}: {', '.join(name for name, _ in removed)}")
     return 0
 

@@ -412,3 +412,36 @@ class _StallsInWorkers(gym.Wrapper):
 
 def stalls_in_workers_cartpole() -> gym.Env:
     return _StallsInWorkers(gym.make("CartPole-v1"))
+
+
+class BadObservationEnv(gym.Env):
+    """From step `after` on, an observation its space cannot hold (what a hostile user found stored
+    wrong without a word); the start-up probe's one step passes, so a run meets it mid-episode."""
+
+    FAULTS: ClassVar[dict[str, tuple[gym.Space, np.ndarray | int]]] = {
+        "multi_discrete_out_of_range": (gym.spaces.MultiDiscrete([3, 3]), np.array([5, 0])),
+        "multi_discrete_negative": (gym.spaces.MultiDiscrete([3, 3]), np.array([0, -1])),
+        "discrete_negative": (gym.spaces.Discrete(5), -2),
+        "multi_binary_not_0_or_1": (gym.spaces.MultiBinary(4), np.array([7, -3, 1, 0], np.int8)),
+        "float_frame": (gym.spaces.Box(0, 255, (36, 36, 3), np.uint8), np.full((36, 36, 3), 0.5, np.float32)),
+        "int64_frame_that_wraps": (gym.spaces.Box(0, 255, (36, 36, 3), np.uint8),
+                                   np.full((36, 36, 3), 765, np.int64)),
+    }
+
+    def __init__(self, fault: str, after: int = 3) -> None:
+        self.observation_space, self._bad = self.FAULTS[fault]
+        self.action_space = gym.spaces.Discrete(2)
+        self._good = np.zeros(self.observation_space.shape, self.observation_space.dtype)
+        self._after, self._t = after, 0
+
+    def reset(self, *, seed=None, options=None):
+        self._t = 0
+        return self._good, {}
+
+    def step(self, action):
+        self._t += 1
+        return (self._bad if self._t >= self._after else self._good), 1.0, self._t >= 20, False, {}
+
+
+def bad_observation_env(fault: str) -> gym.Env:
+    return BadObservationEnv(fault)

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from htsrl_aio import ConfigError, TrainConfig, train
+from htsrl_aio import ConfigError, EnvError, TrainConfig, train
 from htsrl_aio.envs import check_env, resolve_env
 
 
@@ -153,6 +153,50 @@ def test_check_env_command(env, code, output):
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith(output)
+
+
+BAD_OBSERVATIONS = {
+    "multi_discrete_out_of_range": r"holding 5 at index 0, outside its categories 0\.\.2; return values its "
+                                   r"observation_space contains",
+    "multi_discrete_negative": r"holding -1 at index 1, outside its categories 0\.\.2",
+    "discrete_negative": r"holding -2, outside its categories 0\.\.4",
+    "multi_binary_not_0_or_1": r"holding 7 at index 0, which is not 0 or 1; return only 0s and 1s",
+    "float_frame": r"holding 0\.5 at index \(0, 0, 0\), a float32 where its observation_space says uint8",
+    "int64_frame_that_wraps": r"holding 765 at index \(0, 0, 0\), which does not fit its uint8 storage "
+                              r"\(0\.\.255\) and would wrap around",
+}
+
+
+@pytest.mark.parametrize("fault", BAD_OBSERVATIONS)
+async def test_check_env_names_observations_storing_would_change(fault):
+    from envs_for_tests import bad_observation_env
+
+    problems = await problems_of(functools.partial(bad_observation_env, fault))
+    assert len(problems) == 1
+    assert re.match(rf"step\(\) returned an observation {BAD_OBSERVATIONS[fault]}", problems[0]), problems[0]
+
+
+def test_check_env_command_fails_an_out_of_range_multi_discrete():
+    proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env",
+                           "envs_for_tests:bad_observation_env", "--env-kwargs",
+                           "fault=multi_discrete_out_of_range", "--steps", "50"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("envs_for_tests:bad_observation_env: step() returned an observation "
+                                  "holding 5 at index 0, outside its categories 0..2"), proc.stdout
+
+
+@pytest.mark.parametrize("fault", ["multi_discrete_out_of_range", "multi_binary_not_0_or_1", "float_frame",
+                                   "int64_frame_that_wraps"])
+def test_a_run_meeting_an_observation_storing_would_change_stops_in_one_sentence(tmp_path, no_leaks, fault):
+    with pytest.raises(EnvError) as raised:
+        train(TrainConfig(env="envs_for_tests:bad_observation_env", env_kwargs={"fault": fault}, num_envs=2,
+                          rollout=8, total_steps=32, workers=1, logdir=str(tmp_path / "run"), progress=False))
+    message = str(raised.value)
+    assert re.match(r"env \d of 'envs_for_tests:bad_observation_env.*' failed: BadObservation: "
+                    rf"step\(\) returned an observation at step 3 of episode 0 {BAD_OBSERVATIONS[fault]}",
+                    message), message
+    assert "\n" not in message
 
 
 def vector_cartpole():

@@ -1,6 +1,7 @@
 """RunMemory owns the run's shared memory: after close, every request is refused in one sentence, views
 handed out earlier can no longer crash the process, and nothing is left in /dev/shm."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import dead_pid
 
+from htsrl_aio.cli import main as cli_main
 from htsrl_aio.runtime.memory import MemoryClosed, RunMemory
 
 ROOT = Path(__file__).parent.parent
@@ -61,3 +64,59 @@ def test_a_view_used_after_close_does_not_crash_the_process():
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "14.0"
+
+
+# A creator of shared memory in another pid namespace (a container of the same pod): its pid there is
+# no process here, so only its lock file can tell whether it lives. "close" ends it normally; "die"
+# ends it as a SIGKILL of it and its resource tracker would, leaving its segment behind.
+OTHER_NAMESPACE = textwrap.dedent("""
+    import os, sys
+    from multiprocessing import resource_tracker
+    import numpy as np
+    os.getpid = lambda: int(sys.argv[1])  # the pid it has in its own namespace
+    from htsrl_aio.ipc.shm import SharedArray
+    array = SharedArray.create((1024,), np.dtype(np.float32))
+    print(array.spec.name, flush=True)
+    if sys.stdin.readline() == "die\\n":
+        resource_tracker.unregister(array._shm._name, "shared_memory")
+        os._exit(9)
+    array.close()
+""")
+
+
+def creator_in_another_namespace() -> tuple[subprocess.Popen, str, str]:
+    """The creator, its segment's name and the prefix every file of it in /dev/shm has."""
+    creator = subprocess.Popen([sys.executable, "-c", OTHER_NAMESPACE, str(dead_pid())],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    name = creator.stdout.readline().strip()  # once it is printed the segment exists
+    return creator, name, name[:-12]
+
+
+def files_of(prefix: str) -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
+
+
+def test_clean_leaves_the_shared_memory_of_a_live_process_of_another_pid_namespace(capsys):
+    creator, name, prefix = creator_in_another_namespace()
+    try:
+        assert cli_main(["clean"]) == 0
+        assert name not in capsys.readouterr().out
+        assert files_of(prefix) == {name, f"{prefix}.lock"}
+    finally:
+        creator.communicate("close\n", timeout=120)
+    assert creator.returncode == 0 and files_of(prefix) == set()  # its lock file went with its last segment
+
+
+def test_clean_removes_the_shared_memory_and_lock_file_of_a_dead_process_of_another_namespace(capsys):
+    creator, name, prefix = creator_in_another_namespace()
+    creator.communicate("die\n", timeout=120)
+    try:
+        assert files_of(prefix) == {name, f"{prefix}.lock"}
+        assert cli_main(["clean"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("removed ") and name in out and f"{prefix}.lock" in out
+        assert files_of(prefix) == set()
+    finally:
+        for left in files_of(prefix):
+            Path("/dev/shm", left).unlink()

@@ -104,6 +104,35 @@ def test_a_refused_start_leaves_a_directory_the_corrected_retry_reuses(run_dir, 
     assert summary["updates"] == 2 and updates(run_dir) == [1, 2]
 
 
+def test_a_users_checkpoint_and_error_log_survive_a_refused_start_and_the_retry_works(run_dir, no_leaks):
+    run_dir.mkdir()
+    theirs = {"checkpoint.pt": os.urandom(2000), "error.log": b"a log the user keeps here\n"}
+    for name, data in theirs.items():
+        (run_dir / name).write_bytes(data)
+    with pytest.raises(ConfigError, match="cnn"):
+        train(config(run_dir, model="cnn"))  # refused after the directory was taken
+    assert {name: (run_dir / name).read_bytes() for name in theirs} == theirs
+    summary = train(config(run_dir, total_steps=4 * 16 * 2))
+    assert summary["updates"] == 2 and updates(run_dir) == [1, 2]
+    assert (run_dir / "error.log").read_bytes() == theirs["error.log"]  # not ours: never removed
+
+
+async def test_what_a_start_that_got_nowhere_left_goes_only_once_a_later_start_is_accepted(run_dir, no_leaks):
+    from htsrl_aio import EnvError
+
+    with pytest.raises(EnvError, match="BadObservation"):  # fails at its first steps, before an update
+        await train_async(config(run_dir, env="envs_for_tests:bad_observation_env",
+                                 env_kwargs={"fault": "discrete_negative"}))
+    left = {name: (run_dir / name).read_bytes() for name in ("checkpoint.pt", "error.log")}
+    with pytest.raises(ConfigError, match="cnn"):
+        await train_async(config(run_dir, model="cnn"))
+    assert {name: (run_dir / name).read_bytes() for name in left} == left  # a refused start touches nothing
+    async with Trainer(config(run_dir)) as trainer:
+        async for _ in trainer.updates():  # the first update: the start was accepted
+            assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "error.log").exists()
+            break
+
+
 def test_a_directory_with_a_completed_update_is_still_never_reused(crashed):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(config(crashed))

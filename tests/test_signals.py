@@ -11,13 +11,14 @@ import sys
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from harness import alive, terminal_signals, wait_until
+from harness import alive, dead_pid, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
-from htsrl_aio.ipc.shm import SHM_PREFIX
+from htsrl_aio.ipc.shm import SHM_PREFIX, SharedArray
 
 TRAIN = [sys.executable, "-m", "htsrl_aio.cli", "train", "--workers", "2", "--no-progress"]
 
@@ -45,12 +46,6 @@ def _start(argv: list[str]) -> subprocess.Popen:
     # A session of its own: signals can go to its process group, as a terminal or `timeout` sends them.
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=terminal_signals, start_new_session=True)
-
-
-def _dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
-    return int(done.stdout)
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
@@ -122,37 +117,45 @@ def test_killed_parent_takes_its_children_even_with_an_env_stuck_in_step(tmp_pat
             os.kill(child, signal.SIGKILL)
 
 
-def _leaked_segment(pid: int) -> str:
-    """A segment as a run killed with its resource tracker leaves it: named for its pid, untracked."""
-    segment = shared_memory.SharedMemory(name=f"{SHM_PREFIX}{pid}_{os.urandom(6).hex()}", create=True,
+def _leaked_segment(pid: int) -> list[str]:
+    """A segment and its creator's lock file as a run killed with its resource tracker leaves them: the
+    lock released by the kernel, the segment untracked. Names of both, the segment's first."""
+    owner = f"{pid}_{os.urandom(4).hex()}"
+    lock = Path("/dev/shm", f"{SHM_PREFIX}{owner}.lock")
+    lock.touch()
+    segment = shared_memory.SharedMemory(name=f"{SHM_PREFIX}{owner}{os.urandom(6).hex()}", create=True,
                                          size=4096)
     resource_tracker.unregister(segment._name, "shared_memory")
     segment.close()
-    return segment.name
+    return [segment.name, lock.name]
 
 
 def test_clean_removes_shared_memory_of_dead_processes_only(capsys):
-    stale, live = _leaked_segment(_dead_pid()), _leaked_segment(os.getpid())
+    stale = _leaked_segment(dead_pid())
+    live = SharedArray.create((1024,), np.dtype(np.uint8))  # this process holds its lock
     try:
         assert cli_main(["clean"]) == 0
         out = capsys.readouterr().out
-        assert out.startswith("removed ") and stale in out and live not in out
-        assert not os.path.exists(f"/dev/shm/{stale}") and os.path.exists(f"/dev/shm/{live}")
+        assert out.startswith("removed ") and all(name in out for name in stale) and live.spec.name not in out
+        assert not any(os.path.exists(f"/dev/shm/{name}") for name in stale)
+        assert os.path.exists(f"/dev/shm/{live.spec.name}")
         assert cli_main(["clean"]) == 0
         assert capsys.readouterr().out.startswith("nothing to clean")
     finally:
-        for name in (stale, live):
+        live.close()
+        for name in stale:
             Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def test_every_run_removes_stale_shared_memory_first(tmp_path, no_leaks):
-    stale = _leaked_segment(_dead_pid())
+    stale = _leaked_segment(dead_pid())
     try:
         train(TrainConfig(num_envs=2, rollout=8, total_steps=16, workers=1, progress=False,
                           logdir=str(tmp_path / "run")))
-        assert not os.path.exists(f"/dev/shm/{stale}")
+        assert not any(os.path.exists(f"/dev/shm/{name}") for name in stale)
     finally:
-        Path("/dev/shm", stale).unlink(missing_ok=True)
+        for name in stale:
+            Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def _started_by_envs(spawned: Path) -> set[int]:

@@ -1,10 +1,12 @@
 """Spaces as the runtime stores them: observation keys, action rows, and what is refused."""
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from htsrl_aio.envs.spaces import SINGLE_KEY, ActionSpec, ObsLayout, UnsupportedSpace
+from htsrl_aio.envs.spaces import SINGLE_KEY, ActionSpec, BadObservation, ObsLayout, UnsupportedSpace
 
 
 def test_a_box_is_one_key_and_float64_is_stored_as_float32():
@@ -68,3 +70,39 @@ def test_unsupported_action_spaces_are_one_sentence():
     for space in (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), gym.spaces.Box(0, 3, (2,), np.int64)):
         with pytest.raises(UnsupportedSpace, match=r"^action_space is .*; htsrl-aio samples Discrete"):
             ActionSpec.from_space(space)
+
+
+@pytest.mark.parametrize("space,obs,match", [
+    (gym.spaces.MultiDiscrete([3, 3]), np.array([5, 0]),
+     r"holding 5 at index 0, outside its categories 0\.\.2"),
+    (gym.spaces.MultiDiscrete([3, 3], start=[1, 1]), np.array([1, 0]),
+     r"holding 0 at index 1, outside its categories 1\.\.3"),
+    (gym.spaces.Discrete(5), -2, r"holding -2, outside its categories 0\.\.4"),
+    (gym.spaces.Discrete(5), 2.0, r"holding 2\.0, a float64 where its observation_space says int64"),
+    (gym.spaces.MultiBinary(4), np.array([7, -3, 1, 0], np.int8),
+     r"holding 7 at index 0, which is not 0 or 1"),
+    (gym.spaces.Box(0, 255, (8, 6, 3), np.uint8), np.full((8, 6, 3), 0.5, np.float32),
+     r"holding 0\.5 at index \(0, 0, 0\), a float32 where its observation_space says uint8, which storing "
+     r"would cut to a whole number; return uint8 values \(scale a \[0, 1\] float image by 255 first\)$"),
+    (gym.spaces.Box(0, 255, (8, 6, 3), np.uint8), np.full((8, 6, 3), 765, np.int64),
+     r"holding 765 at index \(0, 0, 0\), which does not fit its uint8 storage \(0\.\.255\) and would wrap"),
+    (gym.spaces.Box(-5, 5, (2,), np.int8), np.array([3, -200], np.int32),
+     r"holding -200 at index 1, which does not fit its int8 storage \(-128\.\.127\)"),
+])
+def test_values_storing_would_change_are_one_sentence_naming_key_value_and_step(space, obs, match):
+    layout = ObsLayout.from_space(gym.spaces.Dict({"x": space}))
+    with pytest.raises(BadObservation) as raised:
+        layout.encode({"x": obs}, "step()")
+    message = str(raised.value.at("step 3 of episode 0"))
+    assert message.startswith("step() returned observation['x'] at step 3 of episode 0 holding ")
+    assert re.search(match, message), message
+
+
+def test_values_a_space_holds_are_stored_as_before():
+    layout = ObsLayout.from_space(gym.spaces.Tuple((
+        gym.spaces.MultiDiscrete([3, 3], start=[-1, 0]), gym.spaces.MultiBinary(3),
+        gym.spaces.Box(0, 255, (8, 6, 3), np.uint8), gym.spaces.Box(-5, 5, (2,), np.int8))))
+    frame = np.full((8, 6, 3), 255, np.int64)  # another integer dtype, every value of which fits
+    encoded = layout.encode((np.array([-1, 2]), np.array([True, False, True]), frame, np.array([-128, 127])))
+    assert encoded["0"].tolist() == [1, 0, 0, 0, 0, 1] and encoded["1"].tolist() == [1, 0, 1]
+    assert (encoded["2"] == 255).all() and encoded["3"].tolist() == [-128, 127]

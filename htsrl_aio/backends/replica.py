@@ -26,7 +26,7 @@ import numpy as np
 
 from htsrl_aio.backends import env_state
 from htsrl_aio.envs.async_env import close_env
-from htsrl_aio.envs.spaces import ActionSpec, NonFinite, ObsLayout
+from htsrl_aio.envs.spaces import ActionSpec, EnvOutputError, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
 from htsrl_aio.steps import ObsSlot, StepResult
@@ -176,7 +176,7 @@ class Replica:
         obs, _info = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
         try:
             self.layout.write(obs, into, "reset()")
-        except NonFinite as exc:
+        except EnvOutputError as exc:
             raise exc.at(f"the reset of episode {self.tracker.episodes - 1}") from None
 
     async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
@@ -190,7 +190,7 @@ class Replica:
                 await self._reset(into)
             else:
                 self.layout.write(obs, into, "step()")
-        except NonFinite as exc:
+        except EnvOutputError as exc:
             raise exc.at(f"step {step} of episode {episode}") from None
         return result
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.spaces import SINGLE_KEY, NonFinite, UnsupportedSpace
+from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
 
@@ -280,7 +280,7 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
     try:
         spec.obs.encode(obs, where)
-    except NonFinite as exc:
+    except EnvOutputError as exc:  # NaN/Inf, or a value storing would change: a sentence with its fix
         problems.append(f"{exc}.")
         return False
     except ValueError as exc:
@@ -289,8 +289,7 @@ def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool
     for f in spec.obs.fields:
         dtype = np.asarray(spec.obs.leaf(obs, f, where)).dtype
         if f.transform != "one_hot" and dtype != f.raw_dtype:
-            what = "an observation" if f.key == SINGLE_KEY else f"observation[{f.key!r}]"
-            problems.append(f"{where} returned {what} of dtype {dtype} but its observation_space says "
+            problems.append(f"{where} returned {f.named} of dtype {dtype} but its observation_space says "
                             f"{f.raw_dtype}; cast it (e.g. obs.astype(np.{f.raw_dtype})).")
             return False
     return True

@@ -33,19 +33,52 @@ class UnsupportedSpace(ValueError):
     """A space the runtime cannot store or sample; the message says which and what to do."""
 
 
-class NonFinite(ValueError):
+class EnvOutputError(ValueError):
+    """Something an env returned that the run refuses, in one sentence naming it and the fix.
+
+    `at` adds where in the env's life it happened, which only the replica knows (the first place given
+    wins); subclasses say the sentence.
+    """
+
+    def __init__(self, where: str, at: str = "") -> None:
+        self.where, self.place = where, at
+        super().__init__(self.sentence(f" at {at}" if at else ""))
+
+    def sentence(self, place: str) -> str:
+        raise NotImplementedError
+
+    def at(self, place: str) -> EnvOutputError:
+        """The same problem, saying where in the env's life it happened."""
+        if not self.place:
+            self.place = place
+            self.args = (self.sentence(f" at {place}"),)
+        return self
+
+
+class NonFinite(EnvOutputError):
     """An env returned NaN or Inf, which would poison every update that learns from it."""
 
     def __init__(self, where: str, what: str, at: str = "") -> None:
-        self.where, self.what, self.place = where, what, at
-        place = f" at {at}" if at else ""
-        super().__init__(f"{where} returned a non-finite {what}{place}; make the env return finite numbers "
-                         "(look for a division by zero or a diverging simulation) or end the episode "
-                         "before they appear")
+        self.what = what
+        super().__init__(where, at)
 
-    def at(self, place: str) -> NonFinite:
-        """The same problem, saying where in the env's life it happened (the first place given wins)."""
-        return self if self.place else NonFinite(self.where, self.what, place)
+    def sentence(self, place: str) -> str:
+        return (f"{self.where} returned a non-finite {self.what}{place}; make the env return finite numbers "
+                "(look for a division by zero or a diverging simulation) or end the episode before they "
+                "appear")
+
+
+class BadObservation(EnvOutputError):
+    """An observation value its space cannot hold, which storing would silently change: a category out
+    of range (a one-hot of another category), a MultiBinary value other than 0/1, an integer that would
+    wrap around, a float cut to a whole number."""
+
+    def __init__(self, where: str, what: str, problem: str, fix: str, at: str = "") -> None:
+        self.what, self.problem, self.fix = what, problem, fix
+        super().__init__(where, at)
+
+    def sentence(self, place: str) -> str:
+        return f"{self.where} returned {self.what}{place} holding {self.problem}; {self.fix}"
 
 
 Transform = Literal["none", "hwc", "stack_hwc", "channel", "one_hot"]
@@ -64,19 +97,26 @@ class ObsField:
     transform: Transform = "none"
     sizes: tuple[int, ...] = ()  # one_hot: the category count of each entry
     starts: tuple[int, ...] = ()  # one_hot: the lowest value of each entry
+    binary: bool = False  # MultiBinary: every value is 0 or 1
 
     @property
     def image(self) -> bool:
         """A (C, H, W) uint8 image, which the model may read with a CNN."""
         return len(self.shape) == 3 and self.dtype == np.uint8
 
+    @property
+    def named(self) -> str:
+        """This leaf as a sentence names it: "an observation" or "observation['image']"."""
+        return "an observation" if self.key == SINGLE_KEY else f"observation[{self.key!r}]"
+
     def encode(self, value: Any, where: str) -> np.ndarray:
-        """The stored form of this leaf's value; raise ValueError naming the shape that is wrong."""
+        """The stored form of this leaf's value; raise ValueError naming the shape that is wrong, and
+        BadObservation for a value storing would change."""
         array = np.asarray(value)
         if array.shape != self.raw_shape:
-            what = "an observation" if self.key == SINGLE_KEY else f"observation[{self.key!r}]"
-            raise ValueError(f"{where} returned {what} of shape {array.shape} but its observation_space "
-                             f"says {self.raw_shape}")
+            raise ValueError(f"{where} returned {self.named} of shape {array.shape} but its "
+                             f"observation_space says {self.raw_shape}")
+        self._refuse_unstorable(array, where)
         if self.transform == "hwc":
             return np.moveaxis(array, -1, 0)
         if self.transform == "stack_hwc":
@@ -89,6 +129,42 @@ class ObsField:
             hot[offsets + array.reshape(-1) - np.asarray(self.starts)] = 1
             return hot
         return array
+
+    def _refuse_unstorable(self, array: np.ndarray, where: str) -> None:
+        """Raise BadObservation for a value of an integer leaf that storing would change: numpy would
+        index another category's one-hot, wrap an integer around, or cut a float to a whole number.
+        Vectorised: a few comparisons per observation, nothing next to an env step."""
+        if (self.transform != "one_hot" and self.dtype.kind not in "iu") or array.size == 0:
+            return  # floats are stored as floats; NaN and Inf are refused once stored (ObsLayout.write)
+        if array.dtype.kind not in "biu":
+            image = " (scale a [0, 1] float image by 255 first)" if self.image else ""
+            raise BadObservation(where, self.named, f"{array.flat[0]}{_index(array, 0)}, a {array.dtype} "
+                                 f"where its observation_space says {self.raw_dtype}, which storing would "
+                                 "cut to a whole number", f"return {self.raw_dtype} values{image}")
+        if self.transform == "one_hot":
+            low = np.asarray(self.starts).reshape(self.raw_shape)
+            high = low + np.asarray(self.sizes).reshape(self.raw_shape) - 1
+        elif self.binary:
+            low, high = np.asarray(0), np.asarray(1)
+        elif np.can_cast(array.dtype, self.dtype):
+            return  # every value of its dtype fits
+        else:
+            low, high = np.asarray(np.iinfo(self.dtype).min), np.asarray(np.iinfo(self.dtype).max)
+        bad = np.flatnonzero((array < low) | (array > high))
+        if bad.size == 0:
+            return
+        first = int(bad[0])
+        value = f"{array.flat[first]}{_index(array, first)}"
+        if self.transform == "one_hot":
+            lowest, highest = (np.broadcast_to(bound, array.shape).flat[first] for bound in (low, high))
+            raise BadObservation(where, self.named, f"{value}, outside its categories {lowest}..{highest}",
+                                 "return values its observation_space contains")
+        if self.binary:
+            raise BadObservation(where, self.named, f"{value}, which is not 0 or 1",
+                                 "return only 0s and 1s, as MultiBinary says")
+        raise BadObservation(where, self.named, f"{value}, which does not fit its {self.dtype} storage "
+                             f"({low}..{high}) and would wrap around",
+                             f"return {self.raw_dtype} values within that range (clip or rescale them)")
 
 
 @dataclass(frozen=True)
@@ -129,8 +205,7 @@ class ObsLayout:
             slot = target[f.key]
             slot[...] = f.encode(self.leaf(obs, f, where), where)
             if slot.dtype.kind == "f" and not np.isfinite(slot).all():
-                what = "observation" if f.key == SINGLE_KEY else f"observation[{f.key!r}]"
-                raise NonFinite(where, what)
+                raise NonFinite(where, "observation" if f.key == SINGLE_KEY else f"observation[{f.key!r}]")
 
     @staticmethod
     def leaf(obs: Any, f: ObsField, where: str) -> Any:
@@ -148,6 +223,14 @@ class ObsLayout:
         out = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.arrays().items()}
         self.write(obs, out, where)
         return out
+
+
+def _index(array: np.ndarray, flat: int) -> str:
+    """Where element `flat` of `array` sits, for a sentence: "" for a scalar, " at index (0, 2, 1)"."""
+    if array.ndim == 0:
+        return ""
+    index = np.unravel_index(flat, array.shape)
+    return f" at index {index[0] if array.ndim == 1 else tuple(int(i) for i in index)}"
 
 
 def _collect(space: gym.Space, path: tuple[str | int, ...], fields: list[ObsField],
@@ -173,7 +256,8 @@ def _collect(space: gym.Space, path: tuple[str | int, ...], fields: list[ObsFiel
                                np.dtype(space.dtype), "one_hot", sizes, starts))
     elif isinstance(space, gym.spaces.MultiBinary):
         shape = tuple(np.atleast_1d(space.n).tolist())
-        fields.append(ObsField(key, path, shape, shape, np.dtype(np.int8), np.dtype(space.dtype)))
+        fields.append(ObsField(key, path, shape, shape, np.dtype(np.int8), np.dtype(space.dtype),
+                               binary=True))
     else:
         where = "observation_space" if not path else f"observation_space[{key!r}]"
         raise UnsupportedSpace(f"{where} is {space}; htsrl-aio learns from {SUPPORTED_OBS} (wrap the env "

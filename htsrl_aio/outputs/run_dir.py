@@ -34,6 +34,10 @@ CONFIG = "config.json"
 USER_SETTINGS = "user_settings"  # the key of config.json that holds the settings the user gave
 ERROR_LOG = "error.log"
 LOCK = ".lock"
+# What the files a start may leave behind (checkpoint.pt, error.log) were when htsrl-aio last wrote them,
+# so a later start removes only its own leftovers, never a file a user put there.
+WRITTEN = ".written.json"
+LEFTOVERS = (checkpoint.FINAL, ERROR_LOG)
 _TEMPORARY = ".*.tmp"  # what _atomic_write names its temporary files
 _ROOM = 1 << 20  # bytes a run must be able to write at start (config, first rows, events file)
 
@@ -56,13 +60,15 @@ class RunDirectory:
         self.path = path
         self._metrics = None
         self._lock: int | None = None
+        self._leftovers: dict[str, list[int]] = {}  # of an earlier start, for clear_leftovers
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
         """Make a fresh run directory, locked; refuse one that holds a run, so nothing is overwritten.
 
         A directory whose run never completed an update (a refused or interrupted start) is reused, so
-        the corrected command just works.
+        the corrected command just works; what that start left is removed by `clear_leftovers` once this
+        start is accepted, and only if htsrl-aio wrote it.
         """
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -73,10 +79,39 @@ class RunDirectory:
             if (path / SUMMARY).exists() or checkpoint.periodic_checkpoints(path) or read_metrics(path):
                 raise ConfigError(f"run directory {path} already holds a run; pass a new --logdir or remove "
                                   "it.")
-            for leftover in (checkpoint.FINAL, ERROR_LOG):  # of a start that did not get anywhere
-                (path / leftover).unlink(missing_ok=True)
+            written = run._written()
+            run._leftovers = {name: identity for name, identity in written.items()
+                              if name in LEFTOVERS and _identity(path / name) == identity}
             run._open_metrics("w")
         return run
+
+    def clear_leftovers(self) -> None:
+        """Remove the checkpoint.pt and error.log an earlier start here wrote and that nobody changed
+        since (this start has not written them either); call once this start is accepted, so a refused
+        one touches nothing."""
+        if not self._leftovers:
+            return
+        for name, identity in self._leftovers.items():
+            if _identity(self.path / name) == identity:
+                (self.path / name).unlink(missing_ok=True)
+        # What this start wrote meanwhile has another identity: it stays recorded.
+        self.write_json(WRITTEN, {name: identity for name, identity in self._written().items()
+                                  if identity != self._leftovers.get(name)})
+        self._leftovers = {}
+
+    def _written(self) -> dict[str, list[int]]:
+        """The identities WRITTEN records; {} when there is none or it cannot be read (then nothing is
+        known to be ours)."""
+        try:
+            written = json.loads((self.path / WRITTEN).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return written if isinstance(written, dict) else {}
+
+    def _wrote(self, name: str) -> None:
+        """Record what a leftover file is now that htsrl-aio wrote it."""
+        if name in LEFTOVERS:
+            self.write_json(WRITTEN, {**self._written(), name: _identity(self.path / name)})
 
     @classmethod
     def reopen(cls, path: Path, updates: int, config: dict[str, Any],
@@ -151,6 +186,7 @@ class RunDirectory:
             self._atomic_write(name, lambda f: f.write(text.encode()))
         except OSError as exc:
             raise _write_failed(self.path / name, exc) from None
+        self._wrote(name)
 
     def append_text(self, name: str, text: str) -> None:
         """Append to a log file (error.log); a log line is not worth an atomic rewrite."""
@@ -159,6 +195,7 @@ class RunDirectory:
                 f.write(text)
         except OSError as exc:
             raise _write_failed(self.path / name, exc) from None
+        self._wrote(name)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         assert self._metrics is not None
@@ -178,6 +215,7 @@ class RunDirectory:
             self._atomic_write(name, lambda f: f.write(buffer.getbuffer()))
         except OSError as exc:
             raise _write_failed(self.path / name, exc, CheckpointWriteError) from exc
+        self._wrote(name)
 
     def save_periodic(self, state: checkpoint.Checkpoint, update: int, keep: int) -> None:
         """Write checkpoints/update-<update>.pt, then delete all but the newest `keep` of them."""
@@ -255,6 +293,16 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
                               "line.") from None
         rows.append(row)
     return rows
+
+
+def _identity(path: Path) -> list[int] | None:
+    """What tells a file apart from any other written there (inode, size, modification time), as JSON
+    keeps it; None if there is no such file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
 
 
 def _refuse_edited_config(run: Path, stored: dict[str, Any], may_differ: Collection[str]) -> None:
