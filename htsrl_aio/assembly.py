@@ -28,7 +28,7 @@ from htsrl_aio.backends.registry import BACKENDS, backend_name, make_backend
 from htsrl_aio.backends.replica_states import ReplicaStates
 from htsrl_aio.checkpoint import Checkpoint
 from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores
-from htsrl_aio.distributions import make_distribution
+from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.errors import ConfigError
@@ -111,13 +111,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
                                  block=cfg.inference_block if cfg.deterministic else None, device=device)
     memory = RunMemory(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype)
     stack.callback(memory.close)
-    learner: LearnerHandle
-    # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
-    if cfg.learner == "process" and device.type == "cpu":
-        learner = ProcessLearner(cfg.learner_settings(), model, distribution, memory.specs)
-    else:
-        learner = ThreadLearner(Learner(cfg.learner_settings(), model, copy.deepcopy(model), distribution,
-                                        device))
+    learner = _make_learner(cfg, model, distribution, memory, device)
     backend = make_backend(backend_kind, BackendArgs(
         factory, spec, cfg.num_envs, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
         cfg.engine_threads, cfg.on_env_error == "restart", functools.partial(_log_restart, run_dir),
@@ -144,6 +138,14 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
                             initial=scheduler.start.rollout * steps_per_rollout)
     sinks.add_progress(progress)
     return RunParts(cfg, spec, run_dir, sinks, inference, learner, backend, replicas, scheduler, resume_note)
+
+
+def _make_learner(cfg: TrainConfig, model: torch.nn.Module, distribution: ActionDistribution,
+                  memory: RunMemory, device: torch.device) -> LearnerHandle:
+    # On a GPU the learner is a thread whatever --learner says: one process owns the CUDA context.
+    if cfg.learner == "process" and device.type == "cpu":
+        return ProcessLearner(cfg.learner_settings(), model, distribution, memory.specs)
+    return ThreadLearner(Learner(cfg.learner_settings(), model, copy.deepcopy(model), distribution, device))
 
 
 async def _restore(resume: Checkpoint, replicas: ReplicaStates,
