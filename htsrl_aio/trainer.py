@@ -27,6 +27,7 @@ from typing import Any
 
 from htsrl_aio import checkpoint
 from htsrl_aio.assembly import RunHooks, RunParts, assemble
+from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.errors import HtsrlError
@@ -60,7 +61,6 @@ class Trainer:
         self._stop_timed_out = False
         self._stopped_at_swap = False  # the swap checkpoint of a requested stop is written
         self._last: dict[str, Any] = {}  # the last update's metrics
-        self._act_rng = generator(config.seed, Stream.HOST_ACT)  # act()'s own: training never sees it
         # How an early stop ended: which checkpoint holds the run, and how it resumes. Until this session
         # writes one, a resumed run is where the checkpoint it resumed from left it.
         self.stop_note = "" if resume_from is None else (
@@ -82,6 +82,7 @@ class Trainer:
             hooks = RunHooks(self._record, self._at_swap, self._on_run_dir)
             self._parts = await assemble(self.config, self._user, self._resume, self._stack, hooks)
             self._checkpoints = RunCheckpoints(self._parts, self._user)
+            self._act_rng = generator(self.cfg.seed, Stream.HOST_ACT)  # act()'s own: training never sees it
             self._stack.push_async_callback(self._checkpoints.drain)  # before the run directory closes
         except BaseException:
             await self._stack.aclose()
@@ -92,6 +93,12 @@ class Trainer:
         if self._resume is None:
             self.stop_note = (f"stopped before its first update; --resume {path} starts it again from the "
                               "beginning")
+
+    @property
+    def backend(self) -> EnvBackend:
+        """Where the env replicas run (available once started)."""
+        assert self._parts is not None, "use `async with Trainer(...)` first"
+        return self._parts.backend
 
     @property
     def cfg(self) -> TrainConfig:

@@ -65,7 +65,7 @@ class TestOnOneRayInstance:
         with pytest.raises(EnvError) as failed:
             async with Trainer(config(tmp_path / "run", ray_actors=2)) as trainer:
                 async for _ in trainer.updates():
-                    ray.kill(trainer.pool.actors[1])
+                    ray.kill(trainer.backend.actors[1])
         message = str(failed.value)
         assert message.startswith("Ray actor 1 (envs 3-5 of 'CartPole-v1') on node ")
         assert "died unexpectedly" in message
@@ -77,7 +77,7 @@ class TestOnOneRayInstance:
         async with Trainer(cfg) as trainer:
             async for metrics in trainer.updates():
                 if metrics["update"] == 1:
-                    ray.kill(trainer.pool.actors[1])
+                    ray.kill(trainer.backend.actors[1])
         assert trainer.summary["updates"] == UPDATES
         last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["env_restarts"] == 3  # the actor hosted envs 3, 4 and 5: all start again
