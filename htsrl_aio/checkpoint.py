@@ -1,14 +1,16 @@
 """Checkpoints: what they hold, where they live in a run directory, and loading them safely.
 
-A `Checkpoint` is assembled from self-saving components (the `Saveable` shape): each component's
-`save()` gives plain values and tensors under its own keys, and `restore(parts)` takes them back.
-- the learner (runtime/learner.py, LEARNER_KEYS): update count, current parameters (with the
-  normalisation statistics), the parameters the pending rollout was collected with, optimizer;
-- the schedule (runtime/scheduler.py, SCHEDULE_KEYS): episode statistics, wall time, the version that
-  collected the pending rollout, and inside a swap that rollout itself;
-- the env replicas (backends/replica_states.py, REPLICA_KEYS): each env's state where it can be saved,
-  and its episode tracker.
-Adding state to a run is adding a component to `Trainer`'s list, not a key here.
+A `Checkpoint` is assembled from self-saving components (Acme's `Saveable` shape): each component's
+`save()` gives plain values and tensors under its own keys, and its `restore` takes them back.
+- the learner (runtime/learner.py; update, model, behaviour, behaviour_version, optimizer): update
+  count, current parameters (with the normalisation statistics), the parameters the pending rollout
+  was collected with, optimizer;
+- the schedule (runtime/scheduler.py; schedule, rollout): episode statistics, wall time, restarts, the
+  version that collected the pending rollout, and inside a swap that rollout itself;
+- the env replicas (backends/replica_states.py; envs): each env's state where it can be saved, and its
+  episode tracker.
+Adding state to a run is adding a component to `RunParts.save` and `assemble` (assembly.py), not a
+key here.
 
 Kinds:
 - "swap": taken inside swap g every --checkpoint-every updates (checkpoints/update-<g>.pt, the last
@@ -40,7 +42,7 @@ import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 
@@ -64,14 +66,6 @@ _LIBRARIES = ("htsrl-aio", "torch", "numpy", "gymnasium", "ale-py", "envpool")
 log = logging.getLogger(__name__)
 
 
-class Saveable(Protocol):
-    """A component that holds run state and saves it itself (Acme's `Saveable` shape)."""
-
-    def save(self) -> Any:
-        """Its part of a checkpoint: a dict of plain values and tensors under its own keys (or an
-        awaitable of one), taken while the run is paused."""
-        ...
-
 
 @dataclasses.dataclass
 class Checkpoint:
@@ -80,7 +74,7 @@ class Checkpoint:
     kind: Kind
     interrupted: bool  # written because the run was stopped early
     config: dict[str, Any]  # the resolved settings the run used
-    parts: dict[str, Any]  # component parts by key: LEARNER_KEYS, SCHEDULE_KEYS, REPLICA_KEYS
+    parts: dict[str, Any]  # each component's part, under its own keys
     user_config: dict[str, Any] | None = None  # the settings the user gave (None: written before v3)
     versions: dict[str, str] = dataclasses.field(default_factory=lambda: library_versions())
 

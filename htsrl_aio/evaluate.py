@@ -55,12 +55,12 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     path = Path(path)
     file = path if path.is_file() else checkpoint.newest(path, resumable=False)
     state = checkpoint.load(file)
-    cfg = _config(state["config"], file)
+    cfg = _config(state.config, file)
     factory = resolve_env(cfg.env, cfg)
     spec = await probe_env(factory)
     model = build_model(spec, cfg)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
     except RuntimeError as exc:
         raise ConfigError(f"the parameters in {file} do not fit the network of its config: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -80,7 +80,7 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
         await close_env(env)
         if writer is not None:
             writer.close()
-    return EvalResult(str(file), int(state["update"]), returns, lengths)
+    return EvalResult(str(file), state.update, returns, lengths)
 
 
 async def _play(env: Any, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution, seed: int,

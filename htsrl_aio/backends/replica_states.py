@@ -12,8 +12,6 @@ import torch
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.backends.replica import Lineage, ReplicaState, TrackerState
 
-REPLICA_KEYS = ("envs",)
-
 
 class ReplicaStates:
     """Saves and restores every replica of `backend` (call both while no env is stepping)."""

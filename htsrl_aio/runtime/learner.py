@@ -11,7 +11,7 @@ schedule names the version that collected a rollout (`use_behaviour`). Only that
 swap; no copy of the parameters travels back from inference.
 
 `save()`/`restore()`: what a checkpoint keeps of the learner (update count, current and kept
-parameters, optimizer), under LEARNER_KEYS.
+parameters, optimizer).
 
 The updates themselves are in algos/ (`ppo_update`: decoupled PPO by default, `a2c_update`: the
 paper's delayed gradient); the learner keeps their placement, the learning-rate schedule, the
@@ -39,9 +39,6 @@ from htsrl_aio.models.params import clone_params, copy_params
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.seeding import Stream, derive_seed
 
-# The checkpoint keys a learner saves and restores.
-LEARNER_KEYS = ("update", "model", "behaviour", "behaviour_version", "optimizer")
-
 
 class Learner:
     def __init__(self, config: LearnerSettings, model: nn.Module, behaviour: nn.Module,
@@ -60,7 +57,7 @@ class Learner:
         self._kept = clone_params(model)
 
     def save(self) -> dict[str, Any]:
-        """The learner's part of a checkpoint (LEARNER_KEYS), taken while it is idle."""
+        """The learner's part of a checkpoint, taken while it is idle."""
         return {"update": self.version, "model": clone_params(self.model),
                 "behaviour": {name: tensor.clone() for name, tensor in self._kept.items()},
                 "behaviour_version": self._kept_version, "optimizer": self.optimizer.state_dict()}
@@ -196,7 +193,7 @@ class LearnerHandle(Protocol):
     def version(self) -> int: ...
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint's LEARNER_KEYS (before start)."""
+        """Continue from a checkpoint's learner part (before start)."""
         ...
 
     async def start(self) -> None: ...
@@ -206,7 +203,7 @@ class LearnerHandle(Protocol):
         ...
 
     async def save(self) -> dict[str, Any]:
-        """The learner's part of a checkpoint (LEARNER_KEYS), taken while it is idle."""
+        """The learner's part of a checkpoint, taken while it is idle."""
         ...
 
     async def settle(self) -> None:

@@ -65,7 +65,7 @@ class ProcessLearner:
         self._failure: LearnerError | None = None
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint's LEARNER_KEYS (call before start); the child loads them."""
+        """Continue from a checkpoint's learner part (call before start); the child loads them."""
         self.version = state["update"]
         self._restored = state
 

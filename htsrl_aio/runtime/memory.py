@@ -25,7 +25,6 @@ class MemoryClosed(RuntimeError):
 class RunMemory:
     def __init__(self, num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
                  action_dtype: np.dtype) -> None:
-        self.rollout_len = rollout_len
         self._blocks: list[SharedArray] = []
         self._closed = False
         try:

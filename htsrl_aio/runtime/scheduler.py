@@ -39,8 +39,6 @@ from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.steps import StepTicket
 
 EPISODE_WINDOW = 100
-# The checkpoint keys the schedule saves and restores.
-SCHEDULE_KEYS = ("schedule", "rollout")
 
 
 class BusyClock:
@@ -147,8 +145,8 @@ class RolloutScheduler:
         self.env_restarts = start.env_restarts
 
     def save(self, generation: int | None) -> dict[str, Any]:
-        """The schedule's part of a checkpoint (SCHEDULE_KEYS): inside swap `generation`, with the rollout
-        waiting to be learned; with None (a stop outside a swap), the episode statistics alone."""
+        """The schedule's part of a checkpoint ("schedule", "rollout"): inside swap `generation`, with the
+        rollout waiting to be learned; with None (a stop outside a swap), the episode statistics alone."""
         wall = time.perf_counter() - self._start if self._start else self.start.wall_time_s
         parts: dict[str, Any] = {"schedule": {
             "episodes": self.episodes, "episode_returns": list(self.episode_returns),
