@@ -34,7 +34,7 @@ from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.ipc.children import start_resource_tracker
 from htsrl_aio.ipc.shm import remove_stale_segments
-from htsrl_aio.models import build_model
+from htsrl_aio.models import build_model, load_params
 from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
@@ -102,7 +102,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
 
     model = build_model(spec, cfg)
     if resume is not None:
-        model.load_state_dict(resume.model)
+        load_params(model, resume.model, str(resume.path), f"env {factory.name!r} ({spec.describe()})")
     model = model.to(device)
     distribution = make_distribution(spec.action)
     noise = TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout, distribution.noise_size, distribution.noise)

@@ -77,6 +77,7 @@ class Checkpoint:
     parts: dict[str, Any]  # each component's part, under its own keys
     user_config: dict[str, Any] | None = None  # the settings the user gave (None: written before v3)
     versions: dict[str, str] = dataclasses.field(default_factory=lambda: library_versions())
+    path: Path | None = None  # the file it was loaded from, for messages; not written
 
     @property
     def update(self) -> int:
@@ -106,13 +107,25 @@ class Checkpoint:
         meta = {"format", "kind", "interrupted", "config", "user_config", "versions"}
         missing = [key for key in ("kind", "config", *_PARTS, *_KIND_PARTS.get(data.get("kind"), ()))
                    if key not in data]
-        if missing or data["kind"] not in _KIND_PARTS:
-            what = f"lacks {', '.join(missing)}" if missing else f"is of unknown kind {data['kind']!r}"
+        malformed = [] if missing else _malformed(data)
+        if missing or malformed or data["kind"] not in _KIND_PARTS:
+            what = (f"lacks {', '.join(missing)}" if missing else f"holds a malformed {', '.join(malformed)}"
+                    if malformed else f"is of unknown kind {data['kind']!r}")
             raise ConfigError(f"{path} is an htsrl-aio checkpoint but {what} (damaged, or written by another "
                               "version), so it cannot be used.")
         return cls(kind=data["kind"], interrupted=bool(data.get("interrupted", False)),
                    config=dict(data["config"]), parts={k: v for k, v in data.items() if k not in meta},
-                   user_config=data.get("user_config"), versions=dict(data.get("versions") or {}))
+                   user_config=data.get("user_config"), versions=dict(data.get("versions") or {}), path=path)
+
+
+def _malformed(data: Mapping[str, Any]) -> list[str]:
+    """The parts every reader uses at once that are not of their type (an edited or damaged file)."""
+    model = data["model"]
+    wrong = {"config": not isinstance(data["config"], dict),
+             "update": not isinstance(data["update"], int) or isinstance(data["update"], bool),
+             "model": not (isinstance(model, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                           for k, v in model.items()))}
+    return [key for key, bad in wrong.items() if bad]
 
 
 def library_versions() -> dict[str, str]:

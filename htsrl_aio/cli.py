@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", type=Path, default=None, metavar="OUT.mp4",
                           help="record the episodes (needs the video extra)")
     evaluate.add_argument("--seed", type=int, default=None, help="episode seeds (default: the run's seed)")
+    evaluate.add_argument("--env-timeout", type=float, default=None, metavar="SECONDS",
+                          help="seconds each reset or step may take, as for train (0: no limit; default: the "
+                               "run's own, which defaults to "
+                               f"{TrainConfig.env_timeout:g})")
     plot = commands.add_parser("plot", help="plot learning curves and runtime health of runs")
     plot.add_argument("runs", type=Path, nargs="+", help="run directories")
     plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
@@ -201,7 +205,7 @@ def _check_env(args: argparse.Namespace) -> int:
     timeout = args.env_timeout
     config = TrainConfig(env_kwargs=dict(args.env_kwargs), env_timeout=timeout).resolved()  # checks it
     factory = resolve_env(args.env, config)
-    report = run_event_loop(check_env(factory, steps=args.steps, timeout=timeout or None))
+    report = run_event_loop(check_env(factory, steps=args.steps, timeout=timeout or None, isolated=True))
     for problem in report.problems:
         print(f"{report.name}: {problem}")
     if not report.ok:
@@ -209,8 +213,7 @@ def _check_env(args: argparse.Namespace) -> int:
     spec = report.spec
     assert spec is not None
     where = BACKENDS[backend_name("auto", factory, spec)].runs_envs
-    print(f"{report.name}: ok ({report.steps} steps; observations {spec.obs.describe()}, "
-          f"{spec.action.describe()}; runs {where}).")
+    print(f"{report.name}: ok ({report.steps} steps; {spec.describe()}; runs {where}).")
     return 0
 
 
@@ -218,7 +221,8 @@ def _eval(args: argparse.Namespace) -> int:
     from htsrl_aio.evaluate import evaluate, format_result
     from htsrl_aio.training import run_event_loop
 
-    result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed))
+    result = run_event_loop(evaluate(args.path, args.episodes, args.deterministic, args.video, args.seed,
+                                     args.env_timeout))
     print(format_result(result))
     if args.video is not None:
         print(f"wrote {args.video}")

@@ -1,13 +1,15 @@
 """`htsrl-aio eval`: play a trained agent for N episodes and report the return, optionally to video.
 
-Episodes run one after another in this process, seeded from the run seed on a stream training never
-uses, so an evaluation is repeatable and independent of how the run was scheduled. Returns are the
-game's own (an env's `info["raw_reward"]` when it trains on clipped rewards), and with episodic life
-an episode is a whole game.
+Episodes run one after another, seeded from the run seed on a stream training never uses, so an
+evaluation is repeatable and independent of how the run was scheduled. Returns are the game's own (an
+env's `info["raw_reward"]` when it trains on clipped rewards), and with episodic life an episode is a
+whole game. The env runs in a child process, as training's do: each of its calls is bounded by
+--env-timeout, and Ctrl-C stops an evaluation whatever the env is doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -18,13 +20,13 @@ import numpy as np
 import torch
 
 from htsrl_aio import checkpoint
+from htsrl_aio.backends.child_env import GETATTR, MAKE, ChildEnv
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.models import build_model
+from htsrl_aio.models import build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 
 VIDEO_FPS = 30
@@ -47,54 +49,56 @@ class EvalResult:
 
 
 async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False,
-                   video: str | Path | None = None, seed: int | None = None) -> EvalResult:
-    """Play the policy of checkpoint `path` (or a run directory's newest) for `episodes` episodes."""
+                   video: str | Path | None = None, seed: int | None = None,
+                   env_timeout: float | None = None) -> EvalResult:
+    """Play the policy of checkpoint `path` (or a run directory's newest) for `episodes` episodes.
+
+    `env_timeout`: seconds each of the env's calls may take (0: no limit; default: the run's
+    --env-timeout); one that takes longer ends the evaluation with EnvError, as an env that raises does.
+    """
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}.")
-    writer = _video_writer(video) if video is not None else None
     path = Path(path)
     file = path if path.is_file() else checkpoint.newest(path, resumable=False)
     state = checkpoint.load(file)
-    cfg = _config(state.config, file)
+    cfg = _config(state.config, file, env_timeout)
     factory = resolve_env(cfg.env, cfg)
-    spec = await probe_env(factory)
+    timeout = cfg.env_timeout or None
+    spec = await probe_env(factory, timeout, isolated=True)
     model = build_model(spec, cfg)
-    try:
-        model.load_state_dict(state.model)
-    except RuntimeError as exc:
-        raise ConfigError(f"the parameters in {file} do not fit the network of its config: "
-                          f"{str(exc).splitlines()[0]}") from None
+    load_params(model, state.model, str(file), f"env {factory.name!r} ({spec.describe()})")
     model.eval()
     seed = cfg.seed if seed is None else seed
     rng = None if deterministic else generator(seed, Stream.EVAL_ACT)
-    env = await _make_env(factory, rendered=writer is not None)
     distribution = make_distribution(spec.action)
     returns, lengths = [], []
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        writer = _video_writer(video) if video is not None else None
+        if writer is not None:
+            stack.callback(writer.close)
+        env = await _make_env(factory, timeout, stack, rendered=writer is not None)
+        renders = writer is not None and await _render_mode(env) == "rgb_array"
         for episode in range(episodes):
             episode_seed = derive_seed(seed, Stream.EVAL_RESET, episode) % ENV_SEED_BOUND
-            ret, length = await _play(env, spec, model, distribution, episode_seed, rng, writer)
+            ret, length = await _play(env, spec, model, distribution, episode_seed, rng, writer, renders)
             returns.append(ret)
             lengths.append(length)
-    finally:
-        await close_env(env)
-        if writer is not None:
-            writer.close()
     return EvalResult(str(file), state.update, returns, lengths)
 
 
-async def _play(env: Any, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution, seed: int,
-                rng: np.random.Generator | None, writer: Any) -> tuple[float, int]:
-    """One episode; actions are the mode when `rng` is None, else sampled with its noise."""
-    obs, _ = await _maybe_await(env.reset(seed=seed))
+async def _play(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution,
+                seed: int, rng: np.random.Generator | None, writer: Any, renders: bool) -> tuple[float, int]:
+    """One episode; actions are the mode when `rng` is None, else sampled with its noise; frames go to
+    `writer` (if any), rendered by the env if it `renders`."""
+    obs, _ = await env.call("reset", seed=seed)
     total, length = 0.0, 0
     while True:
         if writer is not None:
-            writer.append_data(_frame(env, obs))
+            writer.append_data(await _frame(env, obs, renders))
         with torch.no_grad():
             params, _ = model({key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()})
             action = distribution.choose(params, rng)[0].numpy()
-        obs, reward, terminated, truncated, info = await _maybe_await(env.step(spec.action.to_env(action)))
+        obs, reward, terminated, truncated, info = await env.call("step", spec.action.to_env(action))
         total += float(info.get("raw_reward", reward))
         length += 1
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
@@ -102,25 +106,22 @@ async def _play(env: Any, spec: EnvSpec, model: torch.nn.Module, distribution: A
             return total, length
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _config(values: dict[str, Any], file: Path) -> TrainConfig:
+def _config(values: dict[str, Any], file: Path, env_timeout: float | None) -> TrainConfig:
     config = TrainConfig.from_json_dict(values, str(file))
-    return dataclasses.replace(config, progress=False).resolved()
+    timeout = {} if env_timeout is None else {"env_timeout": env_timeout}
+    return dataclasses.replace(config, progress=False, **timeout).resolved()  # which checks it
 
 
-async def _make_env(factory: EnvFactory, rendered: bool) -> Any:
-    """The env as training built it (id or factory, --env-kwargs, frame options); for a video, built
-    again with render_mode="rgb_array" where it renders such frames but was not asked to."""
-    env = factory()
+async def _make_env(factory: EnvFactory, timeout: float | None, stack: contextlib.AsyncExitStack,
+                    rendered: bool) -> ChildEnv:
+    """The env as training built it (id or factory, --env-kwargs, frame options), closed by `stack`; for
+    a video, built again with render_mode="rgb_array" where it renders such frames but was not asked to."""
+    env = await _started(factory, timeout, stack)
     # A C++ engine cannot render: its frames come from its observations (`_frame`).
-    if not rendered or factory.engine is not None or getattr(env, "render_mode", None) == "rgb_array":
+    if not rendered or factory.engine is not None or await _render_mode(env) == "rgb_array":
         return env
-    metadata = getattr(env, "metadata", None)
+    metadata = await env.call(GETATTR, "metadata", None)
     modes = metadata.get("render_modes", []) if isinstance(metadata, dict) else []
-    await close_env(env)
     if "rgb_array" not in modes:
         raise ConfigError(f"--video needs frames, but env {factory.name!r} cannot render them (its "
                           f"render_modes are {modes}, without 'rgb_array'); evaluate it without --video.")
@@ -128,8 +129,20 @@ async def _make_env(factory: EnvFactory, rendered: bool) -> Any:
         raise ConfigError(f"--video needs frames, but the factory {factory.name!r} takes no render_mode "
                           "argument; give it one and pass it to the env (or create the env with "
                           "render_mode='rgb_array').")
+    await env.aclose()
     kwargs = tuple(sorted({**dict(factory.kwargs), "render_mode": "rgb_array"}.items()))
-    return dataclasses.replace(factory, kwargs=kwargs)()
+    return await _started(dataclasses.replace(factory, kwargs=kwargs), timeout, stack)
+
+
+async def _started(factory: EnvFactory, timeout: float | None, stack: contextlib.AsyncExitStack) -> ChildEnv:
+    env = ChildEnv(factory, timeout)
+    stack.push_async_callback(env.aclose)
+    await env.call(MAKE)
+    return env
+
+
+async def _render_mode(env: ChildEnv) -> Any:
+    return await env.call(GETATTR, "render_mode", None)
 
 
 def _parameters(function: Any) -> set[str]:
@@ -139,10 +152,10 @@ def _parameters(function: Any) -> set[str]:
         return set()
 
 
-def _frame(env: Any, obs: Any) -> np.ndarray:
+async def _frame(env: ChildEnv, obs: Any, renders: bool) -> np.ndarray:
     """An RGB frame: the env's render, or the newest frame of an image observation (Atari's 84x84)."""
-    if getattr(env, "render_mode", None) == "rgb_array":
-        return np.asarray(env.render())
+    if renders:
+        return np.asarray(await env.call("render"))
     obs = np.asarray(obs)
     if obs.ndim == 3 and obs.dtype == np.uint8:
         gray = obs[-1]

@@ -325,6 +325,16 @@ def exits_at_first_step() -> gym.Env:
     return _FirstStep(gym.make("CartPole-v1"), "exit")
 
 
+class _HangsInClose(gym.Wrapper):
+    def close(self):
+        _hang()
+
+
+def hangs_in_close_cartpole() -> gym.Env:
+    """Steps as CartPole does; its close() never returns (a simulator that will not shut down)."""
+    return _HangsInClose(gym.make("CartPole-v1"))
+
+
 class _StartsProcesses(gym.Wrapper):
     """Starts two long-lived processes it never stops, one in a session of its own, as a simulator
     launcher might; their pids go to files in $HTSRL_TEST_SPAWN_DIR."""
@@ -345,15 +355,21 @@ def process_starting_cartpole() -> gym.Env:
 
 
 class _HangsAfter(gym.Wrapper):
-    """Steps normally 40 times (the start-up probe takes one), then never answers again."""
+    """Steps normally 40 times (the start-up probe takes one), then never answers again, after creating
+    the file $HTSRL_TEST_FROZEN_MARKER names (if set), so a test knows it is stuck."""
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         self._steps = 0
 
     def step(self, action):
+        import os
+        from pathlib import Path
+
         self._steps += 1
         if self._steps > 40:
+            if "HTSRL_TEST_FROZEN_MARKER" in os.environ:
+                Path(os.environ["HTSRL_TEST_FROZEN_MARKER"]).touch()
             _hang()
         return super().step(action)
 
@@ -398,13 +414,15 @@ gym.register("PixelCartPole-v0", entry_point=pixel_cartpole)
 class _StallsInWorkers(gym.Wrapper):
     """Resets only once the file HTSRL_TEST_GO_MARKER names exists, in training's worker processes
     (the env checker's probe passes): a run stays in its start-up, before its first update, until the
-    test lets it go on."""
+    test lets it go on. Waiting, it creates that name + ".waiting": the run has started its processes."""
 
     def reset(self, **kwargs):
         import multiprocessing
         import os
+        from pathlib import Path
 
         if multiprocessing.current_process().name.startswith("htsrl-env-worker"):
+            Path(os.environ["HTSRL_TEST_GO_MARKER"] + ".waiting").touch()
             while not os.path.exists(os.environ["HTSRL_TEST_GO_MARKER"]):
                 time.sleep(0.05)
         return super().reset(**kwargs)

@@ -146,6 +146,8 @@ def test_every_run_checks_its_first_env_before_starting(tmp_path):
      "make the env answer sooner"),
     ("envs_for_tests:exits_at_first_step", 1, "envs_for_tests:exits_at_first_step: step() ended the env's "
                                               "process (exit code 3, after 0 steps) without raising"),
+    ("envs_for_tests:hangs_in_close_cartpole", 1, "envs_for_tests:hangs_in_close_cartpole: close() did not "
+                                                  "answer within --env-timeout 1 s (after 50 steps)"),
 ])
 def test_check_env_command(env, code, output):
     proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "check-env", env, "--steps", "50",

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,28 @@ def test_corrupt_or_foreign_checkpoints_are_refused_without_running_code(tmp_pat
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_parameters_that_do_not_fit_the_network_or_damaged_parts_are_one_sentence(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(config(run, total_steps=4 * 16 * 2, checkpoint_every=0))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    other_env = {**state, "config": {**state["config"], "env": "Acrobot-v1"}}  # another env's spaces
+    cases = [(other_env, r"the parameters in \S+ do not fit the network built for env 'Acrobot-v1' "
+                         r"\(observations \(6,\) float32, 3 actions\): actor\.0\.weight is 64x4 in them but "
+                         r"64x6 in the network \(and 3 more of other shapes\); .* trained with\.$"),
+             ({**state, "model": "weights"}, r"is an htsrl-aio checkpoint but holds a malformed model"),
+             ({**state, "update": "7"}, r"is an htsrl-aio checkpoint but holds a malformed update")]
+    for index, ((values, message), command) in enumerate(itertools.product(cases, (["train", "--resume"],
+                                                                                  ["eval"]))):
+        path = tmp_path / f"case{index}" / "checkpoint.pt"
+        path.parent.mkdir()
+        torch.save(values, path)
+        with pytest.raises(SystemExit) as exited:
+            cli_main([*command, str(path)])
+        assert exited.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and re.search(message, lines[0]), lines
 
 
 class _Exploit:

@@ -4,6 +4,7 @@ cut last metrics line, a full disk and a read-only file system."""
 
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -173,6 +174,23 @@ def test_diff_names_the_file_and_line_of_a_bad_metrics_line(crashed, finished, c
         cli_main(["diff", str(finished), str(crashed)])
     assert exited.value.code == 2
     assert f"{metrics}, line 3, is not a metrics row" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metrics,message", [
+    ("[" * 100_000 + "\n", r"metrics\.jsonl, line 1, is not a metrics row \(maximum recursion depth"),
+    ("", r"holds no update to compare: its metrics\.jsonl is empty"),
+], ids=["nested-too-deep", "no-update"])
+def test_diff_of_a_damaged_or_foreign_run_directory_is_one_sentence(finished, tmp_path, capsys, metrics,
+                                                                     message):
+    other = tmp_path / "other"
+    other.mkdir()
+    rows = (finished / "metrics.jsonl").read_text()
+    (other / "metrics.jsonl").write_text(metrics + rows if metrics else "")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["diff", str(finished), str(other)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and "\n" not in err, err
 
 
 def test_a_full_disk_at_start_is_one_sentence(run_dir, capsys):

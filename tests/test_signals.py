@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness import alive, dead_pid, terminal_signals, wait_until
+from harness import alive, dead_pid, signalled, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
@@ -200,6 +200,40 @@ class _InterruptedImport:
         if name == "htsrl_aio.training":
             raise KeyboardInterrupt
         return None
+
+
+def test_a_run_survives_a_kill_of_its_resource_tracker_without_a_word(tmp_path):
+    # The workers stall in their first reset until `go` exists: the run's segments exist, its processes
+    # have started (no start of a process asks for the tracker any more), and the tracker is killed then.
+    go, run = tmp_path / "go", tmp_path / "run"
+    proc = subprocess.Popen([*TRAIN, "--env", "envs_for_tests:stalls_in_workers_cartpole", "--num-envs", "4",
+                             "--rollout", "8", "--total-steps", "64", "--logdir", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HTSRL_TEST_GO_MARKER": str(go),
+                                 "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])})
+    try:
+        wait_until(Path(f"{go}.waiting").exists, 120, "the workers' first reset")
+        assert glob.glob(f"/dev/shm/{SHM_PREFIX}{proc.pid}_*")
+        trackers = [c for c in _children(proc.pid)
+                    if b"resource_tracker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(trackers) == 1
+        os.kill(trackers[0], signal.SIGKILL)
+        go.touch()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert (proc.returncode, stderr) == (0, "")
+    assert not glob.glob(f"/dev/shm/{SHM_PREFIX}{proc.pid}_*")
+
+
+def test_the_first_ctrl_c_stops_check_env_inside_a_frozen_env_in_one_line(tmp_path, monkeypatch):
+    # --env-timeout 0: nothing else would end the frozen step; the env runs in a child all the same.
+    frozen = tmp_path / "frozen"
+    monkeypatch.setenv("HTSRL_TEST_FROZEN_MARKER", str(frozen))
+    argv = [sys.executable, "-m", "htsrl_aio.cli", "check-env",
+            "envs_for_tests:hangs_after_40_steps_cartpole", "--env-timeout", "0"]
+    code, stderr = signalled(argv, tmp_path, signal.SIGINT, when=frozen.exists)
+    assert (code, stderr) == (130, "htsrl-aio: check-env interrupted.\n")
 
 
 def test_ctrl_c_while_the_cli_loads_torch_is_one_sentence(tmp_path, monkeypatch, capsys):

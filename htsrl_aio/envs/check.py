@@ -45,20 +45,21 @@ class CheckReport:
 
 
 async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = MAX_BLOCK_S,
-                    timeout: float | None = None) -> CheckReport:
+                    timeout: float | None = None, isolated: bool = False) -> CheckReport:
     """Build one replica, check its interface, reset it and take `steps` random steps.
 
-    With `timeout` (--env-timeout) the env runs in a child process, if its factory can be sent there,
-    and each call gets that long to answer.
+    With `timeout` (--env-timeout) or `isolated` the env runs in a child process, if its factory can be
+    sent there (so a call that never returns cannot hold back Ctrl-C), and with `timeout` each call gets
+    that long to answer.
     """
-    if timeout is not None and _picklable(factory):
+    if (timeout is not None or isolated) and _picklable(factory):
         return await _check_in_child(factory, steps, max_block_s, timeout)
     return await _check_here(factory, steps, max_block_s, timeout)
 
 
-async def probe_env(factory: EnvFactory, timeout: float | None = None) -> EnvSpec:
+async def probe_env(factory: EnvFactory, timeout: float | None = None, isolated: bool = False) -> EnvSpec:
     """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem."""
-    report = await check_env(factory, steps=1, timeout=timeout)
+    report = await check_env(factory, steps=1, timeout=timeout, isolated=isolated)
     if not report.ok:
         raise ConfigError(f"env {report.name!r}: {report.problems[0]}")
     assert report.spec is not None
@@ -80,6 +81,7 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
         if report.spec is not None:
             await _check_episodes(env, report, steps, _AsyncCall(max_block_s, timeout), on_call)
     finally:
+        on_call("close()", report.steps)  # a close() that hangs is named as such, not as the last step
         await close_env(env)
     if report.spec is not None and not report.spec.in_loop and factory.factory is not None:
         try:
@@ -109,9 +111,10 @@ class _Progress:
     reported: bool = False  # the report has arrived: the child waits to be told to exit
 
 
-async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, timeout: float) -> CheckReport:
+async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float,
+                          timeout: float | None) -> CheckReport:
     """Run `_check_here` in a child process that says before each call what it calls; kill it when a
-    call takes longer than `timeout`, and report its death if a call ends it."""
+    call takes longer than `timeout` (if given), and report its death if a call ends it."""
     from htsrl_aio.ipc.children import WatchedChild, close_children  # imports torch: only when needed
 
     loop = asyncio.get_running_loop()
@@ -138,7 +141,8 @@ async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, t
                          on_message, on_exit)
     try:
         while not outcome.done():
-            left = None if progress.since is None else progress.since + timeout - loop.time()
+            started = progress.since is not None and timeout is not None
+            left = progress.since + timeout - loop.time() if started else None
             if left is not None and left <= 0:
                 outcome.set_result(CheckReport(factory.name, problems=[
                     f"{progress.what} did not answer within --env-timeout {timeout:g} s (after "
@@ -159,7 +163,7 @@ async def _check_in_child(factory: EnvFactory, steps: int, max_block_s: float, t
 
 
 def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_block_s: float,
-                      timeout: float) -> None:
+                      timeout: float | None) -> None:
     def on_call(what: str, step: int) -> None:
         conn.send(("calling", what, step))
 

@@ -127,6 +127,10 @@ class EnvSpec:
         """Raise spaces.UnsupportedSpace (one sentence) for a space the runtime cannot handle."""
         return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), in_loop)
 
+    def describe(self) -> str:
+        """As a user reads it: "observations (4,) float32, 2 actions"."""
+        return f"observations {self.obs.describe()}, {self.action.describe()}"
+
 
 def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
     """Validate `env` and return the factory workers will use; raise ConfigError with a fix.

@@ -16,7 +16,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -146,10 +146,29 @@ class SharedArray:
                 os.close(self._shm._fd)
             self._shm._fd = -1
         if self.owner:
-            with contextlib.suppress(FileNotFoundError):
-                self._shm.unlink()
+            _unlink(self._shm)
             self.owner = False  # a second close must not release the creator's lock again
             _CREATOR.release()
+
+
+def _unlink(shm: shared_memory.SharedMemory) -> None:
+    """Remove a segment's name, telling multiprocessing's resource tracker only while it lives.
+
+    `unlink()` would start a tracker that was killed (kill -9, the OOM killer) again, with a warning, and
+    the new one prints a KeyError traceback for every segment it never saw registered. Without a tracker
+    the segment's name is removed all the same: the lock file, not the tracker, owns the cleanup.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if _tracker_alive():
+            shm.unlink()
+        else:
+            (SHM_DIR / shm.name).unlink()
+
+
+def _tracker_alive() -> bool:
+    """Whether this process's resource tracker runs (it was started by the first segment created)."""
+    tracker = resource_tracker._resource_tracker
+    return tracker._fd is not None and tracker._check_alive()
 
 
 def remove_stale_segments(shm_dir: Path = SHM_DIR) -> list[tuple[str, int]]:

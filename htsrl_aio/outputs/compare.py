@@ -21,6 +21,9 @@ def _action_hashes(run: Path) -> list[tuple[int, str]]:
     if not (run / METRICS).is_file():
         raise ConfigError(f"{run} is not a run directory: it has no {METRICS}.")
     rows = read_metrics(run)
+    if not rows:
+        raise ConfigError(f"{run} holds no update to compare: its {METRICS} is empty (a run stopped before "
+                          "its first update, or not an htsrl-aio run).")
     if any(not isinstance(row.get("actions_sha256"), str) for row in rows):
         raise ConfigError(f"{run / METRICS} has rows without actions_sha256: it is not from an htsrl-aio run "
                           "that can be compared.")

@@ -284,7 +284,7 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get("update"), int):
                 raise ValueError("not a metrics row")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to decode
             if number == len(lines):
                 log.warning("note: the last line of %s was cut off (the run was killed while writing it); "
                             "it is ignored.", path)
