@@ -82,6 +82,12 @@ SUITES: dict[str, tuple[EnvPlan, ...]] = {
         # MuJoCo: 1M steps of the continuous-control preset is about 20 minutes a cell on 2 cores.
         EnvPlan("HalfCheetah-v5", 1_000_000, (1, 2, 3), algos=("ppo",), presets={"ppo": "mujoco-ppo"}),
     ),
+    # Policies with memory (--memory) on tasks a memoryless policy cannot solve, at the SB3 zoo's
+    # RecurrentPPO budget (rl-baselines3-zoo ppo_lstm.yml), with its settings (--preset pomdp-ppo).
+    "memory": (
+        EnvPlan("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", 100_000, TEN_SEEDS, algos=("ppo",),
+                presets={"ppo": "pomdp-ppo"}),
+    ),
     # CI: a short PPO budget that learns well above chance (CartPole's random policy averages 22).
     "smoke": (EnvPlan("CartPole-v1", 40_000, (1, 2, 3), algos=("ppo",)),),
 }
@@ -113,16 +119,21 @@ REFERENCES: dict[tuple[str, str], tuple[Reference, ...]] = {
         Reference(1442.6, "CleanRL ppo_continuous_action (HalfCheetah-v4), 1M steps"),),
     ("MiniGrid-Empty-Random-5x5-v0", "ppo"): (
         Reference(0.968, "SB3 zoo PPO (FlatObsWrapper), 100k steps"),),
+    ("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", "ppo"): (
+        Reference(500.0, "SB3 zoo RecurrentPPO (sb3-contrib), 100k steps"),),
 }
 
 # Mean return of the uniform random policy (100 episodes, reset seeds 0-99, gymnasium 1.x, measured
 # 2026-11-30): the zero of the normalised score, so that 1.0 is the reference.
 RANDOM_RETURNS = {"CartPole-v1": 23.7, "Acrobot-v1": -497.1, "LunarLander-v3": -192.0,
-                  "MiniGrid-Empty-Random-5x5-v0": 0.213, "HalfCheetah-v5": -267.7}
+                  "MiniGrid-Empty-Random-5x5-v0": 0.213, "HalfCheetah-v5": -267.7,
+                  # The random policy ignores the observation: CartPole-v1's number.
+                  "htsrl_aio.envs.pomdp:CartPoleNoVel-v1": 23.7}
 
 # The issue's per-seed learning targets: a seed "learns" when its final mean return reaches this.
 TARGETS = {("CartPole-v1", "ppo"): 475.0, ("CartPole-v1", "a2c"): 475.0, ("Acrobot-v1", "ppo"): -100.0,
-           ("Acrobot-v1", "a2c"): -100.0, ("LunarLander-v3", "ppo"): 200.0}
+           ("Acrobot-v1", "a2c"): -100.0, ("LunarLander-v3", "ppo"): 200.0,
+           ("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", "ppo"): 475.0}
 
 
 @dataclass(frozen=True)
@@ -139,8 +150,9 @@ class Cell:
 
 
 def env_slug(env: str) -> str:
-    """An env id as one file-name component (MinAtar/Breakout-v1 -> MinAtar-Breakout-v1)."""
-    return env.replace("/", "-")
+    """An env id as one file-name component (MinAtar/Breakout-v1 -> MinAtar-Breakout-v1,
+    htsrl_aio.envs.pomdp:CartPoleNoVel-v1 -> CartPoleNoVel-v1)."""
+    return env.rpartition(":")[2].replace("/", "-")
 
 
 def plan_cells(plans: Iterable[EnvPlan], envs: list[str] | None, algos: list[str] | None,

@@ -24,7 +24,7 @@ from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.models import build_model
+from htsrl_aio.models import PolicyMemory, build_model
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 
 VIDEO_FPS = 30
@@ -88,15 +88,21 @@ async def _play(env: Any, spec: EnvSpec, model: torch.nn.Module, distribution: A
     """One episode; actions are the mode when `rng` is None, else sampled with its noise."""
     obs, _ = await _maybe_await(env.reset(seed=seed))
     total, length = 0.0, 0
+    memory = PolicyMemory(model.state_size)
     while True:
         if writer is not None:
             writer.append_data(_frame(env, obs))
         with torch.no_grad():
-            params, _ = model({key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()})
+            encoded = {key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()}
+            params, _, state = model.step(encoded, torch.from_numpy(memory.state),
+                                          torch.from_numpy(memory.start))
+            memory.advance(state.numpy())
             action = distribution.choose(params, rng)[0].numpy()
         obs, reward, terminated, truncated, info = await _maybe_await(env.step(spec.action.to_env(action)))
         total += float(info.get("raw_reward", reward))
         length += 1
+        if terminated:  # as in training, where a lost life (episodic life) ends an episode: memory resets
+            memory.reset()
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
         if truncated or (terminated and info.get("game_over", True)):
             return total, length
