@@ -182,7 +182,8 @@ def test_bad_memory_settings_are_one_sentence(tmp_path, overrides, message):
 
 async def test_act_carries_the_memory_of_each_env(tmp_path, no_leaks):
     cfg = TrainConfig(env="envs_for_tests:CueEnv", memory="gru", memory_size=8, num_envs=2, rollout=8,
-                      minibatches=2, total_steps=16, logdir=str(tmp_path / "run"), progress=False, tensorboard=False)
+                      minibatches=2, total_steps=16, logdir=str(tmp_path / "run"), progress=False,
+                      tensorboard=False)
     async with Trainer(cfg) as trainer:
         with pytest.raises(ValueError, match=r"pass memory=trainer\.new_memory\(\)"):
             await trainer.act(np.zeros(2, np.float32))
