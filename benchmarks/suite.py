@@ -9,6 +9,7 @@ processes, on one machine or on several sharing the folder, work through the sam
 
     python benchmarks/suite.py run --jobs 4 --workers 1          # the default suite
     python benchmarks/suite.py run --smoke                       # CartPole, 3 seeds, 40k steps
+    python benchmarks/suite.py run --suite memory                # policies with memory (--memory)
     python benchmarks/suite.py run --envs Acrobot-v1 --algos ppo --seeds 1 2 3
     python benchmarks/suite.py report --plots docs/img           # tables, report.json, PNGs
 
@@ -568,9 +569,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--smoke", action="store_true", help="the CI suite instead of the default one")
+    parser.add_argument("--suite", choices=list(SUITES), default="default", help="which suite to run")
+    parser.add_argument("--smoke", action="store_true", help="the CI suite (--suite smoke)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="results folder (default: benchmarks/results/suite, or .../suite-smoke)")
+                        help="results folder (default: benchmarks/results/suite, or .../suite-<name>)")
     parser.add_argument("--envs", nargs="+", default=None, help="only these envs of the suite")
     parser.add_argument("--algos", nargs="+", default=None, choices=["ppo", "a2c"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -582,8 +584,8 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: <results>/plots)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
-    suite = "smoke" if args.smoke else "default"
-    results = args.results or Path("benchmarks/results") / ("suite-smoke" if args.smoke else "suite")
+    suite = "smoke" if args.smoke else args.suite
+    results = args.results or Path("benchmarks/results") / ("suite" if suite == "default" else f"suite-{suite}")
     if args.command == "run":
         cells = plan_cells(SUITES[suite], args.envs, args.algos, args.modes, args.seeds, args.total_steps)
         print(f"{len(cells)} cells into {results}", flush=True)
