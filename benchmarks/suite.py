@@ -585,7 +585,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
     suite = "smoke" if args.smoke else args.suite
-    results = args.results or Path("benchmarks/results") / ("suite" if suite == "default" else f"suite-{suite}")
+    results = args.results or Path("benchmarks/results") / ("suite" if suite == "default"
+                                                             else f"suite-{suite}")
     if args.command == "run":
         cells = plan_cells(SUITES[suite], args.envs, args.algos, args.modes, args.seeds, args.total_steps)
         print(f"{len(cells)} cells into {results}", flush=True)
