@@ -9,6 +9,7 @@ processes, on one machine or on several sharing the folder, work through the sam
 
     python benchmarks/suite.py run --jobs 4 --workers 1          # the default suite
     python benchmarks/suite.py run --smoke                       # CartPole, 3 seeds, 40k steps
+    python benchmarks/suite.py run --suite memory                # policies with memory (--memory)
     python benchmarks/suite.py run --envs Acrobot-v1 --algos ppo --seeds 1 2 3
     python benchmarks/suite.py report --plots docs/img           # tables, report.json, PNGs
 
@@ -82,6 +83,12 @@ SUITES: dict[str, tuple[EnvPlan, ...]] = {
         # MuJoCo: 1M steps of the continuous-control preset is about 20 minutes a cell on 2 cores.
         EnvPlan("HalfCheetah-v5", 1_000_000, (1, 2, 3), algos=("ppo",), presets={"ppo": "mujoco-ppo"}),
     ),
+    # Policies with memory (--memory) on tasks a memoryless policy cannot solve, at the SB3 zoo's
+    # RecurrentPPO budget (rl-baselines3-zoo ppo_lstm.yml), with its settings (--preset pomdp-ppo).
+    "memory": (
+        EnvPlan("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", 100_000, TEN_SEEDS, algos=("ppo",),
+                presets={"ppo": "pomdp-ppo"}),
+    ),
     # CI: a short PPO budget that learns well above chance (CartPole's random policy averages 22).
     "smoke": (EnvPlan("CartPole-v1", 40_000, (1, 2, 3), algos=("ppo",)),),
 }
@@ -113,16 +120,21 @@ REFERENCES: dict[tuple[str, str], tuple[Reference, ...]] = {
         Reference(1442.6, "CleanRL ppo_continuous_action (HalfCheetah-v4), 1M steps"),),
     ("MiniGrid-Empty-Random-5x5-v0", "ppo"): (
         Reference(0.968, "SB3 zoo PPO (FlatObsWrapper), 100k steps"),),
+    ("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", "ppo"): (
+        Reference(500.0, "SB3 zoo RecurrentPPO (sb3-contrib), 100k steps"),),
 }
 
 # Mean return of the uniform random policy (100 episodes, reset seeds 0-99, gymnasium 1.x, measured
 # 2026-11-30): the zero of the normalised score, so that 1.0 is the reference.
 RANDOM_RETURNS = {"CartPole-v1": 23.7, "Acrobot-v1": -497.1, "LunarLander-v3": -192.0,
-                  "MiniGrid-Empty-Random-5x5-v0": 0.213, "HalfCheetah-v5": -267.7}
+                  "MiniGrid-Empty-Random-5x5-v0": 0.213, "HalfCheetah-v5": -267.7,
+                  # The random policy ignores the observation: CartPole-v1's number.
+                  "htsrl_aio.envs.pomdp:CartPoleNoVel-v1": 23.7}
 
 # The issue's per-seed learning targets: a seed "learns" when its final mean return reaches this.
 TARGETS = {("CartPole-v1", "ppo"): 475.0, ("CartPole-v1", "a2c"): 475.0, ("Acrobot-v1", "ppo"): -100.0,
-           ("Acrobot-v1", "a2c"): -100.0, ("LunarLander-v3", "ppo"): 200.0}
+           ("Acrobot-v1", "a2c"): -100.0, ("LunarLander-v3", "ppo"): 200.0,
+           ("htsrl_aio.envs.pomdp:CartPoleNoVel-v1", "ppo"): 475.0}
 
 
 @dataclass(frozen=True)
@@ -139,8 +151,9 @@ class Cell:
 
 
 def env_slug(env: str) -> str:
-    """An env id as one file-name component (MinAtar/Breakout-v1 -> MinAtar-Breakout-v1)."""
-    return env.replace("/", "-")
+    """An env id as one file-name component (MinAtar/Breakout-v1 -> MinAtar-Breakout-v1,
+    htsrl_aio.envs.pomdp:CartPoleNoVel-v1 -> CartPoleNoVel-v1)."""
+    return env.rpartition(":")[2].replace("/", "-")
 
 
 def plan_cells(plans: Iterable[EnvPlan], envs: list[str] | None, algos: list[str] | None,
@@ -556,9 +569,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--smoke", action="store_true", help="the CI suite instead of the default one")
+    parser.add_argument("--suite", choices=list(SUITES), default="default", help="which suite to run")
+    parser.add_argument("--smoke", action="store_true", help="the CI suite (--suite smoke)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="results folder (default: benchmarks/results/suite, or .../suite-smoke)")
+                        help="results folder (default: benchmarks/results/suite, or .../suite-<name>)")
     parser.add_argument("--envs", nargs="+", default=None, help="only these envs of the suite")
     parser.add_argument("--algos", nargs="+", default=None, choices=["ppo", "a2c"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -570,8 +584,9 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: <results>/plots)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
-    suite = "smoke" if args.smoke else "default"
-    results = args.results or Path("benchmarks/results") / ("suite-smoke" if args.smoke else "suite")
+    suite = "smoke" if args.smoke else args.suite
+    results = args.results or Path("benchmarks/results") / ("suite" if suite == "default"
+                                                             else f"suite-{suite}")
     if args.command == "run":
         cells = plan_cells(SUITES[suite], args.envs, args.algos, args.modes, args.seeds, args.total_steps)
         print(f"{len(cells)} cells into {results}", flush=True)

@@ -109,7 +109,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     obs_arrays = spec.obs.arrays()
     inference = BatchedInference(copy.deepcopy(model), distribution, noise, cfg.max_batch, obs_arrays,
                                  block=cfg.inference_block if cfg.deterministic else None, device=device)
-    memory = RunMemory(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype)
+    memory = RunMemory(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype,
+                       model.state_size)
     stack.callback(memory.close)
     learner = _make_learner(cfg, model, distribution, memory, device)
     backend = make_backend(backend_kind, BackendArgs(

@@ -214,6 +214,8 @@ def _check_env(args: argparse.Namespace) -> int:
     assert spec is not None
     where = BACKENDS[backend_name("auto", factory, spec)].runs_envs
     print(f"{report.name}: ok ({report.steps} steps; {spec.describe()}; runs {where}).")
+    print(f"{report.name}: if one observation does not show all a good action needs (a single frame, "
+          "hidden velocities, a local view, a cue shown earlier), train with --memory lstm.")
     return 0
 
 

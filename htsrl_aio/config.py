@@ -178,6 +178,14 @@ class TrainConfig:
         "network: auto reads image observations of at least 36x36 with a Nature CNN and the rest with an "
         "MLP; cnn insists on a CNN; mlp flattens everything",
         default="auto")
+    memory: Literal["none", "lstm", "gru"] | None = _opt(
+        "a recurrent core between the encoder and the heads, for partially observable envs: each env's "
+        "state is carried through its episode and reset where one begins (default: none)", default=None)
+    memory_size: int | None = _opt("units of the --memory core (default 128; an LSTM's state holds twice "
+                                   "as many floats)", check=_POSITIVE_INT, default=None)
+    bptt: int = _opt(
+        "--memory: the learner replays sequences of this many steps, each from the state stored at its "
+        "start (0: each env's whole rollout); must divide --rollout", check=_COUNT, default=0)
     precision: Literal["fp32", "bf16"] | None = _opt(
         "arithmetic of the CNN trunk (inference and learning): bf16 autocast is much faster on CPUs "
         "with AVX-512 bf16 and on GPUs", default=None)
@@ -240,6 +248,7 @@ class TrainConfig:
         cfg._check_fields()
         cfg._fill_machine_defaults()
         cfg._check_batch()
+        cfg._check_memory()
         cfg._check_ray()
         _require_network_fits(cfg.hidden)
         return cfg
@@ -296,6 +305,23 @@ class TrainConfig:
             raise ConfigError(
                 f"--total-steps {self.total_steps} is less than one rollout (num_envs*rollout = {batch}); "
                 "raise it or shrink the rollout.")
+
+    def _check_memory(self) -> None:
+        """--memory minibatches are made of whole sequences (an env's rollout, or --bptt chunks of it)."""
+        if self.memory == "none":
+            if self.bptt:
+                raise ConfigError("--bptt applies to policies with memory; add --memory lstm or gru, or drop "
+                                  "it.")
+            return
+        if self.bptt and self.rollout % self.bptt:
+            raise ConfigError(f"--bptt {self.bptt} does not divide --rollout {self.rollout}; pick a divisor "
+                              "of it (0 replays each env's whole rollout).")
+        sequences = self.num_envs * (self.rollout // (self.bptt or self.rollout))
+        if self.algo == "ppo" and sequences % self.minibatches:
+            raise ConfigError(
+                f"--memory splits each rollout into {sequences} sequences (num_envs x rollout / bptt), which "
+                f"--minibatches {self.minibatches} does not divide; pick a divisor of {sequences}, or set "
+                "--bptt to cut the rollout into more sequences.")
 
     def _check_ray(self) -> None:
         ray_flags = [name for name in ("ray_address", "ray_actors", "envs_per_actor")
@@ -403,6 +429,8 @@ class LearnerSettings:
     ppo_trust_region: Literal["current", "behaviour"]
     torch_threads: int
     deterministic: bool
+    memory: Literal["none", "lstm", "gru"]
+    bptt: int
 
 
 def default_engine_batch(num_envs: int, block: int) -> int:

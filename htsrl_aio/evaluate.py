@@ -26,7 +26,7 @@ from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.models import build_model, load_params
+from htsrl_aio.models import PolicyMemory, build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 
 VIDEO_FPS = 30
@@ -92,15 +92,21 @@ async def _play(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distributi
     `writer` (if any), rendered by the env if it `renders`."""
     obs, _ = await env.call("reset", seed=seed)
     total, length = 0.0, 0
+    memory = PolicyMemory(model.state_size)
     while True:
         if writer is not None:
             writer.append_data(await _frame(env, obs, renders))
         with torch.no_grad():
-            params, _ = model({key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()})
+            encoded = {key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()}
+            params, _, state = model.step(encoded, torch.from_numpy(memory.state),
+                                          torch.from_numpy(memory.start))
+            memory.advance(state.numpy())
             action = distribution.choose(params, rng)[0].numpy()
         obs, reward, terminated, truncated, info = await env.call("step", spec.action.to_env(action))
         total += float(info.get("raw_reward", reward))
         length += 1
+        if terminated:  # as in training, where a lost life (episodic life) ends an episode: memory resets
+            memory.reset()
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
         if truncated or (terminated and info.get("game_over", True)):
             return total, length

@@ -31,7 +31,7 @@ from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.errors import HtsrlError
-from htsrl_aio.models import params_sha256
+from htsrl_aio.models import PolicyMemory, params_sha256
 from htsrl_aio.outputs.metrics import END_OF_RUN
 from htsrl_aio.outputs.run_dir import ERROR_LOG, SUMMARY, CheckpointWriteError
 from htsrl_aio.seeding import Stream, generator
@@ -207,16 +207,30 @@ class Trainer:
         """Train to the end and return the summary (also written to summary.json)."""
         return await self._start()
 
-    async def act(self, obs: Any, deterministic: bool = False) -> Any:
+    def new_memory(self) -> PolicyMemory:
+        """An empty recurrent state for one env of the host application (see `act`)."""
+        assert self._parts is not None, "use `async with Trainer(...)` first"
+        return PolicyMemory(self._parts.inference.model.state_size)
+
+    async def act(self, obs: Any, deterministic: bool = False, memory: PolicyMemory | None = None) -> Any:
         """The current policy's action for one observation, as `env.step` takes it (an int for a
         Discrete space), for the host application.
 
+        A policy with memory (--memory) needs the env's state: pass `memory=trainer.new_memory()` for
+        each env, the same object at every step of it, and call its `reset()` when an episode ends.
         Uses the parameters collection currently acts with, and a random stream of its own, so
         calling it never changes the training run.
         """
         assert self._parts is not None, "use `async with Trainer(...)` first"
         spec, inference = self._parts.spec, self._parts.inference
+        if memory is None:
+            if inference.model.state_size:
+                raise ValueError("this policy has memory (--memory): pass memory=trainer.new_memory(), one "
+                                 "for each env, and call its reset() when the env's episode ends")
+            memory = self.new_memory()
         encoded = spec.obs.encode(obs, "the observation given to act()")
-        params, _ = inference.forward({key: array[None] for key, array in encoded.items()})
+        params, _, state = inference.forward({key: array[None] for key, array in encoded.items()},
+                                             memory.state, memory.start)
+        memory.advance(state.numpy())
         action = inference.distribution.choose(params, None if deterministic else self._act_rng)
         return spec.action.to_env(action[0].numpy())

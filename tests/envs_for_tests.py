@@ -463,3 +463,33 @@ class BadObservationEnv(gym.Env):
 
 def bad_observation_env(fault: str) -> gym.Env:
     return BadObservationEnv(fault)
+
+
+class CueEnv(gym.Env):
+    """A memory task: the first observation shows a cue (+1 or -1), the next `delay` show nothing, and
+    the last step pays +1 for the action that names the cue (0 for +1, 1 for -1) and -1 otherwise. A
+    memoryless policy sees the same observations whatever the cue, so its expected return is 0; a
+    policy that remembers the cue scores 1. The second entry says whether the answer is due now."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, delay: int = 3) -> None:
+        self.delay = delay
+        self._cue, self._t = 1, 0
+
+    def _obs(self) -> np.ndarray:
+        cue = self._cue if self._t == 0 else 0
+        return np.array([cue, float(self._t == self.delay)], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._cue, self._t = (1 if self.np_random.random() < 0.5 else -1), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self._t < self.delay:
+            self._t += 1
+            return self._obs(), 0.0, False, False, {}
+        right = int(action) == (0 if self._cue == 1 else 1)
+        return self._obs(), 1.0 if right else -1.0, True, False, {}

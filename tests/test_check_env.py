@@ -155,6 +155,7 @@ def test_check_env_command(env, code, output):
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith(output)
+    assert ("train with --memory lstm" in proc.stdout) == (code == 0)  # the advice for partial views
 
 
 BAD_OBSERVATIONS = {

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from htsrl_aio.algos.batch import RolloutBatch
+from htsrl_aio.algos.batch import RolloutBatch, policy_outputs
 from htsrl_aio.distributions import ActionDistribution
 
 
@@ -30,7 +30,7 @@ def a2c_update(*, model: nn.Module, behaviour: nn.Module, optimizer: torch.optim
     The gradient is taken at the `behaviour` parameters (those that collected `batch`) and applied to
     `model` by the optimizer; in sync mode the two hold the same parameters, and this is plain A2C.
     """
-    params, value = behaviour(batch.obs)
+    params, value = policy_outputs(behaviour, batch)
     loss, stats = a2c_loss(distribution.log_prob(params, batch.actions), batch.advantages, value,
                            batch.returns, distribution.entropy(params), vf_coef, ent_coef)
     check_finite(stats)

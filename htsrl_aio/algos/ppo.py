@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from htsrl_aio.algos.batch import RolloutBatch
+from htsrl_aio.algos.batch import RolloutBatch, policy_outputs
 from htsrl_aio.distributions import ActionDistribution
 
 
@@ -40,7 +40,8 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
                clip_coef: float, clip_vloss: bool, vf_coef: float, ent_coef: float, max_grad_norm: float,
                norm_adv: bool,
                check_finite: Callable[[dict[str, float]], None]) -> dict[str, float]:
-    """`epochs` passes of `minibatches` shuffled minibatches over `batch`; mean diagnostics.
+    """`epochs` passes of `minibatches` shuffled minibatches over `batch` (of samples, or of whole
+    sequences for a policy with memory); mean diagnostics.
 
     The ratio is centred on `batch.proximal_logprobs` where the batch has them (decoupled PPO: hts,
     --ppo-trust-region current, whose data is one update old) and each sample's advantage is weighted
@@ -50,18 +51,18 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
     on the behaviour critic's, it would freeze the critic wherever the previous update already moved
     it by more than the clip range.
     """
-    size = len(batch)
-    mb_size = size // minibatches
+    units = batch.units  # samples, or whole sequences for a policy with memory
+    mb_size = units // minibatches
     old_logprobs, lag_weights = batch.logprobs, None
     if batch.proximal_logprobs is not None:
         old_logprobs = batch.proximal_logprobs
         lag_weights = (batch.proximal_logprobs - batch.logprobs).exp()
     totals: dict[str, float] = {}
     for _ in range(epochs):
-        perm = torch.randperm(size, generator=order).to(batch.actions.device)
-        for mb in perm.split(mb_size):
-            part = batch.rows(mb)
-            params, value = model(part.obs)
+        perm = torch.randperm(units, generator=order).to(batch.actions.device)
+        for chosen in perm.split(mb_size):
+            mb, part = batch.select(chosen)
+            params, value = policy_outputs(model, part)
             advantages = part.advantages
             if norm_adv:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -8,6 +8,11 @@
 --normalize-obs), all concatenated, like SB3's MultiInputPolicy. The actor and critic are separate
 tanh MLPs over the features (CleanRL's layout), except over CNN features alone, where they are single
 linear layers on the shared trunk (the Nature DQN/PPO agent).
+
+With --memory the features go through a `RecurrentCore` first and the heads read its output (CleanRL's
+ppo_atari_lstm.py and sb3-contrib's RecurrentPPO with a shared LSTM): `step` acts one step carrying
+each env's state, `unroll` replays whole sequences from their stored start states for the learner.
+A memoryless policy has state_size 0 and `step` passes its empty state through.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from htsrl_aio.envs.spaces import ObsLayout
 from htsrl_aio.models.cnn import FEATURES, NatureCNN, Precision
 from htsrl_aio.models.mlp import layer, mlp
 from htsrl_aio.models.normalize import ReturnScaler, RunningMeanStd
+from htsrl_aio.models.recurrent import Memory, RecurrentCore
 
 Obs = dict[str, torch.Tensor]
 
@@ -57,20 +63,48 @@ class ObsEncoder(nn.Module):
 class ActorCritic(nn.Module):
     def __init__(self, layout: ObsLayout, distribution: ActionDistribution, hidden: tuple[int, ...],
                  cnn_keys: tuple[str, ...] = (), precision: Precision = "fp32", normalize_obs: bool = False,
-                 return_scaler: ReturnScaler | None = None) -> None:
+                 return_scaler: ReturnScaler | None = None, memory: Memory = "none",
+                 memory_size: int = 128) -> None:
         super().__init__()
         self.encoder = ObsEncoder(layout, cnn_keys, precision, normalize_obs)
+        self.core = None if memory == "none" else RecurrentCore(memory, self.encoder.size, memory_size)
+        self.state_size = 0 if self.core is None else self.core.state_size
+        trunk = self.encoder.size if self.core is None else memory_size
         if cnn_keys and not self.encoder.flat_keys:
-            hidden = ()  # the CNN trunk is the shared hidden layer
-        width = hidden[-1] if hidden else self.encoder.size
-        self.actor = mlp(self.encoder.size, hidden, distribution.head(width))
-        self.critic = mlp(self.encoder.size, hidden, layer(width, 1, 1.0))
+            hidden = ()  # the CNN trunk (and the core) is the shared hidden layer
+        width = hidden[-1] if hidden else trunk
+        self.actor = mlp(trunk, hidden, distribution.head(width))
+        self.critic = mlp(trunk, hidden, layer(width, 1, 1.0))
         self.return_scaler = return_scaler  # --normalize-reward: its statistics travel as buffers too
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distribution parameters, value) for a batch of observations."""
-        features = self.encoder(obs)
+        """(distribution parameters, value) for a batch of observations (a memoryless policy)."""
+        return self._heads(self.encoder(obs))
+
+    def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(features), self.critic(features).squeeze(-1)
 
+    def step(self, obs: Obs, state: torch.Tensor,
+             start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(parameters, value, next state) of one step for B rows; state (B, state_size), start (B,) bool
+        (the row's observation begins an episode: its state is zeroed first)."""
+        if self.core is None:
+            return *self.forward(obs), state
+        out, state = self.core.step(self.encoder(obs), state, start)
+        return *self._heads(out), state
+
+    def unroll(self, obs: Obs, state: torch.Tensor,
+               starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(parameters, values) of S sequences of L steps, sample s * L + l being step l of sequence s:
+        obs (S * L, ...), state (S, state_size) before each sequence's first step, starts (S * L,)."""
+        assert self.core is not None, "unroll needs a recurrent core (--memory)"
+        sequences = state.shape[0]
+        features = self.encoder(obs)
+        steps = features.shape[0] // sequences
+        out = self.core.unroll(features.view(sequences, steps, -1).transpose(0, 1), state,
+                               starts.view(sequences, steps).t())
+        return self._heads(out.transpose(0, 1).reshape(sequences * steps, -1))
+
     def value(self, obs: Obs) -> torch.Tensor:
+        """The value of a memoryless policy (without its actor head)."""
         return self.critic(self.encoder(obs)).squeeze(-1)

@@ -36,4 +36,4 @@ def build_model(spec: EnvSpec, cfg: TrainConfig) -> ActorCritic:
         torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
         scaler = ReturnScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
         return ActorCritic(spec.obs, make_distribution(spec.action), cfg.hidden, keys, cfg.precision,
-                           cfg.normalize_obs, scaler)
+                           cfg.normalize_obs, scaler, cfg.memory, cfg.memory_size)

@@ -11,6 +11,11 @@ docs/determinism.md).
 Two kinds of request share the batches: `act` (an action sampled from the ticket's noise, its
 log-probability and the value) and `value` (only the value: the bootstrap target of an episode cut by
 a time limit, computed by the parameters that collected it, i.e. the behaviour parameters).
+
+A policy with memory carries each env's recurrent state: a request names the state it starts from
+(a `MemorySlot` of the storage), the block holds those states in rows beside the observations, and the
+result carries the next state. A state is reset where its observation begins an episode, by the flag
+stored with it; the row a request lands in changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.models.params import copy_params
+from htsrl_aio.runtime.storage import MemorySlot
 from htsrl_aio.runtime.tickets import TicketNoise
 from htsrl_aio.steps import ObsSlot, StepTicket
 
@@ -33,6 +39,14 @@ class ActionResult(NamedTuple):
     action: np.ndarray  # the stored action row (shape () for Discrete)
     logprob: float
     value: float
+    state: np.ndarray  # the next recurrent state ((0,) for a memoryless policy)
+
+
+class _Request(NamedTuple):
+    ticket: StepTicket | None  # None: a value request
+    obs: ObsSlot
+    memory: MemorySlot | None
+    future: asyncio.Future[ActionResult]
 
 
 class BatchedInference:
@@ -49,23 +63,28 @@ class BatchedInference:
         rows = block or max_batch
         self._batch = {key: np.zeros((rows, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
         self._noise = np.zeros((rows, noise.shape[-1]))
-        self._queue: list[tuple[StepTicket | None, ObsSlot, asyncio.Future]] = []
+        self._state = np.zeros((rows, getattr(model, "state_size", 0)), np.float32)
+        self._start = np.zeros(rows, bool)
+        self._queue: list[_Request] = []
         self._flush_scheduled = False
         self.forward_passes = 0
         self.rows_served = 0
 
-    def act(self, ticket: StepTicket, obs: ObsSlot) -> asyncio.Future[ActionResult]:
-        """Ask for the action of `ticket` given its observation (read when the batch runs)."""
-        return self._request(ticket, obs)
+    def act(self, ticket: StepTicket, obs: ObsSlot,
+            memory: MemorySlot | None = None) -> asyncio.Future[ActionResult]:
+        """Ask for the action of `ticket` given its observation and, with --memory, the state it starts
+        from (both read when the batch runs)."""
+        return self._request(ticket, obs, memory)
 
-    def value(self, obs: ObsSlot) -> asyncio.Future[ActionResult]:
+    def value(self, obs: ObsSlot, memory: MemorySlot | None = None) -> asyncio.Future[ActionResult]:
         """Ask for the value of an observation (the result's action is meaningless)."""
-        return self._request(None, obs)
+        return self._request(None, obs, memory)
 
-    def _request(self, ticket: StepTicket | None, obs: ObsSlot) -> asyncio.Future[ActionResult]:
+    def _request(self, ticket: StepTicket | None, obs: ObsSlot,
+                 memory: MemorySlot | None) -> asyncio.Future[ActionResult]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ActionResult] = loop.create_future()
-        self._queue.append((ticket, obs, future))
+        self._queue.append(_Request(ticket, obs, memory, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -75,23 +94,26 @@ class BatchedInference:
         self._flush_scheduled = False
         queue, self._queue = self._queue, []
         for start in range(0, len(queue), self.max_batch):
-            chunk = [req for req in queue[start:start + self.max_batch] if not req[2].done()]
+            chunk = [req for req in queue[start:start + self.max_batch] if not req.future.done()]
             if not chunk:
                 continue
             try:
-                results = self.infer([t for t, _, _ in chunk], [obs for _, obs, _ in chunk])
+                results = self.infer([r.ticket for r in chunk], [r.obs for r in chunk],
+                                     [r.memory for r in chunk])
             except Exception as exc:
-                for _, _, future in chunk:
-                    future.set_exception(exc)
+                for request in chunk:
+                    request.future.set_exception(exc)
                 continue
-            for (_, _, future), result in zip(chunk, results):
-                if not future.done():
-                    future.set_result(result)
+            for request, result in zip(chunk, results):
+                if not request.future.done():
+                    request.future.set_result(result)
 
     @torch.no_grad()
-    def infer(self, tickets: list[StepTicket | None], observations: list[ObsSlot]) -> list[ActionResult]:
+    def infer(self, tickets: list[StepTicket | None], observations: list[ObsSlot],
+              memories: list[MemorySlot | None] | None = None) -> list[ActionResult]:
         """Results for `observations` (at most max_batch); actions sampled from each ticket's noise."""
         n = len(observations)
+        memories = memories or [None] * n
         step = self.block or n
         results: list[ActionResult] = []
         for start in range(0, n, step):
@@ -104,22 +126,41 @@ class BatchedInference:
                     batch[i] = obs[key]
             for i, ticket in enumerate(tickets[start:start + step]):
                 self._noise[i] = 0.0 if ticket is None else self.noise.of(ticket)
-            params, values = self.forward({key: batch[:size] for key, batch in self._batch.items()})
+            self._fill_memory(memories[start:start + step])
+            params, values, states = self.forward({key: batch[:size] for key, batch in self._batch.items()},
+                                                  self._state[:size], self._start[:size])
             noise = torch.from_numpy(self._noise[:size])
             actions = self.distribution.sample(params, noise)
             logprobs = self.distribution.log_prob(params, actions)
-            actions_np = actions.numpy()
-            results.extend(ActionResult(actions_np[i], lp, v) for i, (lp, v) in
+            actions_np, states_np = actions.numpy(), states.numpy()
+            results.extend(ActionResult(actions_np[i], lp, v, states_np[i]) for i, (lp, v) in
                            enumerate(zip(logprobs[:len(rows)].tolist(), values[:len(rows)].tolist())))
             self.forward_passes += 1
         self.rows_served += n
         return results
 
+    def _fill_memory(self, memories: list[MemorySlot | None]) -> None:
+        """The block's state rows; rows without a state (padding, memoryless) start empty."""
+        if not self._state.shape[1]:
+            return
+        self._state.fill(0.0)
+        self._start.fill(True)
+        for i, memory in enumerate(memories):
+            if memory is not None:
+                self._state[i] = memory.state
+                self._start[i] = memory.start
+
     @torch.no_grad()
-    def forward(self, batch: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distribution parameters, values) on the CPU, in float32."""
-        params, values = self.model({key: torch.from_numpy(a).to(self.device) for key, a in batch.items()})
-        return params.float().cpu(), values.float().cpu()
+    def forward(self, batch: Mapping[str, np.ndarray], state: np.ndarray,
+                start: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(distribution parameters, values, next states) on the CPU, in float32."""
+        obs = {key: torch.from_numpy(a).to(self.device) for key, a in batch.items()}
+        if not state.shape[1]:
+            params, values = self.model(obs)
+            return params.float().cpu(), values.float().cpu(), torch.from_numpy(state)
+        params, values, states = self.model.step(obs, torch.from_numpy(state).to(self.device),
+                                                 torch.from_numpy(start).to(self.device))
+        return params.float().cpu(), values.float().cpu(), states.float().cpu()
 
     def publish(self, source: nn.Module) -> None:
         """Copy `source`'s parameters and statistics into the inference network (only at a swap)."""

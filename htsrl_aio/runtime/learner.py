@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from htsrl_aio.algos import RolloutBatch, a2c_update, gae, ppo_update
+from htsrl_aio.algos import RolloutBatch, Sequences, a2c_update, gae, ppo_update
 from htsrl_aio.config import LearnerSettings
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import TrainingDiverged
@@ -130,7 +130,8 @@ class Learner:
                 and self.behaviour_version != self.version)
 
     def _batch(self, storage: RolloutStorage) -> RolloutBatch:
-        """Advantages and returns of the rollout, flattened to (T * N) samples.
+        """Advantages and returns of the rollout, flattened to (T * N) samples (in sequence order for a
+        policy with memory: `Sequences`).
 
         With --normalize-obs/--normalize-reward the model's running statistics first take in this
         rollout (in (step, env) order, so timing cannot change them).
@@ -141,7 +142,10 @@ class Learner:
         flat_obs = {key: array[:-1].flatten(0, 1) for key, array in obs.items()}
         last_obs = {key: array[-1] for key, array in obs.items()}
         self.model.encoder.update_stats(flat_obs)
-        actions = torch.from_numpy(storage.actions).to(dev).flatten(0, 1)
+        sequences = self._sequences(storage)
+        order = (lambda x: x.flatten(0, 1)) if sequences is None else sequences.order
+        batch_obs = flat_obs if sequences is None else {key: order(array[:-1]) for key, array in obs.items()}
+        actions = order(torch.from_numpy(storage.actions).to(dev))
         values = torch.from_numpy(storage.values).to(dev)
         proximal_logprobs = None
         with torch.no_grad():
@@ -150,11 +154,12 @@ class Learner:
                 # critic had not: its values are the better baseline, and the ones the value clip must
                 # be centred on. Time-limit bootstraps keep their recorded behaviour values: the final
                 # observations they came from are not stored.
-                proximal_logprobs, current_values = self._evaluate_current(flat_obs, actions)
-                values = current_values.view_as(values)
-                bootstrap = self.model.value(last_obs)
+                proximal_logprobs, current_values = self._evaluate_current(batch_obs, actions, sequences)
+                values = (current_values.view_as(values) if sequences is None
+                          else sequences.unorder(current_values, values.shape[1]))
+                bootstrap = self._last_value(self.model, last_obs, storage)
             else:
-                bootstrap = self.behaviour.value(last_obs)
+                bootstrap = self._last_value(self.behaviour, last_obs, storage)
         terminated = torch.from_numpy(storage.terminated).to(dev)
         truncated = torch.from_numpy(storage.truncated).to(dev)
         episode_end = terminated | truncated
@@ -167,18 +172,45 @@ class Learner:
         next_values = torch.where(truncated, torch.from_numpy(storage.bootstrap_values).to(dev), next_values)
         advantages, returns = gae(rewards, values, next_values, terminated, episode_end,
                                   cfg.gamma, cfg.gae_lambda)
-        return RolloutBatch(flat_obs, actions, torch.from_numpy(storage.logprobs).to(dev).flatten(),
-                            values.flatten(), advantages.flatten(), returns.flatten(), proximal_logprobs)
+        return RolloutBatch(batch_obs, actions, order(torch.from_numpy(storage.logprobs).to(dev)),
+                            order(values), order(advantages), order(returns), proximal_logprobs,
+                            None if sequences is None else sequences.start_states,
+                            None if sequences is None else sequences.starts)
 
-    def _evaluate_current(self, obs: dict[str, torch.Tensor],
-                          actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sequences(self, storage: RolloutStorage) -> Sequences | None:
+        """How a policy with memory replays the rollout: each env's rollout, or --bptt chunks of it."""
+        if storage.memory is None:
+            return None
+        return Sequences.cut(torch.from_numpy(storage.memory).to(self.device),
+                             torch.from_numpy(storage.episode_starts).to(self.device),
+                             self.config.bptt or storage.rollout_len)
+
+    def _last_value(self, model: nn.Module, last_obs: dict[str, torch.Tensor],
+                    storage: RolloutStorage) -> torch.Tensor:
+        """The value of the observation after the rollout (the bootstrap): with memory, from the state
+        collection carried into it."""
+        if storage.memory is None:
+            return model.value(last_obs)
+        state = torch.from_numpy(storage.memory[-1]).to(self.device)
+        return model.step(last_obs, state, torch.from_numpy(storage.episode_starts[-1]).to(self.device))[1]
+
+    def _evaluate_current(self, obs: dict[str, torch.Tensor], actions: torch.Tensor,
+                          sequences: Sequences | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs of `actions` and values under the current parameters, a minibatch's worth of
-        samples at a time (one forward over a large rollout would hold all its activations at once)."""
-        size = actions.shape[0] // self.config.minibatches
+        samples (or of sequences) at a time (one forward over a large rollout would hold all its
+        activations at once)."""
+        units = actions.shape[0] if sequences is None else sequences.start_states.shape[0]
+        length = 1 if sequences is None else sequences.length
+        size = units // self.config.minibatches
         logprobs, values = [], []
-        for start in range(0, actions.shape[0], size):
-            rows = slice(start, start + size)
-            params, value = self.model({key: array[rows] for key, array in obs.items()})
+        for start in range(0, units, size):
+            rows = slice(start * length, (start + size) * length)
+            part = {key: array[rows] for key, array in obs.items()}
+            if sequences is None:
+                params, value = self.model(part)
+            else:
+                params, value = self.model.unroll(part, sequences.start_states[start:start + size],
+                                                  sequences.starts[rows])
             logprobs.append(self.distribution.log_prob(params, actions[rows]))
             values.append(value)
         return torch.cat(logprobs), torch.cat(values)

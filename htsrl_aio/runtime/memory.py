@@ -24,11 +24,11 @@ class MemoryClosed(RuntimeError):
 
 class RunMemory:
     def __init__(self, num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
-                 action_dtype: np.dtype) -> None:
+                 action_dtype: np.dtype, state_size: int = 0) -> None:
         self._blocks: list[SharedArray] = []
         self._closed = False
         try:
-            layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype)
+            layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype, state_size)
             self._storage_arrays = [self._create(layout) for _ in range(2)]
             self._final = self._create({key: ((num_envs, *shape), dtype)
                                         for key, (shape, dtype) in obs_arrays.items()})

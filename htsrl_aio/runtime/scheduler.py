@@ -193,6 +193,8 @@ class RolloutScheduler:
         if not self.start.envs_restored:
             await asyncio.gather(*(self.pool.reset(StepTicket(self.start.rollout, i, 0))
                                    for i in range(self.cfg.num_envs)))
+            for env in range(self.cfg.num_envs):
+                first.start_episode(env)
         if not (self.sync and self.start.learn_first):  # sync: collection waits for the next publish
             self._begin_collection()
         tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.cfg.num_envs)]
@@ -220,12 +222,14 @@ class RolloutScheduler:
             storage = self.storages[rollout % 2]
             for step in range(cfg.rollout):
                 ticket = StepTicket(rollout, env, step)
-                act = await self.inference.act(ticket, storage.obs_at(step, env))
-                storage.record_action(step, env, act.action, act.logprob, act.value)
+                act = await self.inference.act(ticket, storage.obs_at(step, env),
+                                               storage.memory_at(step, env))
+                storage.record_action(step, env, act.action, act.logprob, act.value, act.state)
                 result = await self.pool.step(ticket, act.action)
                 if storage.record_step(step, env, result):
                     final = {key: array[env] for key, array in self.final_obs.items()}
-                    storage.bootstrap_values[step, env] = (await self.inference.value(final)).value
+                    value = await self.inference.value(final, storage.memory_after(step, env))
+                    storage.bootstrap_values[step, env] = value.value
                 if result.episode is not None:
                     self._rollout_episodes.append((step, env, *result.episode))
                 if result.restarted is not None:

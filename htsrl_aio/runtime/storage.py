@@ -8,11 +8,18 @@ rollouts are exactly consecutive transitions.
 `bootstrap_values[t, i]` holds, for a step that ended its episode by a time limit, the value of the
 final observation, computed at collection time by the parameters that collected it: the learner
 bootstraps from it instead of from the reset observation stored next.
+
+A policy with memory adds two arrays, kept like the observations (row T becomes row 0 of the next
+rollout): `memory[t, i]`, the recurrent state env i carried into step t (not yet reset), and
+`episode_starts[t, i]`, whether observation t began an episode (where the state is reset). The learner
+replays each env's sequence from `memory[0]` (or from the stored state at the start of each --bptt
+chunk), resetting where `episode_starts` says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,7 +31,7 @@ Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
 def storage_layout(num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
-                   action_dtype: np.dtype) -> Layout:
+                   action_dtype: np.dtype, state_size: int = 0) -> Layout:
     """Name -> (shape, dtype) of every array of one storage; all of them live in shared memory."""
     shape = (rollout_len, num_envs)
     layout: Layout = {OBS_PREFIX + key: ((rollout_len + 1, num_envs, *obs_shape), np.dtype(dtype))
@@ -38,7 +45,17 @@ def storage_layout(num_envs: int, rollout_len: int, obs_arrays: Layout, action_s
         "truncated": (shape, np.dtype(bool)),
         "bootstrap_values": (shape, np.dtype(np.float32)),
     })
+    if state_size:
+        layout["memory"] = ((rollout_len + 1, num_envs, state_size), np.dtype(np.float32))
+        layout["episode_starts"] = ((rollout_len + 1, num_envs), np.dtype(bool))
     return layout
+
+
+class MemorySlot(NamedTuple):
+    """The recurrent state a step starts from, as views of the storage, read when inference runs."""
+
+    state: np.ndarray  # (state_size,) the state carried in, before the reset
+    start: np.ndarray | bool  # () bool: the observation begins an episode
 
 
 class RolloutStorage:
@@ -53,6 +70,8 @@ class RolloutStorage:
         self.terminated = arrays["terminated"]
         self.truncated = arrays["truncated"]
         self.bootstrap_values = arrays["bootstrap_values"]
+        self.memory = arrays.get("memory")  # (T + 1, N, state_size) with --memory, else None
+        self.episode_starts = arrays.get("episode_starts")  # (T + 1, N)
         self.rollout = -1  # index of the rollout held, -1 before the first
 
     @classmethod
@@ -68,14 +87,35 @@ class RolloutStorage:
         """The observation of ticket (rollout, env, step), as views."""
         return {key: array[step, env] for key, array in self.obs.items()}
 
+    def memory_at(self, step: int, env: int) -> MemorySlot | None:
+        """The state ticket (rollout, env, step) acts from; None for a memoryless policy."""
+        if self.memory is None:
+            return None
+        return MemorySlot(self.memory[step, env], self.episode_starts[step, env])
+
+    def memory_after(self, step: int, env: int) -> MemorySlot | None:
+        """The state after `step`, not reset: what the final observation of a truncation is valued with."""
+        if self.memory is None:
+            return None
+        return MemorySlot(self.memory[step + 1, env], False)
+
+    def start_episode(self, env: int) -> None:
+        """Env `env` was reset before step 0 of this rollout: its memory starts empty."""
+        if self.memory is not None:
+            self.memory[0, env] = 0.0
+            self.episode_starts[0, env] = True
+
     def begin(self, rollout: int) -> None:
         self.rollout = rollout
         self.bootstrap_values.fill(0.0)
 
-    def record_action(self, step: int, env: int, action: np.ndarray, logprob: float, value: float) -> None:
+    def record_action(self, step: int, env: int, action: np.ndarray, logprob: float, value: float,
+                      state: np.ndarray | None = None) -> None:
         self.actions[step, env] = action
         self.logprobs[step, env] = logprob
         self.values[step, env] = value
+        if self.memory is not None:
+            self.memory[step + 1, env] = state
 
     def record_step(self, step: int, env: int, result: StepResult) -> bool:
         """Record the step's outcome; True when its bootstrap value must be recorded too."""
@@ -84,6 +124,9 @@ class RolloutStorage:
         # A step that both terminates and truncates is a termination: nothing to bootstrap from.
         truncated = result.truncated and not result.terminated
         self.truncated[step, env] = truncated
+        if self.episode_starts is not None:
+            ended = result.terminated or result.truncated or result.restarted is not None
+            self.episode_starts[step + 1, env] = ended
         return truncated
 
     def release(self) -> None:
@@ -95,3 +138,6 @@ class RolloutStorage:
         """Start this rollout where `previous` ended: its bootstrap obs is our first obs."""
         for key, array in self.obs.items():
             array[0] = previous.obs[key][-1]
+        if self.memory is not None:
+            self.memory[0] = previous.memory[-1]
+            self.episode_starts[0] = previous.episode_starts[-1]
