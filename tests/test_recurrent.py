@@ -16,6 +16,7 @@ from htsrl_aio import ConfigError, TrainConfig, Trainer, resume, train
 from htsrl_aio.algos import Sequences
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.distributions import make_distribution
+from htsrl_aio.evaluate import evaluate
 from htsrl_aio.models import build_model
 from htsrl_aio.models.recurrent import RecurrentCore
 from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
@@ -196,6 +197,9 @@ async def test_act_carries_the_memory_of_each_env(tmp_path, no_leaks):
         memory.reset()
         assert not memory.state.any() and memory.start.all()
         await trainer.run()
+    # eval plays the trained policy with its memory (episodes of the cue env last delay + 1 = 4 steps)
+    result = await evaluate(tmp_path / "run", episodes=3, deterministic=True)
+    assert result.lengths == [4, 4, 4] and all(r in (-1.0, 1.0) for r in result.returns)
 
 
 def test_storage_layout_holds_the_states_only_with_memory():
