@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--env-timeout", type=float, default=TrainConfig.env_timeout, metavar="SECONDS",
                        help="seconds each reset or step may take, as for train (0: no limit; default: "
                             f"{TrainConfig.env_timeout:g})")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ENV_FLAGS:  # as for train, so the env checked is the env train builds
+            _add_field(check, f, hints[f.name])
     evaluate = commands.add_parser("eval", help="play a trained agent and report its mean return")
     evaluate.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
                           help="a run directory (its newest checkpoint) or a checkpoint file")
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_b", type=Path)
     commands.add_parser("clean", help="remove shared memory left in /dev/shm by killed runs")
     return parser
+
+
+# The train flags that change the env itself, which check-env takes too.
+ENV_FLAGS = ("frame_size", "grayscale", "frame_stack", "atari_sticky", "atari_episodic_life",
+             "atari_fire_reset", "atari_noop_max", "football_representation", "football_rewards")
 
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:
@@ -202,12 +210,17 @@ def _check_env(args: argparse.Namespace) -> int:
     from htsrl_aio.envs import check_env, resolve_env
     from htsrl_aio.training import run_event_loop
 
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be a positive number of random steps to take, got {args.steps}.")
     timeout = args.env_timeout
-    config = TrainConfig(env_kwargs=dict(args.env_kwargs), env_timeout=timeout).resolved()  # checks it
+    flags = {name: getattr(args, name) for name in ENV_FLAGS if hasattr(args, name)}
+    config = TrainConfig(env_kwargs=dict(args.env_kwargs), env_timeout=timeout, **flags).resolved()  # checked
     factory = resolve_env(args.env, config)
     report = run_event_loop(check_env(factory, steps=args.steps, timeout=timeout or None, isolated=True))
     for problem in report.problems:
         print(f"{report.name}: {problem}")
+    for note in report.notes:
+        print(f"{report.name}: note: {note}")
     if not report.ok:
         return 1
     spec = report.spec

@@ -190,11 +190,14 @@ class TrainConfig:
         "arithmetic of the CNN trunk (inference and learning): bf16 autocast is much faster on CPUs "
         "with AVX-512 bf16 and on GPUs", default=None)
     frame_size: tuple[int, ...] | None = _opt(
-        "image envs (not Atari, which has its own preprocessing): resize frames to HEIGHT WIDTH",
+        "image envs: resize frames to HEIGHT WIDTH (every image of a Dict or Tuple observation; ALE ids "
+        "and EnvPool tasks with a frame size option: the engine's own, default 84 84)",
         check=_FRAME_SIZE, default=None)
-    grayscale: bool = _opt("image envs: convert RGB frames to one gray channel", default=False)
-    frame_stack: int = _opt("image envs: stack this many consecutive frames as channels", check=_POSITIVE_INT,
-                            default=1)
+    grayscale: bool = _opt("image envs: convert RGB frames to one gray channel (ALE ids' frames are gray "
+                           "already)", default=False)
+    frame_stack: int | None = _opt(
+        "image envs: stack this many consecutive frames as channels (default: 1; 4 on ALE ids, EnvPool's "
+        "Atari and GFootball tasks)", check=_POSITIVE_INT, default=None)
     atari_sticky: float | None = _opt(
         "Atari: probability of repeating the previous action (default: the id's own, 0.25 for v5)",
         check=_fraction("the probability of repeating an action"), default=None)
@@ -387,6 +390,10 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(key)} cannot change when resuming (the run continues as "
                                   f"configured); only {', '.join(RESUME_OVERRIDABLE)} can.")
         stored = cls.from_json_dict(resolved, where)
+        if stored.frame_stack == 1 and "frame_stack" not in (user or {}):
+            # Runs stored before frame_stack's default became None recorded 1 for "the env's own stack"
+            # (4 on ALE ids, EnvPool's Atari and GFootball), which None means now.
+            stored.frame_stack = None
         again = {} if user is None else {name: None for name in MACHINE_DEPENDENT if name not in user}
         # resolved() fills only what is None: the stored hyperparameters and the overrides stay as they are.
         return dataclasses.replace(stored, **{**again, **overrides}).resolved()

@@ -493,3 +493,66 @@ class CueEnv(gym.Env):
             return self._obs(), 0.0, False, False, {}
         right = int(action) == (0 if self._cue == 1 else 1)
         return self._obs(), 1.0 if right else -1.0, True, False, {}
+
+
+class ScreenAndVarsEnv(gym.Env):
+    """A screen (uint8, 12x16 RGB) beside game variables, as ViZDoom gives them, in a Dict or a Tuple
+    (`tuple_obs`); the screen's pixels count the steps, so stacked frames can be told apart."""
+
+    def __init__(self, tuple_obs: bool = False) -> None:
+        screen = gym.spaces.Box(0, 255, (12, 16, 3), np.uint8)
+        variables = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.tuple_obs = tuple_obs
+        self.observation_space = (gym.spaces.Tuple((screen, variables)) if tuple_obs
+                                  else gym.spaces.Dict({"screen": screen, "vars": variables}))
+        self.action_space = gym.spaces.Discrete(2)
+        self._t = 0
+
+    def _obs(self):
+        screen = np.full((12, 16, 3), (10 * self._t) % 256, np.uint8)
+        screen[..., 0] = 200  # not gray: grayscale changes it
+        variables = np.array([0.5, -0.5], np.float32)
+        return (screen, variables) if self.tuple_obs else {"screen": screen, "vars": variables}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self._t += 1
+        return self._obs(), 1.0, self._t >= 10, False, {}
+
+
+def screen_and_vars(tuple_obs: bool = False) -> gym.Env:
+    return ScreenAndVarsEnv(tuple_obs)
+
+
+class MaskedEnv(gym.Env):
+    """CartPole-sized env that offers an action mask the way `kind` says: sb3-contrib's `method`, a Dict
+    observation `key`, or the step `info` (as Taxi; `legal`: as EnvPool's games name it)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        vector = gym.spaces.Box(-1, 1, (4,), np.float32)
+        self.observation_space = (gym.spaces.Dict({"obs": vector, "action_mask": gym.spaces.MultiBinary(2)})
+                                  if kind == "key" else vector)
+        self.action_space = gym.spaces.Discrete(2)
+        if kind == "method":
+            self.action_masks = lambda: np.array([True, False])
+
+    def _obs(self):
+        vector = np.zeros(4, np.float32)
+        return {"obs": vector, "action_mask": np.array([1, 0], np.int8)} if self.kind == "key" else vector
+
+    def reset(self, *, seed=None, options=None):
+        return self._obs(), {}
+
+    def step(self, action):
+        key = {"info": "action_mask", "legal": "legal_action_mask"}.get(self.kind)  # legal: EnvPool's name
+        info = {key: np.array([1, 0], np.int8)} if key else {}
+        return self._obs(), 0.0, False, False, info
+
+
+def masked_env(kind: str) -> gym.Env:
+    return MaskedEnv(kind)

@@ -153,3 +153,72 @@ def test_cnn_rows_do_not_depend_on_the_other_rows_of_a_block(precision):
         (logits_a, value_a), (logits_b, value_b) = model({"obs": block}), model({"obs": other})
     assert logits_a.dtype == torch.float32
     assert torch.equal(logits_a[0], logits_b[0]) and torch.equal(value_a[0], value_b[0])
+
+
+def _engine_paths(factory):
+    """The env of each path an ALE id runs on: one env (process and loop backends, probe, check-env,
+    eval) and a group of the engine backend, built from the same recipe."""
+    one = factory()
+    group = factory.engine.build(2, 1, [1, 2])
+    return [(one.observation_space, one.action_space, one.reset(seed=1)[0]),
+            (group.observation_space, group.action_space, group.reset([0, 1], [1, 2])[0])]
+
+
+@pytest.mark.parametrize("flags,shape,actions", [
+    ({"frame_size": (64, 48), "frame_stack": 2, "grayscale": True}, (2, 64, 48), 4),
+    ({"frame_stack": 1}, (1, 84, 84), 4),
+    ({"env_kwargs": {"full_action_space": True, "frameskip": 2, "repeat_action_probability": 0.0}},
+     (4, 84, 84), 18),
+])
+def test_ale_flags_reach_the_engine_on_every_env_path(flags, shape, actions):
+    factory = resolve_env("ALE/Breakout-v5", TrainConfig(**flags))
+    for space, action_space, obs in _engine_paths(factory):
+        assert space.shape == shape and obs.shape == shape and action_space.n == actions
+
+
+def test_ale_engine_kwargs_change_the_game():
+    """frameskip=1 moves the game a quarter as far per step as the default 4."""
+    def frames_after(**kwargs):
+        config = TrainConfig(env_kwargs=kwargs, frame_stack=1, atari_noop_max=0)
+        env = resolve_env("ALE/Breakout-v5", config)()
+        env.reset(seed=0)
+        return [env.step(1)[0] for _ in range(8)][-1]
+    assert not np.array_equal(frames_after(), frames_after(frameskip=1))
+
+
+@pytest.mark.parametrize("kwargs", [{"obs_type": "ram"}, {"obs_type": "rgb"}, {"mode": 1}, {"difficulty": 1},
+                                    {"continuous": True}, {"frameskip": [2, 5]}, {"render_mode": "human"}])
+def test_ale_options_the_engine_cannot_apply_are_one_sentence(kwargs):
+    key = next(iter(kwargs))
+    sentence = (rf"^--env-kwargs {key}=.* cannot be applied to ALE/Breakout-v5: .*; use gymnasium's own ALE "
+                rf"env in worker processes instead: --env ale_py:ALE/Breakout-v5 --env-kwargs {key}=")
+    with pytest.raises(ConfigError, match=sentence):
+        resolve_env("ALE/Breakout-v5", TrainConfig(env_kwargs=kwargs))
+
+
+def test_sticky_given_twice_is_one_sentence():
+    with pytest.raises(ConfigError, match=r"^--atari-sticky and --env-kwargs repeat_action_probability"):
+        resolve_env("ALE/Breakout-v5", TrainConfig(atari_sticky=0.0,
+                                                   env_kwargs={"repeat_action_probability": 0.1}))
+
+
+def test_check_env_reports_ram_as_refused_and_gymnasiums_ale_env_as_ram(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check-env", "ALE/Breakout-v5", "--env-kwargs", "obs_type=ram"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--env ale_py:ALE/Breakout-v5 --env-kwargs obs_type=ram" in err[0]
+    ram = ["check-env", "ale_py:ALE/Breakout-v5", "--env-kwargs", "obs_type=ram", "--steps", "5"]
+    assert cli_main(ram) == 0
+    assert "observations (128,) uint8, 4 actions; runs in worker processes" in capsys.readouterr().out
+    assert cli_main(["check-env", "ALE/Breakout-v5", "--frame-size", "64", "48", "--steps", "5"]) == 0
+    assert "observations (4, 64, 48) uint8" in capsys.readouterr().out
+
+
+def test_a_run_stored_with_the_old_frame_stack_default_resumes_with_the_engines_own_stack():
+    """frame_stack's default was 1 (the env's own stack: 4 on ALE ids) before explicit 1 meant 1."""
+    stored = {**TrainConfig(env="ALE/Pong-v5").resolved().to_json_dict(), "frame_stack": 1}
+    old = TrainConfig.for_resume(stored, {"env": "ALE/Pong-v5"}, {}, "checkpoint.pt")
+    assert resolve_env(old.env, old).engine.stack == 4
+    explicit = TrainConfig.for_resume(stored, {"env": "ALE/Pong-v5", "frame_stack": 1}, {}, "checkpoint.pt")
+    assert resolve_env(explicit.env, explicit).engine.stack == 1

@@ -216,3 +216,94 @@ async def test_vector_envs_are_refused_with_what_to_give_instead():
 async def test_spaces_of_real_packages_pass(env_id):
     report = await check_env(resolve_env(env_id), steps=50)
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("steps", ["-5", "0"])
+def test_check_env_refuses_a_step_count_below_one(capsys, steps):
+    from htsrl_aio.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check-env", "CartPole-v1", "--steps", steps])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["htsrl-aio: error: --steps must be a positive number of random steps to take, got "
+                   f"{steps}."]
+
+
+@pytest.mark.parametrize("env,where", [
+    ("envs_for_tests:masked_env kind=method", "an action_masks() method"),
+    ("envs_for_tests:masked_env kind=key", "the observation key 'action_mask'"),
+    ("envs_for_tests:masked_env kind=info", "info['action_mask']"),
+    ("envs_for_tests:masked_env kind=legal", "info['legal_action_mask']"),
+    ("Taxi-v4", "info['action_mask']"),
+])
+def test_check_env_says_when_an_env_exposes_an_action_mask(capsys, env, where):
+    from htsrl_aio.cli import main as cli_main
+
+    env_id, *kwargs = env.split()
+    env_kwargs = ["--env-kwargs", *kwargs] if kwargs else []
+    assert cli_main(["check-env", env_id, "--steps", "5", *env_kwargs]) == 0
+    out = capsys.readouterr().out
+    assert (f"note: the env exposes an action mask ({where}), which htsrl-aio ignores today: every action "
+            "can be sampled (masks come with the multi-agent work).") in out
+    assert ": ok (" in out
+
+
+def test_check_env_says_nothing_of_masks_when_there_are_none(capsys):
+    from htsrl_aio.cli import main as cli_main
+
+    assert cli_main(["check-env", "CartPole-v1", "--steps", "5"]) == 0
+    assert "action mask" not in capsys.readouterr().out
+
+
+def test_check_env_takes_the_frame_flags_of_train(capsys):
+    from htsrl_aio.cli import main as cli_main
+
+    assert cli_main(["check-env", "envs_for_tests:screen_and_vars", "--grayscale", "--frame-stack", "2",
+                     "--steps", "12"]) == 0
+    assert "screen (2, 12, 16) uint8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_id,hint", [
+    ("popgym-RepeatPreviousEasy-v0", "If a package registers it when imported, name it: --env "
+                                     "<package>:popgym-RepeatPreviousEasy-v0."),
+    ("MiniWorld-Hallway-v0", "If a package registers it when imported, name it: --env "
+                             "<package>:MiniWorld-Hallway-v0."),
+    ("envs_for_tests-Foo-v0", "If package 'envs_for_tests' registers it when imported, name it: --env "
+                              "envs_for_tests:envs_for_tests-Foo-v0."),
+    ("ALE/Breakout-ram-v5", "ale-py has no -ram ids: RAM observations come from gymnasium's own ALE env, "
+                            "--env ale_py:ALE/Breakout-v5 --env-kwargs obs_type=ram."),
+])
+def test_unknown_ids_hint_at_the_package_that_registers_them(env_id, hint):
+    with pytest.raises(ConfigError) as error:
+        resolve_env(env_id)
+    message = str(error.value)
+    assert message.startswith(f"unknown env id {env_id!r}") and message.endswith(hint)
+    assert "Breakout-v4" not in message and "installed" not in message
+
+
+def test_an_old_gym_space_is_not_promised_a_fix_that_may_fail():
+    from htsrl_aio.envs.check import _foreign_space
+
+    old_box = type("Box", (), {"__module__": "gym.spaces.box", "__repr__": lambda self: "Box(4,)"})()
+    message = _foreign_space("observation_space", old_box)
+    assert "port it to gymnasium >= 0.26" in message and "for many old envs, not all" in message
+
+
+def test_actions_bounded_beyond_float32_are_unbounded_without_a_numpy_warning():
+    """EnvPool's ViZDoom tasks (envpool:Basic-v1) bound their float64 actions by DBL_MIN and DBL_MAX."""
+    import warnings
+
+    from htsrl_aio.envs.spaces import ActionSpec
+
+    space = gym.spaces.Box(np.finfo(np.float64).tiny, np.finfo(np.float64).max, (3,), np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = ActionSpec.from_space(space)
+    assert np.all(spec.high == np.inf) and np.all(spec.low == 0)
+
+
+def test_frame_flags_on_gfootball_ids_are_one_sentence():
+    with pytest.raises(ConfigError, match=r"^--frame-size, --grayscale and --frame-stack do not apply to "
+                                          r"gfootball/academy_empty_goal_close: .*; drop them\.$"):
+        resolve_env("gfootball/academy_empty_goal_close", TrainConfig(frame_stack=2))

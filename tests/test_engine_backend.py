@@ -132,3 +132,69 @@ def test_football_from_envpool_stacks_four_super_mini_maps_as_the_paper(no_leaks
         assert np.array_equal(obs, np.concatenate(window, axis=-1))
     assert not np.array_equal(window[0], window[-1])
     env.close()
+
+
+def _envpool_paths(factory):
+    """The env of each path an EnvPool task runs on: one env (probe, check-env, eval) and a group of the
+    engine backend, built from the same recipe."""
+    group = factory.engine.build(2, 1, [1, 2])
+    return [factory().reset(seed=1)[0], group.reset([0, 1], [1, 2])[0]]
+
+
+@pytest.mark.parametrize("task,flags,shape", [
+    ("Pong-v5", {"frame_size": (64, 48), "grayscale": True, "frame_stack": 2}, (2, 64, 48)),
+    ("Pong-v5", {}, (4, 84, 84)),
+    ("Basic-v1", {"frame_size": (60, 80)}, (12, 60, 80)),  # ViZDoom: 4 RGB frames, channels first
+])
+def test_envpool_frame_flags_become_the_tasks_own_options(task, flags, shape, tmp_path, monkeypatch):
+    pytest.importorskip("envpool")
+    monkeypatch.chdir(tmp_path)  # ViZDoom writes _vizdoom.ini where it runs
+    factory = resolve_env(f"envpool:{task}", TrainConfig(**flags))
+    assert factory.engine.frame_stack == 1  # the task stacks its own frames: nothing stacked on top
+    for obs in _envpool_paths(factory):
+        assert obs.shape == shape
+
+
+@pytest.mark.parametrize("task,flags,message", [
+    ("CartPole-v1", {"grayscale": True},
+     r"^--grayscale cannot be applied to envpool:CartPole-v1: the task has no gray_scale option; drop the "),
+    ("gfootball/academy_empty_goal_close-v1", {"frame_size": (36, 48)},
+     r"^--frame-size cannot be applied to envpool:gfootball/academy_empty_goal_close-v1: the task has no "
+     r"img_height/img_width option"),
+    ("Pong-v5", {"env_kwargs": {"obs_type": "ram"}}, r"^--env-kwargs obs_type: EnvPool task 'Pong-v5' has no "
+                                                     r"option 'obs_type' \(its options: .*img_height"),
+    ("Pong-v5", {"env_kwargs": {"num_envs": 3}}, r"^--env-kwargs num_envs: .*htsrl-aio sets it from its own"),
+    ("Pong-v5", {"env_kwargs": {"episodic_life": True}}, r"^--env-kwargs episodic_life cannot be given for "
+                                                         r"EnvPool's Atari task 'Pong-v5': htsrl-aio sets it "
+                                                         r"\(--atari-episodic-life\)\."),
+    ("Pong-v5", {"frame_size": (64, 64), "env_kwargs": {"img_height": 50}},
+     r"^--frame-size and --env-kwargs img_height set the same option of envpool:Pong-v5; give one of them\."),
+])
+def test_envpool_options_the_task_lacks_are_one_sentence(task, flags, message):
+    pytest.importorskip("envpool")
+    with pytest.raises(ConfigError, match=message):
+        resolve_env(f"envpool:{task}", TrainConfig(**flags))
+
+
+def test_envpool_frame_stack_on_a_task_without_its_own_stacks_here():
+    pytest.importorskip("envpool")
+    factory = resolve_env("envpool:gfootball/academy_empty_goal_close-v1", TrainConfig(frame_stack=2))
+    assert factory.engine.frame_stack == 2
+    assert resolve_env("envpool:Pong-v5", TrainConfig(env_kwargs={"mode": 1, "full_action_space": True})
+                       ).engine.kwargs == (("full_action_space", True), ("mode", 1))
+
+
+def test_an_envpool_task_that_cannot_load_is_one_sentence(monkeypatch, tmp_path, capsys):
+    """Procgen's library needs the system's Qt5; without it EnvPool raises ImportError as the task loads."""
+    envpool = pytest.importorskip("envpool")
+
+    def no_qt(task_id, **kwargs):
+        raise ImportError("libQt5Gui.so.5: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(envpool, "make_spec", no_qt)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check-env", "envpool:BigfishEasy-v0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "htsrl-aio: error: --env envpool:BigfishEasy-v0: EnvPool cannot load this task (libQt5Gui.so.5: "
+        "cannot open shared object file: No such file or directory)."]

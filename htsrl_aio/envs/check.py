@@ -27,6 +27,7 @@ from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
 
+MASK_INFO_KEYS = ("action_mask", "legal_action_mask")  # Taxi and other toy-text envs; EnvPool's games
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
 CONSTRUCTOR = "the env's constructor"
 OnCall = Callable[[str, int], None]  # (the call about to be made, steps taken so far)
@@ -38,10 +39,23 @@ class CheckReport:
     spec: EnvSpec | None = None
     problems: list[str] = field(default_factory=list)
     steps: int = 0
+    action_masks: list[str] = field(default_factory=list)  # where the env exposes one (ignored today)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def notes(self) -> list[str]:
+        """What the env offers that runs do not use (not problems: the env trains as it is)."""
+        if not self.action_masks:
+            return []
+        return [f"the env exposes an action mask ({', '.join(self.action_masks)}), which htsrl-aio ignores "
+                "today: every action can be sampled (masks come with the multi-agent work)."]
+
+    def saw_mask(self, where: str) -> None:
+        if where not in self.action_masks:
+            self.action_masks.append(where)
 
 
 async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = MAX_BLOCK_S,
@@ -79,6 +93,7 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
     try:
         report.spec = _check_interface(env, report.problems)
         if report.spec is not None:
+            _find_static_masks(env, report)
             await _check_episodes(env, report, steps, _AsyncCall(max_block_s, timeout), on_call)
     finally:
         on_call("close()", report.steps)  # a close() that hangs is named as such, not as the last step
@@ -204,12 +219,30 @@ def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
         return None
 
 
+def _find_static_masks(env: Any, report: CheckReport) -> None:
+    """Action masks the env declares: sb3-contrib's `action_masks()` method, an `action_mask` key of a
+    Dict observation (those in an info are seen as the env steps)."""
+    if any(callable(getattr(e, "action_masks", None)) for e in (env, getattr(env, "unwrapped", None))):
+        report.saw_mask("an action_masks() method")
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Dict) and "action_mask" in space.spaces:
+        report.saw_mask("the observation key 'action_mask'")
+
+
+def _find_info_masks(info: Any, report: CheckReport) -> None:
+    for key in MASK_INFO_KEYS:
+        if isinstance(info, dict) and key in info:
+            report.saw_mask(f"info[{key!r}]")
+
+
 def _foreign_space(name: str, space: Any) -> str:
     """Why a space that is not a gymnasium space is refused, and the fix."""
     module = type(space).__module__.split(".")[0]
     if module == "gym":
         return (f"{name} is a space of the old `gym` package ({space}); the env uses the old gym API: "
-                "port it to gymnasium >= 0.26 (or wrap it with shimmy's GymV26CompatibilityV0).")
+                "port it to gymnasium >= 0.26 in a factory that converts its spaces to gymnasium.spaces and "
+                "its reset()/step() to the new API (shimmy's GymV26CompatibilityV0 does that for many old "
+                "envs, not all).")
     return (f"{name} is {space!r} ({type(space).__module__}.{type(space).__name__}), not a gymnasium space; "
             "return a gymnasium.spaces space from a single-agent gymnasium env (vector and multi-agent "
             "envs are not accepted: give a factory of one env).")
@@ -231,6 +264,7 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _Asyn
                 result = await call.run(env.reset(seed=seed), what) if in_loop else env.reset(seed=seed)
                 if not _check_reset(result, spec, report.problems):
                     break
+                _find_info_masks(result[1], report)
             what = "step()"
             action = spec.action.to_env(spec.action.random(actions))
             on_call(what, report.steps)
@@ -244,6 +278,7 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _Asyn
         report.steps += 1
         if not _check_step(result, spec, report.problems):
             break
+        _find_info_masks(result[4], report)
         needs_reset = bool(result[2] or result[3])
     if in_loop and call.problem:
         report.problems.append(call.problem)

@@ -3,9 +3,12 @@ MuJoCo, Procgen, ViZDoom, MiniGrid, highway-env and more, from one wheel (the `e
 
 EnvPool's Atari tasks get the same preprocessing as ALE ids (sticky actions at 0.25 for v5, no-op and
 fire resets, reward clipping with raw returns logged, optional episodic life: `AtariOutcome`); every
-other task is used as EnvPool defines it, with `--env-kwargs` passed to `envpool.make_gymnasium`, and
-`--frame-stack K` stacks image observations. GFootball tasks stack 4 super-mini-map frames unless
-`--frame-stack` says otherwise, as the paper's runs did.
+other task is used as EnvPool defines it, with `--env-kwargs` passed to `envpool.make_gymnasium` (an
+option the task does not have is refused in one sentence). The frame flags become the task's own options
+where it has them (`--frame-size`: img_height/img_width, `--grayscale`: gray_scale, `--frame-stack`:
+stack_num) and are refused where it has not, except `--frame-stack K`, which then stacks image
+observations here. GFootball tasks stack 4 super-mini-map frames unless `--frame-stack` says
+otherwise, as the paper's runs did.
 """
 
 from __future__ import annotations
@@ -19,10 +22,17 @@ import numpy as np
 
 from htsrl_aio.envs.atari import AtariOptions, AtariOutcome
 from htsrl_aio.envs.engines import GymStep, StackedEngine, VectorEngine, row
+from htsrl_aio.errors import ConfigError
 
 ENVPOOL_PREFIX = "envpool:"
 FOOTBALL_STACK = 4  # the paper stacks the last 4 super-mini-maps
 INSTALL_HINT = 'install it with `pip install "htsrl-aio[envpool]"` (Linux, Python >= 3.11)'
+# make_gymnasium options that htsrl-aio sets itself (--num-envs, --engine-batch, --engine-threads, --seed).
+RESERVED = ("num_envs", "batch_size", "num_threads", "seed", "env_seed")
+MASK_KEY = "legal_action_mask"  # in the info of EnvPool's board and card games
+# Atari options that the --atari-* flags set (reward clipping and episodic life are done in AtariOutcome).
+ATARI_FLAGS = {"noop_max": "--atari-noop-max", "use_fire_reset": "--atari-fire-reset",
+               "episodic_life": "--atari-episodic-life", "reward_clip": "no flag: rewards are always clipped"}
 
 
 def import_envpool() -> Any:
@@ -37,6 +47,49 @@ def is_envpool_atari(task_id: str) -> bool:
     from envpool.registration import registry
 
     return registry.specs[task_id][1] == "AtariEnvSpec"
+
+
+def envpool_spec(task_id: str, kwargs: dict[str, Any], atari: AtariOptions | None,
+                 size: tuple[int, int] | None, grayscale: bool, stack: int | None) -> EnvPoolSpec:
+    """The engine recipe for an EnvPool task with the run's flags; raise ConfigError for an option the
+    task does not have."""
+    try:
+        spec = import_envpool().make_spec(task_id)
+    except (ImportError, OSError) as exc:  # Procgen's library needs the system's Qt5 (libqt5gui5)
+        reason = str(exc).rstrip(".")
+        raise ConfigError(f"--env envpool:{task_id}: EnvPool cannot load this task ({reason}).") from None
+    options = set(spec.config._fields) - set(RESERVED)
+    for key in kwargs:
+        if key not in options:
+            raise ConfigError(f"--env-kwargs {key}: EnvPool task {task_id!r} has no option {key!r} "
+                              + ("(htsrl-aio sets it from its own flags)." if key in RESERVED else
+                                 f"(its options: {', '.join(sorted(options))})."))
+    if atari is not None:
+        owned = dict(ATARI_FLAGS)
+        if atari.sticky is not None:
+            owned["repeat_action_probability"] = "--atari-sticky"
+        clash = sorted(set(kwargs) & set(owned))
+        if clash:
+            raise ConfigError(f"--env-kwargs {clash[0]} cannot be given for EnvPool's Atari task "
+                              f"{task_id!r}: htsrl-aio sets it ({owned[clash[0]]}).")
+    # A stack the task cannot make itself is made here (StackedEngine).
+    own_stack = "stack_num" in options
+    wanted = {"--frame-size": {"img_height": size[0], "img_width": size[1]} if size else {},
+              "--grayscale": {"gray_scale": True} if grayscale else {},
+              "--frame-stack": {"stack_num": stack} if stack is not None and own_stack else {}}
+    merged = dict(kwargs)
+    for flag, values in wanted.items():
+        if not set(values) <= options:
+            raise ConfigError(f"{flag} cannot be applied to envpool:{task_id}: the task has no "
+                              f"{'/'.join(values)} option; drop the flag, or run the env from its own "
+                              "package, where the frame flags apply to its images.")
+        if set(values) & set(kwargs):
+            raise ConfigError(f"{flag} and --env-kwargs {'/'.join(sorted(set(values) & set(kwargs)))} set "
+                              f"the same option of envpool:{task_id}; give one of them.")
+        merged.update(values)
+    default_stack = FOOTBALL_STACK if task_id.startswith("gfootball/") else 1
+    outer = 1 if own_stack else stack or default_stack
+    return EnvPoolSpec(task_id, tuple(sorted(merged.items())), atari, outer)
 
 
 @dataclass(frozen=True)
@@ -99,8 +152,14 @@ class EnvPoolEngine:
                 steps.append(self._outcome.step(k, row(obs, i), float(rewards[i]), int(info["lives"][i]),
                                                 bool(terminated[i]), bool(truncated[i])))
             else:
-                steps.append((row(obs, i), float(rewards[i]), bool(terminated[i]), bool(truncated[i]), {}))
+                steps.append((row(obs, i), float(rewards[i]), bool(terminated[i]), bool(truncated[i]),
+                              self._info(info, i)))
         return steps
+
+    @staticmethod
+    def _info(info: dict[str, Any], i: int) -> dict[str, Any]:
+        # The mask of legal actions (board and card games) reaches the env checker, which reports it.
+        return {MASK_KEY: info[MASK_KEY][i]} if MASK_KEY in info else {}
 
     def close(self) -> None:
         self._pool.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -19,15 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.atari import AleSpec, AtariOptions, is_atari_id
+from htsrl_aio.envs.atari import RAM_ID, AtariOptions, ale_spec, is_atari_id
 from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
 from htsrl_aio.envs.envpool_engine import (
     ENVPOOL_PREFIX,
-    FOOTBALL_STACK,
     EnvPoolSpec,
+    envpool_spec,
     import_envpool,
     is_envpool_atari,
 )
@@ -38,6 +38,7 @@ from htsrl_aio.envs.football import (
     parse_football_id,
     require_gfootball,
 )
+from htsrl_aio.envs.frames import FrameOptions
 from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
 from htsrl_aio.errors import ConfigError
 
@@ -92,29 +93,6 @@ class EnvFactory:
 
 
 @dataclass(frozen=True)
-class FrameOptions:
-    """Image preprocessing for envs without their own (`--frame-size`, `--grayscale`, `--frame-stack`),
-    done with gymnasium's wrappers."""
-
-    size: tuple[int, int] | None = None
-    grayscale: bool = False
-    stack: int = 1
-
-    def wrap(self, env: gym.Env) -> gym.Env:
-        space = env.observation_space
-        if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
-            raise ValueError(f"--frame-size, --grayscale and --frame-stack need (height, width, channels) "
-                             f"uint8 image observations, but this env's observation_space is {space}")
-        if self.grayscale:
-            env = gym.wrappers.GrayscaleObservation(env, keep_dim=self.stack == 1)
-        if self.size is not None:
-            env = gym.wrappers.ResizeObservation(env, self.size)
-        if self.stack > 1:
-            env = gym.wrappers.FrameStackObservation(env, self.stack)
-        return env
-
-
-@dataclass(frozen=True)
 class EnvSpec:
     """What the runtime needs to know about every replica: how its observations and actions are stored."""
 
@@ -135,9 +113,16 @@ class EnvSpec:
 def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
     """Validate `env` and return the factory workers will use; raise ConfigError with a fix.
 
-    `config` supplies `--env-kwargs` and env-family options (the `--atari-*` flags); without it they
-    take their defaults.
+    `config` supplies `--env-kwargs`, the frame options and env-family options (the `--atari-*` flags);
+    without it they take their defaults.
     """
+    factory = _resolve(env, config)
+    if factory.frames is not None:
+        factory.frames.require_opencv()
+    return factory
+
+
+def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:
     kwargs = tuple(sorted((config.env_kwargs if config is not None else {}).items()))
     frames = _frame_options(config)
     if callable(env):
@@ -145,7 +130,7 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
     if not isinstance(env, str) or not env:
         raise ConfigError(f"--env must be a gymnasium id or 'package.module:factory', got {env!r}.")
     if env.startswith(ENVPOOL_PREFIX):
-        return EnvFactory(engine=_envpool_spec(env.removeprefix(ENVPOOL_PREFIX), kwargs, config))
+        return EnvFactory(engine=_envpool_spec(env.removeprefix(ENVPOOL_PREFIX), dict(kwargs), config))
     if ":" in env:
         module_name, _, attr = env.partition(":")
         if not module_name or not attr:
@@ -160,24 +145,45 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
         raise ConfigError(f"--env {env!r}: module {module_name!r} has no callable {attr!r} and registers "
                           f"no gymnasium id {attr!r}.")
     if is_football_id(env):
+        if frames is not None:
+            raise ConfigError(f"--frame-size, --grayscale and --frame-stack do not apply to {env}: its "
+                              "observation is set by --football-representation (extracted: 4 stacked "
+                              "super-mini-maps); drop them.")
         spec = _football_spec(env, config)
         require_gfootball()
         return EnvFactory(env_id=env, football=spec)
     _register_optional_envs(env)
     if env not in gym.registry:
-        close = difflib.get_close_matches(env, list(gym.registry), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        package = _registering_package(env)
-        if package is not None:
-            hint += f" Its ids come from {package.split('.')[0]!r}: is that package installed?"
+        hint = _unknown_id_hint(env)
         raise ConfigError(f"unknown env id {env!r}: it is not a registered gymnasium id.{hint}")
     if is_atari_id(env):
-        return EnvFactory(env_id=env, engine=AleSpec(env, _atari_options(config)))
+        size, stack = _frame_shape(config)
+        return EnvFactory(env_id=env, engine=ale_spec(env, dict(kwargs), _atari_options(config), size, stack))
     return EnvFactory(env_id=env, kwargs=kwargs, frames=frames)
 
 
-def _envpool_spec(task_id: str, kwargs: tuple[tuple[str, Any], ...], config: TrainConfig | None
-                  ) -> EnvPoolSpec:
+def _unknown_id_hint(env_id: str) -> str:
+    """What may fix an unknown id: a close registered id, or the package that would register it."""
+    if is_atari_id(env_id) and RAM_ID.search(env_id):
+        plain = RAM_ID.sub("-", env_id)
+        return (f" ale-py has no -ram ids: RAM observations come from gymnasium's own ALE env, "
+                f"--env ale_py:{plain} --env-kwargs obs_type=ram.")
+    package = _registering_package(env_id)
+    # An id of a well-known package is compared with that package's ids only (ALE/... with ALE/...).
+    ids = [i for i in gym.registry if package is None or _registering_package(i) == package]
+    close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if package is not None:
+        top = package.split(".")[0]
+        return hint if importlib.util.find_spec(top) is not None else \
+            f"{hint} Its ids come from {top!r}, which is not installed."
+    prefix = env_id.split("-")[0].split("/")[0].lower()  # popgym-..., MiniWorld-...: the package's name
+    if prefix.isidentifier() and importlib.util.find_spec(prefix) is not None:
+        return f"{hint} If package {prefix!r} registers it when imported, name it: --env {prefix}:{env_id}."
+    return f"{hint} If a package registers it when imported, name it: --env <package>:{env_id}."
+
+
+def _envpool_spec(task_id: str, kwargs: dict[str, Any], config: TrainConfig | None) -> EnvPoolSpec:
     try:
         envpool = import_envpool()
     except ImportError as exc:
@@ -189,16 +195,24 @@ def _envpool_spec(task_id: str, kwargs: tuple[tuple[str, Any], ...], config: Tra
             "print(envpool.list_all_envs())'` lists them."
         raise ConfigError(f"unknown EnvPool task {task_id!r}.{hint}")
     atari = _atari_options(config) if is_envpool_atari(task_id) else None
-    stack = config.frame_stack if config is not None and config.frame_stack > 1 else \
-        FOOTBALL_STACK if task_id.startswith("gfootball/") else 1
-    return EnvPoolSpec(task_id, kwargs, atari, stack)
+    size, stack = _frame_shape(config)
+    grayscale = config is not None and config.grayscale
+    return envpool_spec(task_id, kwargs, atari, size, grayscale, stack)
+
+
+def _frame_shape(config: TrainConfig | None) -> tuple[tuple[int, int] | None, int | None]:
+    """--frame-size and --frame-stack as given (None: not given)."""
+    if config is None:
+        return None, None
+    size = None if config.frame_size is None else (int(config.frame_size[0]), int(config.frame_size[1]))
+    return size, config.frame_stack
 
 
 def _frame_options(config: TrainConfig | None) -> FrameOptions | None:
-    if config is None or (config.frame_size is None and not config.grayscale and config.frame_stack == 1):
+    size, stack = _frame_shape(config)
+    if size is None and stack in (None, 1) and not (config is not None and config.grayscale):
         return None
-    size = None if config.frame_size is None else (int(config.frame_size[0]), int(config.frame_size[1]))
-    return FrameOptions(size, config.grayscale, config.frame_stack)
+    return FrameOptions(size, config is not None and config.grayscale, stack or 1)
 
 
 def _atari_options(config: TrainConfig | None) -> AtariOptions:

@@ -292,6 +292,14 @@ def _box_field(key: str, path: tuple[str | int, ...], space: gym.spaces.Box) -> 
 ActionKind = Literal["discrete", "multi_discrete", "multi_binary", "box"]
 
 
+def _float32_bounds(bounds: np.ndarray) -> np.ndarray:
+    """Box bounds as float32, flat. A float64 bound beyond float32's range (EnvPool's ViZDoom tasks bound
+    their actions by DBL_MAX) is infinite, unbounded, in float32: that cast is meant, so numpy's overflow
+    warning is not shown."""
+    with np.errstate(over="ignore"):
+        return bounds.reshape(-1).astype(np.float32)
+
+
 @dataclass(frozen=True, eq=False)
 class ActionSpec:
     """How one action is sampled, stored (a row of `shape` and `dtype`) and given to `env.step`."""
@@ -321,8 +329,8 @@ class ActionSpec:
                        env_dtype=np.dtype(space.dtype))
         if isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating):
             n = math.prod(space.shape)
-            return cls("box", (n,), np.dtype(np.float32), low=space.low.reshape(-1).astype(np.float32),
-                       high=space.high.reshape(-1).astype(np.float32), env_shape=tuple(space.shape),
+            return cls("box", (n,), np.dtype(np.float32), low=_float32_bounds(space.low),
+                       high=_float32_bounds(space.high), env_shape=tuple(space.shape),
                        env_dtype=np.dtype(space.dtype))
         raise UnsupportedSpace(f"action_space is {space}; htsrl-aio samples {SUPPORTED_ACTIONS} (float) "
                                "actions (wrap the env to turn its actions into one of those).")
