@@ -122,6 +122,19 @@ def test_a_run_that_started_ray_leaves_no_ray_process(tmp_path):
     wait_until(lambda: not ray_processes_on_this_machine() - before, 20, "the run's Ray processes to exit")
 
 
+def test_an_address_where_no_cluster_answers_is_refused_in_one_sentence(tmp_path, capsys):
+    assert not ray.is_initialized()  # else the run would use the instance this process already joined
+    with pytest.raises(SystemExit) as exited:  # Ray alone retries such an address for about 14 minutes
+        cli_main(["train", "--env-backend", "ray", "--ray-address", "127.0.0.1:1", "--no-progress",
+                  "--logdir", str(tmp_path / "run")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "htsrl-aio: error: --ray-address 127.0.0.1:1: no Ray cluster answers there within 10 s (connection "
+        "refused); start the cluster first (`ray start --head` prints its address) or give the address "
+        "`ray status` shows on the head node (--ray-address auto on a node of the cluster).")
+    assert not ray.is_initialized()
+
+
 def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(SystemExit) as exited:
