@@ -92,7 +92,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     cfg = config.resolved()
     factory = resolve_env(cfg.env, cfg)
     spec = await probe_env(factory, cfg.env_timeout or None)
-    backend_kind = backend_name(cfg.env_backend, factory, spec)
+    backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)

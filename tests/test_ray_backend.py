@@ -97,7 +97,7 @@ class TestOnOneRayInstance:
 def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
     from ray.cluster_utils import Cluster
 
-    reference = train(config(tmp_path / "loop", env_backend="loop"))
+    reference = train(config(tmp_path / "loop", env_backend="loop", env_timeout=0))
     with envs_for_tests_importable():
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
