@@ -344,6 +344,11 @@ def process_starting_cartpole() -> gym.Env:
     return _StartsProcesses(jitter_cartpole())
 
 
+def process_starting_dies_once_cartpole() -> gym.Env:
+    """Starts processes as process_starting_cartpole does, and kills its worker once as dies_once_cartpole."""
+    return _DiesOnce(_StartsProcesses(gym.make("CartPole-v1")))
+
+
 class _HangsAfter(gym.Wrapper):
     """Steps normally 40 times (the start-up probe takes one), then never answers again."""
 

@@ -4,9 +4,11 @@ The pipe and the process sentinel are registered with `add_reader`, so waiting o
 nothing and never spins. Used for env workers, the env check and the learner process.
 
 Each child leads a process group of its own, which the processes an env starts (a simulator, a game
-server) join: when the child ends, however it ends, whatever is left of its group is killed. Closing a
-child also kills its descendants that left the group (a new session), found in /proc (Linux) when it
-is asked to close. So nothing an env started outlives the run, short of a SIGKILL to the run itself.
+server) join: when the child ends, however it ends, whatever is left of its group is killed. Processes
+that left the group (a new session, a daemon) are found in /proc (Linux) and killed too: by the mark
+each child puts in its environment, which they inherit (`CHILD_MARK`; also after the child died, when
+they are orphans no parent chain leads to), and, when it is asked to close, as its descendants then. So
+nothing an env started outlives its child or the run, short of a SIGKILL to the run itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import ctypes
 import functools
 import multiprocessing
 import os
+import re
+import secrets
 import signal
 import sys
 import threading
@@ -35,6 +39,9 @@ CLOSE_TIMEOUT_S = 5.0
 # the parent acts on them: it stops its children in order, after the stop checkpoint.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The environment variable naming the child a process descends from: what each child's processes
+# inherit (unless one is started with an environment of its own), whatever session they move to.
+CHILD_MARK = "HTSRL_AIO_CHILD"
 _PARENT_POLL_S = 1.0
 
 # spawn, not fork: a forked child would inherit torch's thread pools and the running event loop.
@@ -53,7 +60,9 @@ class WatchedChild:
         self._loop = asyncio.get_running_loop()
         require_guarded_main()
         self.conn, child_conn = _CONTEXT.Pipe(duplex=True)
-        self.process = _CONTEXT.Process(target=_child_main, args=(target, os.getpid(), child_conn, *args),
+        self.mark = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.process = _CONTEXT.Process(target=_child_main,
+                                        args=(target, os.getpid(), self.mark, child_conn, *args),
                                         daemon=True, name=name)
         with stop_signals_blocked():
             self.process.start()
@@ -85,6 +94,7 @@ class WatchedChild:
         self._unwatch()
         if not self._closing:
             _kill_group(self.process)  # what its envs started dies with it (before it is reaped)
+            kill_marked({self.mark})  # and what left its group, now an orphan
             self.process.join(timeout=1.0)
             self._on_exit(self.process.exitcode)
 
@@ -122,10 +132,37 @@ class WatchedChild:
 
 
 async def close_children(children: list[WatchedChild]) -> None:
-    """Ask every child to stop, then wait for all of them off the loop thread."""
+    """Ask every child to stop, then wait for all of them off the loop thread, and kill what carries
+    their marks (one look through /proc for all of them)."""
     for child in children:
         child.request_close()
-    await asyncio.get_running_loop().run_in_executor(None, lambda: [c.join() for c in children])
+
+    def join_all() -> None:
+        for child in children:
+            child.join()
+        kill_marked({child.mark for child in children})
+
+    await asyncio.get_running_loop().run_in_executor(None, join_all)
+
+
+_MARKED = re.compile(rb"(?:^|\0)" + CHILD_MARK.encode() + rb"=([^\0]*)")
+
+
+def kill_marked(marks: set[str]) -> list[int]:
+    """SIGKILL every process whose environment carries one of `marks` (Linux /proc; nothing elsewhere)
+    and return their pids. Only this user's processes can be read, and only those can be killed."""
+    wanted = {mark.encode() for mark in marks}
+    killed = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            found = _MARKED.search(environ.read_bytes())
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if found is not None and found.group(1) in wanted:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+                killed.append(int(environ.parent.name))
+    return killed
 
 
 @contextlib.contextmanager
@@ -183,10 +220,11 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
 
 
-def _child_main(target: Callable[..., None], parent_pid: int, *args: Any) -> None:
+def _child_main(target: Callable[..., None], parent_pid: int, mark: str, *args: Any) -> None:
     """Every child's entry: leave stop signals to the parent, die with the parent, lead a process group
-    for whatever its envs start, then run `target`."""
+    for whatever its envs start and mark their environment, then run `target`."""
     os.setpgid(0, 0)
+    os.environ[CHILD_MARK] = mark
     _show_name()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
