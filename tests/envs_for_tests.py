@@ -419,6 +419,22 @@ def stalls_in_workers_cartpole() -> gym.Env:
     return _StallsInWorkers(gym.make("CartPole-v1"))
 
 
+class _HeldWhileMarked(gym.Wrapper):
+    """Steps only while the file HTSRL_TEST_HOLD_MARKER names does not exist: a test holds the run
+    before its next swap while it looks at what a signal did."""
+
+    def step(self, action):
+        import os
+
+        while os.path.exists(os.environ["HTSRL_TEST_HOLD_MARKER"]):
+            time.sleep(0.01)
+        return super().step(action)
+
+
+def held_while_marked_cartpole() -> gym.Env:
+    return _HeldWhileMarked(gym.make("CartPole-v1"))
+
+
 class BadObservationEnv(gym.Env):
     """From step `after` on, an observation its space cannot hold (what a hostile user found stored
     wrong without a word); the start-up probe's one step passes, so a run meets it mid-episode."""

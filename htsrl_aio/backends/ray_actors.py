@@ -44,6 +44,7 @@ from htsrl_aio.backends.replica import Replica, env_error, run_to_completion
 from htsrl_aio.backends.worker import Command, Reply, reply_to
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.marks import MarkWatchdog
 from htsrl_aio.steps import ObsSlot, StepResult
 
 # How long actors get to close their envs politely when the run ends, before they are killed.
@@ -176,6 +177,7 @@ class RayBackend(HostedBackend):
         self._in_flight: set[asyncio.Task] = set()
         self._actor_class: Any = None
         self._actor_cpus = 1.0
+        self._ray_watchdog: MarkWatchdog | None = None  # while this backend's local Ray instance runs
 
     @property
     def actors(self) -> tuple[Any, ...]:
@@ -215,12 +217,29 @@ class RayBackend(HostedBackend):
             return
         if address is not None:
             _check_answers(address)
+        # What a local instance starts (its GCS, raylet, agents, workers) is marked, and killed by the
+        # watchdog if this process dies without stopping it: its agents outlive a SIGKILL here.
+        self._ray_watchdog = MarkWatchdog() if address is None else None
+        try:
+            self._init(ray, address)
+        except BaseException:
+            self._close_ray_watchdog()
+            raise
+        self._connected = True
+
+    def _init(self, ray: ModuleType, address: str | None) -> None:
+        from htsrl_aio.ipc.children import stop_signals_blocked  # imports torch, which actors need not
+
         on_sigterm = signal.getsignal(signal.SIGTERM)
+        marking = self._ray_watchdog.marking() if self._ray_watchdog is not None else contextlib.nullcontext()
         try:
             # Without an address, ray.init starts a local instance sized to this machine (or joins
-            # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more.
+            # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more. The
+            # processes it starts keep the stop signals blocked for good, so a signal to the whole
+            # process group (`timeout`, Slurm, a closed terminal) stops this run at the swap instead of
+            # killing its Ray instance under it.
             local = {"include_dashboard": False} if address is None else {}
-            with _one_try_at_a_cluster(address):
+            with _one_try_at_a_cluster(address), marking, stop_signals_blocked():
                 ray.init(address=address, logging_level=logging.WARNING, **local)
         except ConnectionError as exc:
             if address is not None:
@@ -235,7 +254,13 @@ class RayBackend(HostedBackend):
             # (checkpoint, actors, this Ray instance): the process keeps the one it had.
             if on_sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)
-        self._connected = True
+
+    def _close_ray_watchdog(self) -> None:
+        """Kill what is left of the local Ray instance (its agents outlive its raylet when the raylet is
+        killed, not stopped), and end the watchdog."""
+        if self._ray_watchdog is not None:
+            self._ray_watchdog.close()
+            self._ray_watchdog = None
 
     def _where(self, index: int) -> str:
         address = self._nodes[index][1]
@@ -365,6 +390,7 @@ class RayBackend(HostedBackend):
         if self._connected:
             self._connected = False
             self.ray.shutdown()
+            self._close_ray_watchdog()
 
 
 _ADDRESS_HINT = ("start the cluster first (`ray start --head` prints its address) or give the address "

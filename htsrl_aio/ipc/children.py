@@ -20,8 +20,6 @@ import ctypes
 import functools
 import multiprocessing
 import os
-import re
-import secrets
 import signal
 import sys
 import threading
@@ -33,15 +31,13 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.marks import CHILD_MARK, kill_marked, new_mark
 
 CLOSE_TIMEOUT_S = 5.0
 # Signals a terminal, `timeout`, systemd or Slurm send to the whole process group to stop a run. Only
 # the parent acts on them: it stops its children in order, after the stop checkpoint.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# The environment variable naming the child a process descends from: what each child's processes
-# inherit (unless one is started with an environment of its own), whatever session they move to.
-CHILD_MARK = "HTSRL_AIO_CHILD"
 _PARENT_POLL_S = 1.0
 
 # spawn, not fork: a forked child would inherit torch's thread pools and the running event loop.
@@ -60,7 +56,7 @@ class WatchedChild:
         self._loop = asyncio.get_running_loop()
         require_guarded_main()
         self.conn, child_conn = _CONTEXT.Pipe(duplex=True)
-        self.mark = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.mark = new_mark()
         self.process = _CONTEXT.Process(target=_child_main,
                                         args=(target, os.getpid(), self.mark, child_conn, *args),
                                         daemon=True, name=name)
@@ -143,26 +139,6 @@ async def close_children(children: list[WatchedChild]) -> None:
         kill_marked({child.mark for child in children})
 
     await asyncio.get_running_loop().run_in_executor(None, join_all)
-
-
-_MARKED = re.compile(rb"(?:^|\0)" + CHILD_MARK.encode() + rb"=([^\0]*)")
-
-
-def kill_marked(marks: set[str]) -> list[int]:
-    """SIGKILL every process whose environment carries one of `marks` (Linux /proc; nothing elsewhere)
-    and return their pids. Only this user's processes can be read, and only those can be killed."""
-    wanted = {mark.encode() for mark in marks}
-    killed = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            found = _MARKED.search(environ.read_bytes())
-        except OSError:  # gone meanwhile, or another user's
-            continue
-        if found is not None and found.group(1) in wanted:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(environ.parent.name), signal.SIGKILL)
-                killed.append(int(environ.parent.name))
-    return killed
 
 
 @contextlib.contextmanager
