@@ -31,7 +31,7 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.ipc.marks import CHILD_MARK, kill_marked, new_mark
+from htsrl_aio.ipc.marks import CHILD_MARK, descendants, kill_if_same, kill_marked, new_mark
 
 CLOSE_TIMEOUT_S = 5.0
 # Signals a terminal, `timeout`, systemd or Slurm send to the whole process group to stop a run. Only
@@ -107,7 +107,7 @@ class WatchedChild:
         self._closing = True
         self._unwatch()
         # Found while it lives: once it has exited they are orphans, no longer found from it.
-        self._started = _descendants(self.process.pid)
+        self._started = descendants(self.process.pid)
         with contextlib.suppress(OSError):
             self.conn.send(("close",))
 
@@ -119,10 +119,7 @@ class WatchedChild:
             connection.wait([self.process.sentinel])
         # Exited but not reaped yet: its pid cannot be reused, so neither can its group's id.
         _kill_group(self.process)
-        for pid, start_time in self._started.items():
-            if _start_time(pid) == start_time:  # still that process, not a new one with its pid
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_if_same(self._started)
         self.process.join()
         self.conn.close()
 
@@ -168,32 +165,6 @@ def _kill_group(process: Any) -> None:
     """Kill what is left of the process group `process` led (the processes its envs started)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-
-
-def _descendants(pid: int) -> dict[int, int]:
-    """Every process below `pid` (Linux /proc; empty elsewhere), with its start time."""
-    found: dict[int, int] = {}
-    below = [pid]
-    while below:
-        parent = below.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in map(int, children.read_text().split()):
-                    start_time = _start_time(child)
-                    if start_time is not None and child not in found:
-                        found[child] = start_time
-                        below.append(child)
-    return found
-
-
-def _start_time(pid: int) -> int | None:
-    """When process `pid` started (clock ticks after boot), None if there is none: with the pid it names
-    one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
 
 
 def _child_main(target: Callable[..., None], parent_pid: int, mark: str, *args: Any) -> None:
