@@ -33,6 +33,7 @@ from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.ipc.children import start_resource_tracker
+from htsrl_aio.ipc.limits import ensure_open_files
 from htsrl_aio.ipc.shm import remove_stale_segments
 from htsrl_aio.models import build_model, load_params
 from htsrl_aio.outputs.metrics import MetricsSinks
@@ -90,9 +91,10 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
     start_resource_tracker()
     cfg = config.resolved()
+    ensure_open_files(cfg.workers or 1)
     factory = resolve_env(cfg.env, cfg)
     spec = await probe_env(factory, cfg.env_timeout or None)
-    backend_kind = backend_name(cfg.env_backend, factory, spec)
+    backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from htsrl_aio.config import TrainConfig, load_config_file
-from htsrl_aio.errors import ConfigError, HtsrlError, RunInterrupted
+from htsrl_aio.errors import ConfigError, HtsrlError, RunInterrupted, limit_error
+from htsrl_aio.ipc.limits import ensure_address_space
 from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS
 
 
@@ -129,7 +130,7 @@ def _exit_status(command: str, run: Callable[[], int]) -> int:
     """Every command's errors as one line on stderr and an exit status: a stop signal 128 + its number,
     wrong input (ConfigError) 2, any other HtsrlError 1, Ctrl-C 130."""
     try:
-        return run()
+        return _limits_named(run)
     except RunInterrupted as exc:  # its sentence was logged as the run ended (training.train)
         return exc.exit_status
     except ConfigError as exc:  # before HtsrlError, which it derives from
@@ -141,6 +142,18 @@ def _exit_status(command: str, run: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"htsrl-aio: {_INTERRUPTED.get(command, f'{command} interrupted.')}", file=sys.stderr)
         return 130
+
+
+def _limits_named(run: Callable[[], int]) -> int:
+    """`run()`, where running into a limit of open files, memory or processes (loading torch, say) is
+    one sentence naming the limit."""
+    try:
+        return run()
+    except (OSError, MemoryError, ImportError) as exc:
+        error = limit_error(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 class _TerminalHandler(logging.Handler):
@@ -170,6 +183,7 @@ def _terminal_messages() -> Iterator[None]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    ensure_address_space()  # before torch and BLAS load: some of them die without a word when they cannot
     try:
         from htsrl_aio.training import resume, train  # torch is imported only when a run starts
     except KeyboardInterrupt:  # Ctrl-C while torch loads (the first second or two): nothing started yet

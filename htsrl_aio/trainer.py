@@ -30,7 +30,7 @@ from htsrl_aio.assembly import RunHooks, RunParts, assemble
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.errors import HtsrlError
+from htsrl_aio.errors import HtsrlError, limit_error
 from htsrl_aio.models import PolicyMemory, params_sha256
 from htsrl_aio.outputs.metrics import END_OF_RUN
 from htsrl_aio.outputs.run_dir import ERROR_LOG, SUMMARY, CheckpointWriteError
@@ -84,8 +84,11 @@ class Trainer:
             self._checkpoints = RunCheckpoints(self._parts, self._user)
             self._act_rng = generator(self.cfg.seed, Stream.HOST_ACT)  # act()'s own: training never sees it
             self._stack.push_async_callback(self._checkpoints.drain)  # before the run directory closes
-        except BaseException:
+        except BaseException as exc:
             await self._stack.aclose()
+            error = limit_error(exc)  # too few files, processes or memory for the run: name the limit
+            if error is not None:
+                raise error from None
             raise
         return self
 

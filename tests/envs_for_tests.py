@@ -354,6 +354,11 @@ def process_starting_cartpole() -> gym.Env:
     return _StartsProcesses(jitter_cartpole())
 
 
+def process_starting_dies_once_cartpole() -> gym.Env:
+    """Starts processes as process_starting_cartpole does, and kills its worker once as dies_once_cartpole."""
+    return _DiesOnce(_StartsProcesses(gym.make("CartPole-v1")))
+
+
 class _HangsAfter(gym.Wrapper):
     """Steps normally 40 times (the start-up probe takes one), then never answers again, after creating
     the file $HTSRL_TEST_FROZEN_MARKER names (if set), so a test knows it is stuck."""
@@ -430,6 +435,22 @@ class _StallsInWorkers(gym.Wrapper):
 
 def stalls_in_workers_cartpole() -> gym.Env:
     return _StallsInWorkers(gym.make("CartPole-v1"))
+
+
+class _HeldWhileMarked(gym.Wrapper):
+    """Steps only while the file HTSRL_TEST_HOLD_MARKER names does not exist: a test holds the run
+    before its next swap while it looks at what a signal did."""
+
+    def step(self, action):
+        import os
+
+        while os.path.exists(os.environ["HTSRL_TEST_HOLD_MARKER"]):
+            time.sleep(0.01)
+        return super().step(action)
+
+
+def held_while_marked_cartpole() -> gym.Env:
+    return _HeldWhileMarked(gym.make("CartPole-v1"))
 
 
 class BadObservationEnv(gym.Env):

@@ -40,7 +40,7 @@ def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind
     runs = {name: train(config(tmp_path / name, kind, **overrides)) for name, overrides in [
         ("one_worker", {"workers": 1}),
         ("three_workers", {"workers": 3, "max_batch": 3, "learner": "thread"}),
-        ("event_loop", {"env_backend": "loop", "max_batch": 2}),
+        ("event_loop", {"env_backend": "loop", "env_timeout": 0, "max_batch": 2}),
     ]}
     hashes = {name: summary["final_params_sha256"] for name, summary in runs.items()}
     assert len(set(hashes.values())) == 1, hashes
@@ -56,7 +56,7 @@ class TestOnRayActors:
     def test_same_bits_as_the_event_loop(self, tmp_path, no_leaks, kind):
         """Observations of every kind travel back from the actors to the slots their tickets name."""
         runs = {name: train(config(tmp_path / name, kind, **overrides)) for name, overrides in [
-            ("event_loop", {"env_backend": "loop", "learner": "thread"}),
+            ("event_loop", {"env_backend": "loop", "env_timeout": 0, "learner": "thread"}),
             ("ray_actors", {"env_backend": "ray", "ray_actors": 3, "learner": "thread"}),
         ]}
         assert runs["event_loop"]["final_params_sha256"] == runs["ray_actors"]["final_params_sha256"]

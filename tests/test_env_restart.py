@@ -1,10 +1,12 @@
 """--on-env-error restart: a failed env, or a dead worker, is re-created and the run goes on."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
-from harness import as_if_crashed_after
+from harness import alive, as_if_crashed_after
 
 from htsrl_aio import EnvError, TrainConfig, resume, train
 from htsrl_aio.backends.replica import MAX_RESTARTS_PER_ENV
@@ -51,6 +53,25 @@ def test_a_dead_worker_is_spawned_again_with_its_envs(run_dir, tmp_path, monkeyp
     assert summary["updates"] == 20
     assert rows(run_dir)[-1]["env_restarts"] == 2  # the worker hosted 2 of the 4 envs: both start again
     assert "died (exit code 9); started again" in (run_dir / "error.log").read_text()
+
+
+def test_processes_a_dead_workers_envs_started_in_a_session_of_their_own_do_not_outlive_it(
+        run_dir, tmp_path, monkeypatch, no_leaks):
+    spawned = tmp_path / "spawned"
+    spawned.mkdir()
+    monkeypatch.setenv("HTSRL_TEST_SPAWN_DIR", str(spawned))
+    monkeypatch.setenv("HTSRL_TEST_DEATH_MARKER", str(tmp_path / "died"))
+    summary = train(restarting(run_dir, "envs_for_tests:process_starting_dies_once_cartpole"))
+    assert summary["updates"] == 20 and rows(run_dir)[-1]["env_restarts"] == 2
+    started = {int(path.name) for path in spawned.iterdir()}
+    try:
+        # The probe's env, the 4 replicas and the 2 started again each started 2, one in a new session
+        # (an orphan once its worker died: no parent chain leads from the run to it any more).
+        assert len(started) == 2 * (1 + 4 + 2)
+        assert [pid for pid in started if alive(pid)] == []
+    finally:
+        for pid in filter(alive, started):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_an_env_that_always_fails_still_stops_the_run(run_dir, no_leaks):

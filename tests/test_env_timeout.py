@@ -76,3 +76,15 @@ def test_an_env_never_done_being_created_ends_the_start_at_the_timeout(run_dir, 
                                        r"did not build its envs within --env-timeout 1 s, so it was killed; "
                                        r"make the env's constructor return sooner or raise --env-timeout\.$"):
         train(config(run_dir, "envs_for_tests:hangs_in_workers", on_env_error=on_env_error))
+
+
+def test_a_plain_env_on_the_loop_backend_is_refused_where_a_hang_could_not_be_stopped(run_dir):
+    # A plain env's step holds the event loop: a hanging one could be stopped neither by --env-timeout
+    # nor by Ctrl-C (both are handled on the loop), so the run is refused before anything starts.
+    refused = (r"^--env-backend loop would step 'CartPole-v1', a plain \(not async\) env, inside the event "
+               r"loop, where neither --env-timeout nor Ctrl-C can stop a step that hangs; use --env-backend "
+               r"process \(the default for plain envs\), or --env-timeout 0 to step it in the loop unbounded "
+               r"\(debugging\)\.$")
+    with pytest.raises(ConfigError, match=refused):
+        train(config(run_dir, "CartPole-v1", env_backend="loop"))
+    assert not run_dir.exists()

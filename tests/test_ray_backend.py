@@ -2,7 +2,10 @@
 worker (stop in one sentence, or start it again), no answer within --env-timeout is a failure, and a run
 that started its own Ray instance leaves no Ray process behind."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import envs_for_tests_importable
-from harness import terminal_signals, wait_until
+from harness import alive, terminal_signals, wait_until
 
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
@@ -97,7 +100,7 @@ class TestOnOneRayInstance:
 def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
     from ray.cluster_utils import Cluster
 
-    reference = train(config(tmp_path / "loop", env_backend="loop"))
+    reference = train(config(tmp_path / "loop", env_backend="loop", env_timeout=0))
     with envs_for_tests_importable():
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
@@ -120,6 +123,19 @@ def test_a_run_that_started_ray_leaves_no_ray_process(tmp_path):
     summary = train(config(tmp_path / "run", ray_actors=2))
     assert summary["updates"] == UPDATES and not ray.is_initialized()
     wait_until(lambda: not ray_processes_on_this_machine() - before, 20, "the run's Ray processes to exit")
+
+
+def test_an_address_where_no_cluster_answers_is_refused_in_one_sentence(tmp_path, capsys):
+    assert not ray.is_initialized()  # else the run would use the instance this process already joined
+    with pytest.raises(SystemExit) as exited:  # Ray alone retries such an address for about 14 minutes
+        cli_main(["train", "--env-backend", "ray", "--ray-address", "127.0.0.1:1", "--no-progress",
+                  "--logdir", str(tmp_path / "run")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "htsrl-aio: error: --ray-address 127.0.0.1:1: no Ray cluster answers there within 10 s (connection "
+        "refused); start the cluster first (`ray start --head` prints its address) or give the address "
+        "`ray status` shows on the head node (--ray-address auto on a node of the cluster).")
+    assert not ray.is_initialized()
 
 
 def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -150,21 +166,77 @@ def test_ray_errors_become_one_line_naming_what_the_actor_raised():
     assert _first_line(killed) == "RuntimeError: The actor died unexpectedly before finishing this task."
 
 
-def test_sigterm_stops_at_the_swap_and_releases_every_actor_and_the_local_ray_instance(tmp_path):
-    run, before = tmp_path / "run", ray_processes_on_this_machine()
+def process_tree(pid: int) -> set[int]:
+    """Every process below `pid` now."""
+    found, below = set(), [pid]
+    while below:
+        for children in Path(f"/proc/{below.pop()}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                kids = {int(child) for child in children.read_text().split()} - found
+                found |= kids
+                below += kids
+    return found
+
+
+def start_ray_run(run: Path, *flags: str) -> tuple[subprocess.Popen, set[int]]:
+    """A CLI run on a local Ray instance, in a session of its own, once it has written a metrics row;
+    with the processes below it then (its Ray instance among them)."""
     argv = [sys.executable, "-m", "htsrl_aio", "train", "--env-backend", "ray", "--ray-actors", "2",
-            "--num-envs", "4", "--rollout", "16", "--total-steps", "100000000", "--learner", "thread",
-            "--no-progress", "--logdir", str(run)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=terminal_signals)
+            "--num-envs", "4", "--total-steps", "100000000", "--learner", "thread", "--no-progress",
+            "--logdir", str(run), *flags]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=terminal_signals, start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    wait_until(lambda: proc.poll() is not None or (metrics.exists() and metrics.read_text().count("\n")),
+               120, "a metrics row")
+    return proc, process_tree(proc.pid)
+
+
+def raylet_of(tree: set[int]) -> int:
+    return next(pid for pid in tree if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def sigterm_reached(pid: int) -> bool:
+    """Whether SIGTERM has reached process `pid`: it has exited, or the signal waits, blocked."""
+    if not alive(pid):
+        return True
+    pending = Path(f"/proc/{pid}/status").read_text().split("ShdPnd:\t")[1].split()[0]
+    return bool(int(pending, 16) & 1 << (signal.SIGTERM - 1))
+
+
+@pytest.mark.parametrize("to", ["head", "group"])
+def test_sigterm_stops_at_the_swap_and_releases_every_actor_and_the_local_ray_instance(tmp_path, monkeypatch,
+                                                                                        to):
+    hold = tmp_path / "hold"
+    monkeypatch.setenv("HTSRL_TEST_HOLD_MARKER", str(hold))
+    proc, tree = start_ray_run(tmp_path / "run", "--env", "envs_for_tests:held_while_marked_cartpole",
+                               "--rollout", "16", "--env-timeout", "0")
     try:
-        metrics = run / "metrics.jsonl"
-        wait_until(lambda: proc.poll() is not None or (metrics.exists() and metrics.read_text().count("\n")),
-                   120, "a metrics row")
-        proc.terminate()
+        raylet = raylet_of(tree)
+        hold.touch()  # the envs wait before their next step, so the swap waits
+        if to == "group":  # as `timeout`, Slurm or a closed terminal send it
+            os.killpg(proc.pid, signal.SIGTERM)
+            # The run goes on to its swap only once the signal has reached its Ray instance.
+            wait_until(lambda: sigterm_reached(raylet), 90, "SIGTERM to reach the raylet")
+        else:
+            proc.terminate()
+        hold.unlink()
         _, stderr = proc.communicate(timeout=90)
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr
     assert "stopped at the swap after update" in stderr
-    wait_until(lambda: not ray_processes_on_this_machine() - before, 30, "the run's Ray processes to exit")
+    wait_until(lambda: not list(filter(alive, tree)), 30, "the run's Ray processes to exit")
+
+
+def test_a_sigkilled_run_leaves_no_process_of_its_local_ray_instance(tmp_path):
+    proc, tree = start_ray_run(tmp_path / "run", "--rollout", "16")
+    try:
+        proc.kill()
+        proc.wait()
+        # Its GCS and raylet die with it (the kernel kills them); its agents and workers were left before.
+        wait_until(lambda: not list(filter(alive, tree)), 30, "the killed run's Ray processes to exit")
+    finally:
+        for pid in filter(alive, tree):
+            os.kill(pid, signal.SIGKILL)

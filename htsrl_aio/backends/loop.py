@@ -1,8 +1,9 @@
 """LoopBackend: replicas stepped as tasks on the training event loop, no process at all.
 
 The home of AsyncEnvs (a simulator behind a socket, a game server): thousands can wait at once. Plain
-gymnasium envs run here too with `--env-backend loop` (each step then holds the loop while it runs:
-a serial mode for debugging, and the reference the process backend must match bit for bit). An env's
+gymnasium envs run here too with `--env-backend loop --env-timeout 0` (each step then holds the loop
+while it runs: a serial mode for debugging, and the reference the process backend must match bit for
+bit; `backend_name` refuses them with a timeout, which could not cut a step here). An env's
 own latency changes when its reply arrives, never what it contains or where it goes.
 
 --env-timeout bounds every awaited call of an AsyncEnv (`Replica` cancels it: an env failure). A plain

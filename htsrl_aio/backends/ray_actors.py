@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import signal
+import socket
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -42,6 +44,7 @@ from htsrl_aio.backends.replica import Replica, env_error, run_to_completion
 from htsrl_aio.backends.worker import Command, Reply, reply_to
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.marks import MarkWatchdog
 from htsrl_aio.steps import ObsSlot, StepResult
 
 # How long actors get to close their envs politely when the run ends, before they are killed.
@@ -49,6 +52,11 @@ CLOSE_TIMEOUT_S = 5.0
 # An actor may take this long to be placed and build its envs even when --env-timeout is shorter (a
 # worker process to start, packages to import); --env-timeout 0 waits for ever (an autoscaling cluster).
 START_TIMEOUT_S = 60.0
+# How long the start waits for anything to answer at --ray-address. Ray itself retries a cluster that does
+# not answer for about 14 minutes (20 tries of 40 s, logging "Failed to connect to GCS" each time).
+CONNECT_TIMEOUT_S = 10.0
+# Ray's tries at a cluster's address (about 40 s each), which ray.init reads from this variable.
+GCS_TRIES_VARIABLE = "RAY_gcs_server_port_wait_time_s"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the names in its error messages
 _RAISED = re.compile(r"^[\w.]*(Error|Exception): ")  # a traceback's last line: "ModuleNotFoundError: ..."
 INSTALL_HINT = 'install it with pip install "htsrl-aio[ray]"'
@@ -169,6 +177,7 @@ class RayBackend(HostedBackend):
         self._in_flight: set[asyncio.Task] = set()
         self._actor_class: Any = None
         self._actor_cpus = 1.0
+        self._ray_watchdog: MarkWatchdog | None = None  # while this backend's local Ray instance runs
 
     @property
     def actors(self) -> tuple[Any, ...]:
@@ -206,13 +215,38 @@ class RayBackend(HostedBackend):
         ray, address = self.ray, self.args.ray_address
         if ray.is_initialized():  # this process already joined a cluster (or started one): use it
             return
+        if address is not None:
+            _check_answers(address)
+        # What a local instance starts (its GCS, raylet, agents, workers) is marked, and killed by the
+        # watchdog if this process dies without stopping it: its agents outlive a SIGKILL here.
+        self._ray_watchdog = MarkWatchdog() if address is None else None
+        try:
+            self._init(ray, address)
+        except BaseException:
+            self._close_ray_watchdog()
+            raise
+        self._connected = True
+
+    def _init(self, ray: ModuleType, address: str | None) -> None:
+        from htsrl_aio.ipc.children import stop_signals_blocked  # imports torch, which actors need not
+
         on_sigterm = signal.getsignal(signal.SIGTERM)
+        marking = self._ray_watchdog.marking() if self._ray_watchdog is not None else contextlib.nullcontext()
         try:
             # Without an address, ray.init starts a local instance sized to this machine (or joins
-            # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more.
+            # $RAY_ADDRESS); either way ray.shutdown undoes exactly what it did, and nothing more. The
+            # processes it starts keep the stop signals blocked for good, so a signal to the whole
+            # process group (`timeout`, Slurm, a closed terminal) stops this run at the swap instead of
+            # killing its Ray instance under it.
             local = {"include_dashboard": False} if address is None else {}
-            ray.init(address=address, logging_level=logging.WARNING, **local)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+            with _one_try_at_a_cluster(address), marking, stop_signals_blocked():
+                ray.init(address=address, logging_level=logging.WARNING, **local)
+        except ConnectionError as exc:
+            if address is not None:
+                raise ConfigError(f"--ray-address {address}: no Ray cluster answered there ({exc}); "
+                                  f"{_ADDRESS_HINT}") from None
+            raise env_error(f"could not start a local Ray instance: {exc}", traceback.format_exc()) from None
+        except (RuntimeError, ValueError) as exc:
             where = "start a local Ray instance" if address is None else f"connect to Ray at {address!r}"
             raise env_error(f"could not {where}: {exc}", traceback.format_exc()) from None
         finally:
@@ -220,7 +254,13 @@ class RayBackend(HostedBackend):
             # (checkpoint, actors, this Ray instance): the process keeps the one it had.
             if on_sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, on_sigterm)
-        self._connected = True
+
+    def _close_ray_watchdog(self) -> None:
+        """Kill what is left of the local Ray instance (its agents outlive its raylet when the raylet is
+        killed, not stopped), and end the watchdog."""
+        if self._ray_watchdog is not None:
+            self._ray_watchdog.close()
+            self._ray_watchdog = None
 
     def _where(self, index: int) -> str:
         address = self._nodes[index][1]
@@ -350,6 +390,39 @@ class RayBackend(HostedBackend):
         if self._connected:
             self._connected = False
             self.ray.shutdown()
+            self._close_ray_watchdog()
+
+
+_ADDRESS_HINT = ("start the cluster first (`ray start --head` prints its address) or give the address "
+                 "`ray status` shows on the head node (--ray-address auto on a node of the cluster).")
+
+
+@contextlib.contextmanager
+def _one_try_at_a_cluster(address: str | None) -> Iterator[None]:
+    """While joining the cluster at `address`, Ray tries it once (about 40 s) unless the user set how
+    many times; starting a local instance is left as Ray does it."""
+    if address is None or GCS_TRIES_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[GCS_TRIES_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GCS_TRIES_VARIABLE, None)
+
+
+def _check_answers(address: str) -> None:
+    """A ConfigError unless something accepts a connection at `address` (host:port or ray://host:port)
+    within CONNECT_TIMEOUT_S; "auto" and other forms are Ray's to resolve."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there within "
+                          f"{CONNECT_TIMEOUT_S:g} s ({why.lower()}); {_ADDRESS_HINT}") from None
 
 
 def _first_line(exc: BaseException) -> str:

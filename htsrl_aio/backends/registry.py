@@ -44,11 +44,18 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def backend_name(choice: str, factory: EnvFactory, spec: EnvSpec) -> str:
+def backend_name(choice: str, factory: EnvFactory, spec: EnvSpec, env_timeout: float = 0.0) -> str:
     """The backend a run uses: `auto` is C++ engines for ALE and EnvPool ids, the event loop for an
     AsyncEnv, worker processes otherwise."""
     if choice == "auto":
         return "engine" if factory.engine is not None else "loop" if spec.in_loop else "process"
+    if choice == "loop" and not spec.in_loop and env_timeout > 0:
+        # Its step runs on the loop's thread: a step that hangs holds the loop, so neither the timeout nor
+        # a stop signal (handled on the loop) can end the run; only worker processes can be killed.
+        raise ConfigError(f"--env-backend loop would step {factory.name!r}, a plain (not async) env, "
+                          "inside the event loop, where neither --env-timeout nor Ctrl-C can stop a step "
+                          "that hangs; use --env-backend process (the default for plain envs), or "
+                          "--env-timeout 0 to step it in the loop unbounded (debugging).")
     if choice in ("process", "ray") and spec.in_loop:
         raise ConfigError(f"--env-backend {choice} cannot host an AsyncEnv (its coroutines need the event "
                           "loop); use --env-backend loop or auto.")

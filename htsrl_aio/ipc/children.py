@@ -4,9 +4,11 @@ The pipe and the process sentinel are registered with `add_reader`, so waiting o
 nothing and never spins. Used for env workers, the env check and the learner process.
 
 Each child leads a process group of its own, which the processes an env starts (a simulator, a game
-server) join: when the child ends, however it ends, whatever is left of its group is killed. Closing a
-child also kills its descendants that left the group (a new session), found in /proc (Linux) when it
-is asked to close. So nothing an env started outlives the run, short of a SIGKILL to the run itself.
+server) join: when the child ends, however it ends, whatever is left of its group is killed. Processes
+that left the group (a new session, a daemon) are found in /proc (Linux) and killed too: by the mark
+each child puts in its environment, which they inherit (`CHILD_MARK`; also after the child died, when
+they are orphans no parent chain leads to), and, when it is asked to close, as its descendants then. So
+nothing an env started outlives its child or the run, short of a SIGKILL to the run itself.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.marks import CHILD_MARK, descendants, kill_if_same, kill_marked, new_mark
 
 CLOSE_TIMEOUT_S = 5.0
 # Signals a terminal, `timeout`, systemd or Slurm send to the whole process group to stop a run. Only
@@ -53,7 +56,9 @@ class WatchedChild:
         self._loop = asyncio.get_running_loop()
         require_guarded_main()
         self.conn, child_conn = _CONTEXT.Pipe(duplex=True)
-        self.process = _CONTEXT.Process(target=_child_main, args=(target, os.getpid(), child_conn, *args),
+        self.mark = new_mark()
+        self.process = _CONTEXT.Process(target=_child_main,
+                                        args=(target, os.getpid(), self.mark, child_conn, *args),
                                         daemon=True, name=name)
         with stop_signals_blocked():
             self.process.start()
@@ -85,6 +90,7 @@ class WatchedChild:
         self._unwatch()
         if not self._closing:
             _kill_group(self.process)  # what its envs started dies with it (before it is reaped)
+            kill_marked({self.mark})  # and what left its group, now an orphan
             self.process.join(timeout=1.0)
             self._on_exit(self.process.exitcode)
 
@@ -101,7 +107,7 @@ class WatchedChild:
         self._closing = True
         self._unwatch()
         # Found while it lives: once it has exited they are orphans, no longer found from it.
-        self._started = _descendants(self.process.pid)
+        self._started = descendants(self.process.pid)
         with contextlib.suppress(OSError):
             self.conn.send(("close",))
 
@@ -113,19 +119,23 @@ class WatchedChild:
             connection.wait([self.process.sentinel])
         # Exited but not reaped yet: its pid cannot be reused, so neither can its group's id.
         _kill_group(self.process)
-        for pid, start_time in self._started.items():
-            if _start_time(pid) == start_time:  # still that process, not a new one with its pid
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_if_same(self._started)
         self.process.join()
         self.conn.close()
 
 
 async def close_children(children: list[WatchedChild]) -> None:
-    """Ask every child to stop, then wait for all of them off the loop thread."""
+    """Ask every child to stop, then wait for all of them off the loop thread, and kill what carries
+    their marks (one look through /proc for all of them)."""
     for child in children:
         child.request_close()
-    await asyncio.get_running_loop().run_in_executor(None, lambda: [c.join() for c in children])
+
+    def join_all() -> None:
+        for child in children:
+            child.join()
+        kill_marked({child.mark for child in children})
+
+    await asyncio.get_running_loop().run_in_executor(None, join_all)
 
 
 @contextlib.contextmanager
@@ -157,36 +167,11 @@ def _kill_group(process: Any) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _descendants(pid: int) -> dict[int, int]:
-    """Every process below `pid` (Linux /proc; empty elsewhere), with its start time."""
-    found: dict[int, int] = {}
-    below = [pid]
-    while below:
-        parent = below.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                for child in map(int, children.read_text().split()):
-                    start_time = _start_time(child)
-                    if start_time is not None and child not in found:
-                        found[child] = start_time
-                        below.append(child)
-    return found
-
-
-def _start_time(pid: int) -> int | None:
-    """When process `pid` started (clock ticks after boot), None if there is none: with the pid it names
-    one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
-
-
-def _child_main(target: Callable[..., None], parent_pid: int, *args: Any) -> None:
+def _child_main(target: Callable[..., None], parent_pid: int, mark: str, *args: Any) -> None:
     """Every child's entry: leave stop signals to the parent, die with the parent, lead a process group
-    for whatever its envs start, then run `target`."""
+    for whatever its envs start and mark their environment, then run `target`."""
     os.setpgid(0, 0)
+    os.environ[CHILD_MARK] = mark
     _show_name()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
