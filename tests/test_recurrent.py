@@ -51,7 +51,7 @@ def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind
     runs = {name: train(config(tmp_path / name, kind, memory, **overrides)) for name, overrides in [
         ("one_worker", {"workers": 1}),
         ("three_workers", {"workers": 3, "max_batch": 3, "learner": "thread"}),
-        ("event_loop", {"env_backend": "loop", "max_batch": 2}),
+        ("event_loop", {"env_backend": "loop", "env_timeout": 0, "max_batch": 2}),
     ]}
     hashes = {name: summary["final_params_sha256"] for name, summary in runs.items()}
     assert len(set(hashes.values())) == 1, hashes
@@ -246,3 +246,14 @@ def test_no_velocity_envs_show_positions_only_and_the_preset_brings_memory():
     cfg = TrainConfig(env="htsrl_aio.envs.pomdp:CartPoleNoVel-v1", preset="pomdp-ppo").resolved()
     assert (cfg.memory, cfg.memory_size, cfg.minibatches) == ("lstm", 64, 1)
     assert TrainConfig().resolved().memory == "none"
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
+def test_on_ray_actors_the_same_bits_as_the_event_loop(tmp_path, no_leaks):
+    """The states never leave the head: envs on Ray actors change nothing."""
+    runs = {name: train(config(tmp_path / name, "multi_discrete", "lstm", learner="thread", **overrides))
+            for name, overrides in [("event_loop", {"env_backend": "loop", "env_timeout": 0}),
+                                    ("ray_actors", {"env_backend": "ray", "ray_actors": 3})]}
+    assert runs["event_loop"]["final_params_sha256"] == runs["ray_actors"]["final_params_sha256"]
+    assert actions_trace(tmp_path / "event_loop") == actions_trace(tmp_path / "ray_actors")
