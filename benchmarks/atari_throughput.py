@@ -16,6 +16,9 @@ Parts (`--parts`, all by default):
            `--engine-threads`: what the engine backend's defaults should be.
 - ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating.
 - a2c:     atari-a2c preset, hts vs sync vs SB3 A2C, alternating.
+- lstm:    recurrent PPO (atari-ppo preset, --memory lstm, one frame), hts vs sync vs sb3-contrib's
+           RecurrentPPO (CnnLstmPolicy, same settings, one shared 128-unit LSTM), and hts with the
+           feedforward policy on 4 stacked frames: the cost of the core.
 - scaling: hts PPO (atari-ppo) steps/s for each of `--scaling-envs`.
 
 "steady" skips the first 10% of updates (process start, first updates). Busy fractions are means over
@@ -152,7 +155,7 @@ def inference_core_ms(args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["bound", "raw", "collect", "engine", "ppo", "a2c", "scaling"]
+    parts = ["bound", "raw", "collect", "engine", "ppo", "a2c", "lstm", "scaling"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--env-backend", default="auto", help="htsrl-aio's --env-backend")
     parser.add_argument("--inference-block", type=int, default=8,
@@ -202,6 +205,16 @@ def main() -> None:
                         record("engine", f"B={batch} threads={threads}",
                                run_collect(args, fresh(), env_backend="engine", engine_batch=batch,
                                            engine_threads=threads))
+            if "lstm" in args.parts:
+                recurrent = {"preset": "atari-ppo", "memory": "lstm", "frame_stack": 1,
+                             "total_steps": args.total_steps}
+                for mode in ("hts", "sync"):
+                    record("lstm", f"htsrl {mode}", run_htsrl(args, fresh(), mode=mode, **recurrent))
+                record("lstm", "htsrl hts feedforward", run_htsrl(args, fresh(), preset="atari-ppo",
+                                                                  total_steps=args.total_steps))
+                if not args.no_sb3:
+                    record("lstm", "sb3-contrib RecurrentPPO",
+                           run_sb3(args, "ppo_lstm", args.total_steps, fresh()))
             for algo, steps in (("ppo", args.total_steps), ("a2c", args.a2c_steps)):
                 if algo not in args.parts:
                     continue
@@ -225,6 +238,7 @@ def main() -> None:
 
 
 BASELINES = {"collect": "raw AtariVectorEnv", "engine": "B=8 threads=2", "ppo": "SB3", "a2c": "SB3",
+             "lstm": "sb3-contrib RecurrentPPO",
              "scaling": "hts 4 envs"}
 
 
@@ -281,7 +295,8 @@ def plot(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -
     plt = pyplot()
     if plt is None:
         return
-    parts = [p for p in ("collect", "engine", "ppo", "a2c", "scaling") if any(k[0] == p for k in results)]
+    parts = [p for p in ("collect", "engine", "ppo", "a2c", "lstm", "scaling")
+             if any(k[0] == p for k in results)]
     if not parts:
         return
     fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.6), squeeze=False)
