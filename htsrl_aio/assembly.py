@@ -96,6 +96,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
+    if resume is None and (note := cfg.rounded_steps_note()) is not None:
+        log.warning("%s", note)  # said once, at the run's first start
     run_dir, sinks, config_json = _open_outputs(cfg, user, factory.name, resume, backend_kind, device, stack)
     hooks.on_run_dir(run_dir.path)
     stack.enter_context(_torch_settings(cfg, device))

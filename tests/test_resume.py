@@ -87,6 +87,26 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     assert json.loads((run / "summary.json").read_text())["updates"] == 400
 
 
+def test_the_final_line_of_a_resumed_run_gives_the_whole_run_and_this_session(tmp_path, no_leaks, capsys):
+    """Before, its time and steps/s counted only the resumed part, as if they were the run's."""
+    run = tmp_path / "full"
+    # Its checkpoint at update 3 holds rollout 4 too (a swap's): resumed, it collects rollout 5 alone.
+    train(config(run, total_steps=4 * 16 * 5))
+    crashed = as_if_crashed_after(run, tmp_path / "crashed")
+    assert cli_main(["train", "--resume", str(crashed), "--no-progress"]) == 0
+    summary = json.loads((crashed / "summary.json").read_text())
+    assert summary["global_step"] == 320 and summary["session_steps"] == 64
+    before = load(crashed / "checkpoints" / "update-0000003.pt")["schedule"]["wall_time_s"]
+    assert summary["run_wall_time_s"] == pytest.approx(before + summary["wall_time_s"])
+    assert summary["run_sps"] == pytest.approx(320 / summary["run_wall_time_s"])
+    assert summary["sps"] == pytest.approx(64 / summary["wall_time_s"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"done: 320 steps in {summary['run_wall_time_s']:.1f}s over the whole run "
+                           f"({summary['run_sps']:.0f} steps/s; 64 of them in {summary['wall_time_s']:.1f}s, "
+                           f"{summary['sps']:.0f} steps/s, since resuming), mean return of the last 100 "
+                           "episodes: "), line
+
+
 def test_resume_refuses_finished_runs_and_changed_settings(tmp_path, no_leaks):
     run = tmp_path / "full"
     train(config(run, total_steps=4 * 16 * 5))

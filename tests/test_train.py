@@ -150,10 +150,13 @@ def test_cli_exits_2_with_one_line_on_bad_input(tmp_path, module):
 def test_cli_trains_and_reports(tmp_path, no_leaks):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     proc = subprocess.run([sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4",
-                           "--rollout", "8", "--total-steps", "128", "--workers", "2",
+                           "--rollout", "8", "--total-steps", "150", "--workers", "2",
                            "--logdir", str(tmp_path / "r"), "--no-progress"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
+    # Whole rollouts of 32 steps only, which the start says (before, 128 of the 150 steps silently).
+    note = "htsrl-aio: note: training 128 env steps, not --total-steps 150: a run trains whole rollouts"
+    assert any(line.startswith(note) for line in proc.stderr.splitlines()), proc.stderr
     assert "done: 128 steps" in proc.stdout
     assert (tmp_path / "r" / "summary.json").exists()
 
