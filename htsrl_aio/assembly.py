@@ -96,8 +96,6 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
-    if resume is None and (note := cfg.rounded_steps_note()) is not None:
-        log.warning("%s", note)  # said once, at the run's first start
     run_dir, sinks, config_json = _open_outputs(cfg, user, factory.name, resume, backend_kind, device, stack)
     hooks.on_run_dir(run_dir.path)
     stack.enter_context(_torch_settings(cfg, device))
@@ -126,6 +124,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     await asyncio.gather(backend.start(), learner.start())
     if resume is None:  # the start is accepted: only now may what an earlier start here left go
         run_dir.clear_leftovers()
+    if resume is None and (note := cfg.rounded_steps_note()) is not None:
+        log.warning("%s", note)  # once the start is accepted, and not again on resume
     placement = getattr(backend, "placement", None)
     if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
         run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})

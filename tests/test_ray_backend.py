@@ -5,12 +5,11 @@ that started its own Ray instance leaves no Ray process behind."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import envs_for_tests_importable
-from harness import terminal_signals, wait_until
+from harness import HANG_S, terminal_signals, wait_until
 
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
@@ -48,6 +47,7 @@ def ray_processes_on_this_machine() -> set[int]:
 
 @pytest.mark.usefixtures("ray_instance")
 class TestOnOneRayInstance:
+    @pytest.mark.slow
     def test_same_bits_as_worker_processes_whatever_the_actors(self, tmp_path):
         runs = {name: train(config(tmp_path / name, **overrides)) for name, overrides in [
             ("processes", {"env_backend": "process", "workers": 2}),
@@ -84,16 +84,15 @@ class TestOnOneRayInstance:
         assert "Ray actor 1 (envs 3-5 of 'CartPole-v1')" in (tmp_path / "run" / "error.log").read_text()
 
     def test_no_answer_within_the_timeout_is_an_env_failure(self, tmp_path):
-        started = time.monotonic()
         stopped = (r"^env \d of 'envs_for_tests:hangs_after_40_steps_cartpole' did not answer its step "
                    r"\(rollout \d+, step \d+\) within --env-timeout 2 s, so Ray actor \d "
                    r"\(envs \d-\d of .*\).* was killed; make the env answer sooner")
         with pytest.raises(EnvError, match=stopped):
             train(config(tmp_path / "run", env="envs_for_tests:hangs_after_40_steps_cartpole", env_timeout=2,
                          ray_actors=2))
-        assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_actors_spread_over_the_nodes_of_a_cluster_give_the_same_bits(tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -119,7 +118,7 @@ def test_a_run_that_started_ray_leaves_no_ray_process(tmp_path):
     before = ray_processes_on_this_machine()
     summary = train(config(tmp_path / "run", ray_actors=2))
     assert summary["updates"] == UPDATES and not ray.is_initialized()
-    wait_until(lambda: not ray_processes_on_this_machine() - before, 20, "the run's Ray processes to exit")
+    wait_until(lambda: not ray_processes_on_this_machine() - before, HANG_S, "the run's Ray processes to end")
 
 
 def test_without_ray_installed_the_backend_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -154,17 +153,17 @@ def test_sigterm_stops_at_the_swap_and_releases_every_actor_and_the_local_ray_in
     run, before = tmp_path / "run", ray_processes_on_this_machine()
     argv = [sys.executable, "-m", "htsrl_aio", "train", "--env-backend", "ray", "--ray-actors", "2",
             "--num-envs", "4", "--rollout", "16", "--total-steps", "100000000", "--learner", "thread",
-            "--no-progress", "--logdir", str(run)]
+            "--no-progress", "--logdir", str(run), "--stop-timeout", str(HANG_S)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=terminal_signals)
     try:
         metrics = run / "metrics.jsonl"
         wait_until(lambda: proc.poll() is not None or (metrics.exists() and metrics.read_text().count("\n")),
-                   120, "a metrics row")
+                   HANG_S, "a metrics row")
         proc.terminate()
-        _, stderr = proc.communicate(timeout=90)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 143, stderr
     assert "stopped at the swap after update" in stderr
-    wait_until(lambda: not ray_processes_on_this_machine() - before, 30, "the run's Ray processes to exit")
+    wait_until(lambda: not ray_processes_on_this_machine() - before, HANG_S, "the run's Ray processes to end")

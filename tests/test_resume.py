@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from envs_for_tests import unpicklable_cartpole
-from harness import as_if_crashed_after, terminal_signals, wait_until
+from harness import HANG_S, as_if_crashed_after, terminal_signals, wait_until
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.backends import env_state
@@ -29,6 +29,7 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,mode", [("ppo", "hts"), ("ppo", "sync"), ("a2c", "hts")])
 def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, algo, mode):
     full = train(config(tmp_path / "full", algo=algo, mode=mode))
@@ -48,6 +49,7 @@ def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, 
     assert resumed_rows[-1]["episode_return_mean"] == full_rows[-1]["episode_return_mean"]
 
 
+@pytest.mark.slow
 def test_resume_without_env_states_restarts_envs_and_says_so(tmp_path, no_leaks):
     run = tmp_path / "full"
     train(config(run, env=unpicklable_cartpole, workers=1))
@@ -59,16 +61,18 @@ def test_resume_without_env_states_restarts_envs_and_says_so(tmp_path, no_leaks)
     assert row["resume_envs"] == ("restarted with new derived seeds: the env's state could not be saved")
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4", "--rollout", "16",
-            "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress"]
+            "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress",
+            "--stop-timeout", str(HANG_S)]  # stops at the swap whatever the load
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=terminal_signals)
     try:
-        wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, 120, "three updates")
+        wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, HANG_S, "three updates")
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -183,6 +187,7 @@ async def test_an_unwritable_checkpoint_is_one_sentence_and_the_previous_survive
     assert "could not write checkpoint" in (run_dir / "error.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs(tmp_path, no_leaks):
     train(config(tmp_path / "full"))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
@@ -197,6 +202,7 @@ def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs
         "restarted with new derived seeds: the saved env state was not written on this machine")
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_a_smaller_machine_resolves_its_machine_defaults_again(tmp_path, no_leaks,
                                                                                  monkeypatch):
     """Workers default to the cores: a run started where 3 cores are free and resumed where 1 is must
