@@ -127,6 +127,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     await asyncio.gather(backend.start(), learner.start())
     if resume is None:  # the start is accepted: only now may what an earlier start here left go
         run_dir.clear_leftovers()
+    if resume is None and (note := cfg.rounded_steps_note()) is not None:
+        log.warning("%s", note)  # once the start is accepted, and not again on resume
     placement = getattr(backend, "placement", None)
     if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
         run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})

@@ -202,10 +202,19 @@ def _train(args: argparse.Namespace) -> int:
             values["hidden"] = tuple(values["hidden"])
         summary = train(TrainConfig(**values))
     ret = summary["episode_return_mean"]
-    print(f"done: {summary['global_step']} steps in {summary['wall_time_s']:.1f}s "
-          f"({summary['sps']:.0f} steps/s), mean return of the last 100 episodes: "
+    print(f"done: {_steps_and_time(summary)}, mean return of the last 100 episodes: "
           f"{'n/a' if ret is None else f'{ret:.1f}'}; run directory: {summary['logdir']}")
     return 0
+
+
+def _steps_and_time(summary: dict[str, Any]) -> str:
+    """The run's steps, time and speed; after a resume, the whole run's and this session's."""
+    steps, session = summary["global_step"], summary["session_steps"]
+    if session == steps:
+        return f"{steps} steps in {summary['wall_time_s']:.1f}s ({summary['sps']:.0f} steps/s)"
+    return (f"{steps} steps in {summary['run_wall_time_s']:.1f}s over the whole run "
+            f"({summary['run_sps']:.0f} steps/s; {session} of them in "
+            f"{summary['wall_time_s']:.1f}s, {summary['sps']:.0f} steps/s, since resuming)")
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

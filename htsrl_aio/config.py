@@ -346,6 +346,20 @@ class TrainConfig:
         """Rollouts (= learner updates) in the run; total_steps is rounded down to whole rollouts."""
         return self.total_steps // (self.num_envs * self.rollout)
 
+    def rounded_steps_note(self) -> str | None:
+        """Of a resolved config: the sentence saying the run trains fewer env steps than --total-steps
+        asks, because it trains whole rollouts only; None when it trains exactly that many."""
+        batch = self.num_envs * self.rollout
+        trained = self.num_rollouts * batch
+        if trained == self.total_steps:
+            return None
+        preset = PRESETS[self.preset].values if self.preset is not None else {}
+        source = (f" (the values of --preset {self.preset})"
+                  if (preset.get("num_envs"), preset.get("rollout")) == (self.num_envs, self.rollout) else "")
+        return (f"note: training {trained:,} env steps, not --total-steps {self.total_steps:,}: a run trains "
+                f"whole rollouts of num_envs x rollout = {self.num_envs} x {self.rollout} = {batch:,} "
+                f"steps{source}; give a multiple of {batch:,} to train exactly that many.")
+
     def to_json_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values; an env factory becomes its 'module:qualname'."""
         data = dataclasses.asdict(self)

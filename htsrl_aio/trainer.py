@@ -183,9 +183,12 @@ class Trainer:
         finally:
             p.sinks.end()
         wall, steps = time.perf_counter() - start, self._last.get("global_step", 0)
+        # wall_time_s and sps are this session's; after a resume the run_ ones count every session.
+        run_wall = p.scheduler.start.wall_time_s + wall
         self.summary = {
             "global_step": steps, "updates": p.learner.version, "wall_time_s": wall,
-            "sps": (steps - steps_before) / wall,
+            "sps": (steps - steps_before) / wall, "session_steps": steps - steps_before,
+            "run_wall_time_s": run_wall, "run_sps": steps / run_wall,
             "episode_return_mean": self._last.get("episode_return_mean"),
             "episodes": self._last.get("episodes", 0), "final_params_sha256": params_sha256(p.learner.model),
             "logdir": str(p.run_dir.path)}

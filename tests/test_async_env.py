@@ -20,7 +20,7 @@ def action_trace(run_dir):
     return [json.loads(line)["actions_sha256"] for line in lines]
 
 
-@pytest.mark.parametrize("mode", ["hts", "sync"])
+@pytest.mark.parametrize("mode", ["hts", pytest.param("sync", marks=pytest.mark.slow)])
 async def test_in_loop_envs_train_with_one_update_of_lag(tmp_path, no_leaks, mode):
     summary = await train_async(config(tmp_path / "run", mode=mode))
     assert summary["updates"] == 5 and summary["episodes"] > 0
@@ -29,6 +29,7 @@ async def test_in_loop_envs_train_with_one_update_of_lag(tmp_path, no_leaks, mod
     assert "event loop" in json.loads((tmp_path / "run" / "config.json").read_text())["env_runs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,rollout", [("ppo", 16), ("a2c", 5)])
 def test_latency_and_batching_never_change_a_result(tmp_path, no_leaks, algo, rollout):
     """In-loop envs with random latency, and the same env in worker processes: identical bits."""
@@ -61,6 +62,7 @@ def test_in_loop_factory_may_be_a_closure(tmp_path, no_leaks):
     assert summary["updates"] == 1
 
 
+@pytest.mark.slow
 async def test_1024_in_loop_envs_train_without_stalling(tmp_path, no_leaks):
     cfg = config(tmp_path / "run", num_envs=1024, rollout=8, total_steps=1024 * 8 * 3, max_batch=256)
     summary = await asyncio.wait_for(train_async(cfg), timeout=180)

@@ -64,6 +64,7 @@ def test_clipped_rewards_are_trained_and_whole_game_raw_returns_are_logged():
     assert episodes == [(sum(raw), len(raw))]  # one logged episode: the whole game, in game points
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,preset,learner",
                          [("hts", "atari-ppo", "process"), ("sync", "atari-a2c", "thread")])
 def test_pong_smoke_run_with_the_presets(run_dir, no_leaks, mode, preset, learner):
@@ -83,6 +84,7 @@ def test_pong_smoke_run_with_the_presets(run_dir, no_leaks, mode, preset, learne
     assert checkpoint["model"]["encoder.cnns.obs.trunk.0.weight"].shape == (32, 4, 8, 8)  # the Nature CNN
 
 
+@pytest.mark.slow
 def test_atari_runs_are_bit_identical_across_worker_counts(tmp_path, no_leaks):
     """Breakout with episodic life: lost lives, game overs and seeded resets all happen in 3 updates.
 

@@ -189,8 +189,9 @@ def test_check_env_command_fails_an_out_of_range_multi_discrete():
                                   "holding 5 at index 0, outside its categories 0..2"), proc.stdout
 
 
-@pytest.mark.parametrize("fault", ["multi_discrete_out_of_range", "multi_binary_not_0_or_1", "float_frame",
-                                   "int64_frame_that_wraps"])
+@pytest.mark.parametrize("fault", ["multi_discrete_out_of_range", *(  # the rest alike: the slow tier
+    pytest.param(f, marks=pytest.mark.slow) for f in ("multi_binary_not_0_or_1", "float_frame",
+                                                      "int64_frame_that_wraps"))])
 def test_a_run_meeting_an_observation_storing_would_change_stops_in_one_sentence(tmp_path, no_leaks, fault):
     with pytest.raises(EnvError) as raised:
         train(TrainConfig(env="envs_for_tests:bad_observation_env", env_kwargs={"fault": fault}, num_envs=2,

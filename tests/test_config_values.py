@@ -232,3 +232,14 @@ def test_machine_settings_the_user_set_survive_a_resume_elsewhere(monkeypatch):
     monkeypatch.setattr(htsrl_config, "available_cores", lambda: 2)
     resumed = TrainConfig.for_resume(stored, user, {}, "ckpt.pt")
     assert (resumed.workers, resumed.engine_threads) == (3, 1)
+
+
+def test_a_total_of_partial_rollouts_is_said_with_the_steps_trained():
+    """Before, --total-steps 20000 with --preset box2d-ppo trained 16,384 steps without a word."""
+    note = TrainConfig(preset="box2d-ppo", total_steps=20_000).resolved().rounded_steps_note()
+    assert note == ("note: training 16,384 env steps, not --total-steps 20,000: a run trains whole rollouts "
+                    "of num_envs x rollout = 16 x 256 = 4,096 steps (the values of --preset box2d-ppo); give "
+                    "a multiple of 4,096 to train exactly that many.")
+    mine = TrainConfig(preset="box2d-ppo", num_envs=4, total_steps=20_000).resolved().rounded_steps_note()
+    assert mine is not None and "= 4 x 256 = 1,024 steps; give" in mine  # not the preset's values
+    assert TrainConfig(preset="box2d-ppo", total_steps=16_384).resolved().rounded_steps_note() is None

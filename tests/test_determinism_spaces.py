@@ -35,6 +35,7 @@ def actions_trace(run_dir: Path) -> list[str]:
     return [json.loads(line)["actions_sha256"] for line in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind):
     runs = {name: train(config(tmp_path / name, kind, **overrides)) for name, overrides in [
@@ -52,6 +53,7 @@ def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind
 @pytest.mark.ray
 @pytest.mark.usefixtures("ray_instance")
 class TestOnRayActors:
+    @pytest.mark.slow
     @pytest.mark.parametrize("kind", list(KINDS))
     def test_same_bits_as_the_event_loop(self, tmp_path, no_leaks, kind):
         """Observations of every kind travel back from the actors to the slots their tickets name."""
@@ -63,6 +65,7 @@ class TestOnRayActors:
         assert actions_trace(tmp_path / "event_loop") == actions_trace(tmp_path / "ray_actors")
 
 
+@pytest.mark.slow
 def test_resume_restores_normalisation_statistics_exactly(tmp_path, no_leaks):
     overrides = {"normalize_reward": True, "workers": 2, "checkpoint_every": 2,
                  "total_steps": NUM_ENVS * ROLLOUT * 5}

@@ -39,6 +39,7 @@ def test_groups_cover_every_env_once():
     assert engine_groups(4, 8) == [range(0, 4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,engines", [
     ("hts", ((5, 1, 5), (2, 2, 5), (1, 1, 1))),
     ("sync", ((2, 2, 1),)),
@@ -76,6 +77,7 @@ def test_envpool_engines_give_the_bits_of_worker_processes_with_truncations(tmp_
     assert runs[0][0]["episodes"] >= 4
 
 
+@pytest.mark.slow
 def test_a_resumed_engine_run_restarts_its_envs_and_says_so(tmp_path, no_leaks):
     """Engine state cannot be saved: after a crash, the envs start again with new derived seeds."""
     path = tmp_path / "run"

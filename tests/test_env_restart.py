@@ -36,6 +36,7 @@ def test_env_that_raises_is_recreated_and_counted(run_dir, no_leaks, caplog):
     assert sum(lost in message for message in said) == 12
 
 
+@pytest.mark.slow
 def test_restarts_are_as_reproducible_as_the_rest(tmp_path, no_leaks):
     a = train(restarting(tmp_path / "a", "envs_for_tests:raising_cartpole", workers=1))
     b = train(restarting(tmp_path / "b", "envs_for_tests:raising_cartpole", workers=2, max_batch=2))
@@ -47,6 +48,7 @@ def test_restarts_are_as_reproducible_as_the_rest(tmp_path, no_leaks):
     assert [r["env_restarts"] for r in rows(tmp_path / "b")] == expected
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_spawned_again_with_its_envs(run_dir, tmp_path, monkeypatch, no_leaks):
     monkeypatch.setenv("HTSRL_TEST_DEATH_MARKER", str(tmp_path / "died"))
     summary = train(restarting(run_dir, "envs_for_tests:dies_once_cartpole"))
@@ -79,12 +81,14 @@ def test_an_env_that_always_fails_still_stops_the_run(run_dir, no_leaks):
         train(restarting(run_dir, "envs_for_tests:always_raising_cartpole"))
 
 
+@pytest.mark.slow
 def test_in_loop_async_env_is_recreated_too(run_dir, no_leaks):
     summary = train(restarting(run_dir, "envs_for_tests:failing_async_cartpole"))
     assert summary["updates"] == 20
     assert rows(run_dir)[-1]["env_restarts"] > 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_goes_on_counting_restarts_where_its_checkpoint_was(tmp_path, no_leaks):
     full = train(restarting(tmp_path / "full", "envs_for_tests:raising_cartpole", checkpoint_every=8))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")

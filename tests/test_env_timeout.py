@@ -38,6 +38,7 @@ def test_a_step_that_never_answers_stops_the_run_in_one_sentence(run_dir, no_lea
     assert (run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,replaced", [("process", 2), ("loop", 1)])
 def test_with_restart_a_step_that_never_answers_is_replaced_like_a_crash(run_dir, no_leaks, hang_marker,
                                                                          backend, replaced):
@@ -61,7 +62,7 @@ def test_the_start_up_probe_survives_an_env_that_hangs_or_exits(run_dir, env, me
     assert not run_dir.exists()  # refused before the run directory is made
 
 
-@pytest.mark.parametrize("on_env_error", ["stop", "restart"])
+@pytest.mark.parametrize("on_env_error", ["stop", pytest.param("restart", marks=pytest.mark.slow)])
 def test_a_worker_that_exits_while_creating_its_envs_ends_the_start_in_one_sentence(run_dir, no_leaks,
                                                                                       on_env_error):
     with pytest.raises(EnvError, match=r"^env worker \d \(envs \d-\d\) of 'envs_for_tests:exits_in_workers' "
@@ -70,7 +71,7 @@ def test_a_worker_that_exits_while_creating_its_envs_ends_the_start_in_one_sente
         train(config(run_dir, "envs_for_tests:exits_in_workers", on_env_error=on_env_error))
 
 
-@pytest.mark.parametrize("on_env_error", ["stop", "restart"])
+@pytest.mark.parametrize("on_env_error", ["stop", pytest.param("restart", marks=pytest.mark.slow)])
 def test_an_env_never_done_being_created_ends_the_start_at_the_timeout(run_dir, no_leaks, on_env_error):
     with pytest.raises(EnvError, match=r"^env worker \d \(envs \d-\d\) of 'envs_for_tests:hangs_in_workers' "
                                        r"did not build its envs within --env-timeout 1 s, so it was killed; "

@@ -26,6 +26,7 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_eval_reports_the_trained_return_and_is_repeatable(trained_run, capsys):
     assert cli_main(["eval", str(trained_run), "--episodes", "5", "--deterministic"]) == 0
     first = capsys.readouterr().out
@@ -36,6 +37,7 @@ def test_eval_reports_the_trained_return_and_is_repeatable(trained_run, capsys):
     assert mean > 100 and trained > 100  # it learned, and eval sees the learned policy, not a fresh one
 
 
+@pytest.mark.slow
 def test_eval_writes_a_video_of_every_step(trained_run, tmp_path, capsys):
     video = tmp_path / "agent.mp4"
     assert cli_main(["eval", str(trained_run), "--episodes", "2", "--video", str(video)]) == 0
@@ -57,6 +59,7 @@ def test_eval_of_a_missing_or_empty_run_is_one_sentence(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_match_metrics(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

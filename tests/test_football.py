@@ -207,6 +207,7 @@ def trace(logdir: Path) -> list[str]:
 
 
 @needs_gfootball
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hts", "sync"])
 def test_same_seed_same_bits_with_one_or_two_workers(tmp_path, no_leaks, mode):
     a = train(small(tmp_path / "a", mode=mode, workers=1, max_batch=4))
@@ -217,6 +218,7 @@ def test_same_seed_same_bits_with_one_or_two_workers(tmp_path, no_leaks, mode):
 
 
 @needs_gfootball
+@pytest.mark.slow
 def test_a_run_resumes_from_a_periodic_checkpoint_bit_for_bit(tmp_path, no_leaks):
     full = train(small(tmp_path / "full", total_steps=4 * 32 * 4))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")

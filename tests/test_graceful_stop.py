@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import metrics_rows, signalled
+from harness import HANG_S, metrics_rows, signalled
 
 from htsrl_aio import TrainConfig, checkpoint, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.trainer import Trainer
 from htsrl_aio.training import run_event_loop
 
-# Jittered steps (0-2 ms) keep the run going long enough for a signal to land in the middle of it.
+# Jittered steps (0-2 ms) keep the run going long enough for a signal to land in the middle of it. The
+# next swap comes whatever the load: --stop-timeout only guards against one that never does.
 RUN = {"env": "envs_for_tests:jitter_cartpole", "num_envs": 4, "rollout": 16, "total_steps": 4 * 16 * 40,
-       "workers": 2, "checkpoint_every": 0}
+       "workers": 2, "checkpoint_every": 0, "stop_timeout": HANG_S}
 
 
 def _flags(settings: dict) -> list[str]:
@@ -38,6 +39,7 @@ def _signalled_run(run: Path, settings: dict, sig: signal.Signals, *,
     return signalled(argv, run, sig, again_when=again_when)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,mode,sig", [("ppo", "hts", signal.SIGINT), ("ppo", "sync", signal.SIGTERM),
                                            ("a2c", "hts", signal.SIGHUP), ("a2c", "sync", signal.SIGINT)])
 def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tmp_path, algo, mode, sig):
@@ -67,6 +69,7 @@ def test_a_signal_stops_at_the_next_swap_and_the_resumed_run_is_bit_identical(tm
     assert metrics_rows(run)[update]["resume_envs"] == "restored"
 
 
+@pytest.mark.slow
 def test_past_the_stop_timeout_it_stops_at_once_and_keeps_the_metrics_row_of_its_checkpoint(tmp_path):
     # A learner busy most of the time (many epochs), so the stop lands inside an update: that update
     # finishes, and its row is written before checkpoint.pt names it.
@@ -123,6 +126,7 @@ def test_a_stop_while_resuming_says_the_run_stays_at_the_checkpoint_it_resumed_f
     assert checkpoint.newest(run, resumable=True) == newest and newest.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_run_stopped_during_its_start_up_starts_again_from_the_beginning_on_resume(tmp_path,
                                                                                       monkeypatch):
     """A supervisor that restarts preempted jobs with --resume must not break on a job preempted while

@@ -26,6 +26,7 @@ def _keep_handler(signum: int, frame: object) -> None:
     """A handler of the caller's own, which train() must put back."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signalled_script_says_why_exits_128_plus_the_signal_and_resumes_bit_identically(tmp_path, sig):
     previous = signal.signal(sig, _keep_handler)

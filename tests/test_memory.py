@@ -6,12 +6,17 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import leaked_segments
 from harness import dead_pid
 
 from htsrl_aio.cli import main as cli_main
+from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc import shm
+from htsrl_aio.ipc.shm import SHM_DIR
 from htsrl_aio.runtime.memory import MemoryClosed, RunMemory
 
 ROOT = Path(__file__).parent.parent
@@ -20,6 +25,27 @@ ROOT = Path(__file__).parent.parent
 def small_memory() -> RunMemory:
     return RunMemory(num_envs=3, rollout_len=4, obs_arrays={"obs": ((2,), np.dtype(np.float32))},
                      action_shape=(), action_dtype=np.dtype(np.int64))
+
+
+def test_storage_larger_than_the_free_shared_memory_is_refused_before_allocating(monkeypatch):
+    """Before, a /dev/shm smaller than the storage (Docker's 64 MiB) killed the run with SIGBUS while
+    the segments were filled."""
+    statvfs = os.statvfs
+
+    def docker_default(path):  # 64 MiB, of which 60 are free
+        return SimpleNamespace(f_bavail=60 * 256, f_frsize=4096) if Path(path) == SHM_DIR else statvfs(path)
+
+    monkeypatch.setattr(shm.os, "statvfs", docker_default)
+    before = leaked_segments()
+    atari = {"obs": ((4, 84, 84), np.dtype(np.uint8))}  # 16 envs x 129 steps x 27.6 KiB, twice
+    with pytest.raises(ConfigError) as refused:
+        RunMemory(16, 128, atari, action_shape=(), action_dtype=np.dtype(np.int64))
+    assert str(refused.value) == (
+        "the rollout storage needs 111.7 MiB of shared memory but /dev/shm has 60.0 MiB free; give it more "
+        "room (Docker's default is 64 MiB: start the container with --shm-size, e.g. --shm-size=2g) or store "
+        "less: fewer --num-envs, a shorter --rollout or smaller frames (--frame-size).")
+    assert leaked_segments() == before  # nothing was allocated
+    small_memory().close()  # what fits is made as before
 
 
 def test_every_consumer_sees_the_same_memory():

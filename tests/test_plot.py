@@ -7,6 +7,7 @@ from htsrl_aio.cli import main as cli_main
 from htsrl_aio.outputs.plot import plot_runs
 
 
+@pytest.mark.slow
 def test_hts_and_sync_runs_on_one_figure(tmp_path, no_leaks):
     runs = []
     for mode in ("hts", "sync"):

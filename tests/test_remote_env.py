@@ -7,6 +7,7 @@ from pathlib import Path
 EXAMPLE = Path(__file__).parent.parent / "examples" / "remote_env"
 sys.path.insert(0, str(EXAMPLE))
 
+import pytest  # noqa: E402
 import train_remote  # noqa: E402
 
 
@@ -15,6 +16,7 @@ def args(logdir: Path) -> argparse.Namespace:
                               progress=False)
 
 
+@pytest.mark.slow
 async def test_remote_env_trains_and_its_latency_never_changes_the_result(tmp_path, no_leaks):
     first = await train_remote.main(args(tmp_path / "a"))
     second = await train_remote.main(args(tmp_path / "b"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from envs_for_tests import unpicklable_cartpole
-from harness import as_if_crashed_after, terminal_signals, wait_until
+from harness import HANG_S, as_if_crashed_after, terminal_signals, wait_until
 
 from htsrl_aio import ConfigError, TrainConfig, resume, train
 from htsrl_aio.backends import env_state
@@ -30,6 +30,7 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,mode", [("ppo", "hts"), ("ppo", "sync"), ("a2c", "hts")])
 def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, algo, mode):
     full = train(config(tmp_path / "full", algo=algo, mode=mode))
@@ -49,6 +50,7 @@ def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, 
     assert resumed_rows[-1]["episode_return_mean"] == full_rows[-1]["episode_return_mean"]
 
 
+@pytest.mark.slow
 def test_resume_without_env_states_restarts_envs_and_says_so(tmp_path, no_leaks):
     run = tmp_path / "full"
     train(config(run, env=unpicklable_cartpole, workers=1))
@@ -60,16 +62,18 @@ def test_resume_without_env_states_restarts_envs_and_says_so(tmp_path, no_leaks)
     assert row["resume_envs"] == ("restarted with new derived seeds: the env's state could not be saved")
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "htsrl_aio.cli", "train", "--num-envs", "4", "--rollout", "16",
-            "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress"]
+            "--total-steps", str(4 * 16 * 400), "--workers", "2", "--logdir", str(run), "--no-progress",
+            "--stop-timeout", str(HANG_S)]  # stops at the swap whatever the load
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=terminal_signals)
     try:
-        wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, 120, "three updates")
+        wait_until(lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3, HANG_S, "three updates")
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -86,6 +90,26 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
     assert first_after["resumed_from_update"] == stop_update
     assert first_after["resume_envs"] == "restored"
     assert json.loads((run / "summary.json").read_text())["updates"] == 400
+
+
+def test_the_final_line_of_a_resumed_run_gives_the_whole_run_and_this_session(tmp_path, no_leaks, capsys):
+    """Before, its time and steps/s counted only the resumed part, as if they were the run's."""
+    run = tmp_path / "full"
+    # Its checkpoint at update 3 holds rollout 4 too (a swap's): resumed, it collects rollout 5 alone.
+    train(config(run, total_steps=4 * 16 * 5))
+    crashed = as_if_crashed_after(run, tmp_path / "crashed")
+    assert cli_main(["train", "--resume", str(crashed), "--no-progress"]) == 0
+    summary = json.loads((crashed / "summary.json").read_text())
+    assert summary["global_step"] == 320 and summary["session_steps"] == 64
+    before = load(crashed / "checkpoints" / "update-0000003.pt")["schedule"]["wall_time_s"]
+    assert summary["run_wall_time_s"] == pytest.approx(before + summary["wall_time_s"])
+    assert summary["run_sps"] == pytest.approx(320 / summary["run_wall_time_s"])
+    assert summary["sps"] == pytest.approx(64 / summary["wall_time_s"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"done: 320 steps in {summary['run_wall_time_s']:.1f}s over the whole run "
+                           f"({summary['run_sps']:.0f} steps/s; 64 of them in {summary['wall_time_s']:.1f}s, "
+                           f"{summary['sps']:.0f} steps/s, since resuming), mean return of the last 100 "
+                           "episodes: "), line
 
 
 def test_resume_refuses_finished_runs_and_changed_settings(tmp_path, no_leaks):
@@ -186,6 +210,7 @@ async def test_an_unwritable_checkpoint_is_one_sentence_and_the_previous_survive
     assert "could not write checkpoint" in (run_dir / "error.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs(tmp_path, no_leaks):
     train(config(tmp_path / "full"))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
@@ -200,6 +225,7 @@ def test_a_checkpoint_with_env_states_from_elsewhere_resumes_with_restarted_envs
         "restarted with new derived seeds: the saved env state was not written on this machine")
 
 
+@pytest.mark.slow
 def test_a_run_resumed_on_a_smaller_machine_resolves_its_machine_defaults_again(tmp_path, no_leaks,
                                                                                  monkeypatch):
     """Workers default to the cores: a run started where 3 cores are free and resumed where 1 is must

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness import alive, dead_pid, signalled, terminal_signals, wait_until
+from harness import HANG_S, alive, dead_pid, signalled, terminal_signals, wait_until
 
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.ipc.shm import SHM_PREFIX, SharedArray
 
-TRAIN = [sys.executable, "-m", "htsrl_aio.cli", "train", "--workers", "2", "--no-progress"]
+# A swap comes whatever the load: --stop-timeout only guards against one that never does.
+TRAIN = [sys.executable, "-m", "htsrl_aio.cli", "train", "--workers", "2", "--no-progress", "--stop-timeout",
+         str(HANG_S)]
 
 
 def _children(pid: int) -> set[int]:
@@ -49,17 +51,19 @@ def _start(argv: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
-@pytest.mark.parametrize("sig,exit_code,said", [(signal.SIGINT, 130, "interrupted"),
-                                                (signal.SIGTERM, 143, "terminated"),
-                                                (signal.SIGHUP, 129, "hung up (SIGHUP)")])
+@pytest.mark.parametrize("sig,exit_code,said", [  # the fast tier sends SIGTERM; the slow one the others too
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),
+    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGHUP, 129, "hung up (SIGHUP)", marks=pytest.mark.slow)])
 def test_stop_signal_checkpoints_and_cleans_up(tmp_path, sig, exit_code, said, group):
     if sig == signal.SIGHUP and not group:
         pytest.skip("a closed terminal signals the group")
     run = tmp_path / "run"
-    proc = _start([*TRAIN, "--total-steps", "100000000", "--logdir", str(run)])
+    # Whole rollouts of the default 8 x 64 steps, so that the run's only line is the stop's.
+    proc = _start([*TRAIN, "--total-steps", str(512 * 200_000), "--logdir", str(run)])
     try:
         metrics = run / "metrics.jsonl"
-        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 120,
+        wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, HANG_S,
                    "the first updates")
         children = _children(proc.pid)
         assert len(children) >= 3  # two env workers and the learner (and the resource tracker)
@@ -67,14 +71,14 @@ def test_stop_signal_checkpoints_and_cleans_up(tmp_path, sig, exit_code, said, g
             os.killpg(proc.pid, sig)  # `timeout`, systemd, Slurm, a terminal
         else:
             proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == exit_code, stderr
     assert re.fullmatch(rf"htsrl-aio: {re.escape(said)}; stopped at the swap after update \d+ with a "
                         r"checkpoint that resumes exactly \(checkpoints/update-\d+\.pt\); envs stopped "
                         r"and shared memory freed\.", stderr.strip()), stderr
-    wait_until(lambda: not any(alive(c) for c in children), 30, "child processes to exit")
+    wait_until(lambda: not any(alive(c) for c in children), HANG_S, "child processes to exit")
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{proc.pid}_")] == []
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["interrupted"] is True and checkpoint["update"] >= 2
@@ -85,9 +89,9 @@ def test_ctrl_c_during_start_up_prints_no_child_traceback(tmp_path):
     proc = _start([*TRAIN, "--total-steps", "100000", "--logdir", str(tmp_path / "run")])
     try:
         # The moment the first child exists it is still importing: where a Ctrl-C used to kill it.
-        wait_until(lambda: proc.poll() is not None or _spawned_children(proc.pid), 120, "a child")
+        wait_until(lambda: proc.poll() is not None or _spawned_children(proc.pid), HANG_S, "a child")
         os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -104,13 +108,13 @@ def test_killed_parent_takes_its_children_even_with_an_env_stuck_in_step(tmp_pat
                             start_new_session=True)
     children: set[int] = set()
     try:
-        wait_until(lambda: len(list(hung.iterdir())) == 2, 120, "both workers to hang in step()")
+        wait_until(lambda: len(list(hung.iterdir())) == 2, HANG_S, "both workers to hang in step()")
         children = _spawned_children(proc.pid)
         stuck = {int(p.name) for p in hung.iterdir()}
         assert stuck <= children
         proc.kill()
         proc.wait()
-        wait_until(lambda: not any(alive(c) for c in children), 30, "the orphans to exit")
+        wait_until(lambda: not any(alive(c) for c in children), HANG_S, "the orphans to exit")
     finally:
         proc.kill()
         for child in filter(alive, children):  # what the test found still running: do not leak it
@@ -162,7 +166,7 @@ def _started_by_envs(spawned: Path) -> set[int]:
     return {int(p.name) for p in spawned.iterdir()}
 
 
-@pytest.mark.parametrize("ending", ["finished", "terminated"])
+@pytest.mark.parametrize("ending", [pytest.param("finished", marks=pytest.mark.slow), "terminated"])
 def test_processes_an_env_starts_do_not_outlive_the_run(tmp_path, monkeypatch, ending):
     spawned = tmp_path / "spawned"
     spawned.mkdir()
@@ -177,9 +181,9 @@ def test_processes_an_env_starts_do_not_outlive_the_run(tmp_path, monkeypatch, e
     try:
         if ending == "terminated":
             metrics = run / "metrics.jsonl"
-            wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120, "an update")
+            wait_until(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, HANG_S, "an update")
             proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == (0 if ending == "finished" else 143), stderr
@@ -212,7 +216,7 @@ def test_a_run_survives_a_kill_of_its_resource_tracker_without_a_word(tmp_path):
                             env={**os.environ, "HTSRL_TEST_GO_MARKER": str(go),
                                  "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])})
     try:
-        wait_until(Path(f"{go}.waiting").exists, 120, "the workers' first reset")
+        wait_until(Path(f"{go}.waiting").exists, HANG_S, "the workers' first reset")
         assert glob.glob(f"/dev/shm/{SHM_PREFIX}{proc.pid}_*")
         trackers = [c for c in _children(proc.pid)
                     if b"resource_tracker" in Path(f"/proc/{c}/cmdline").read_bytes()]

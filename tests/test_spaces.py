@@ -5,8 +5,13 @@ import re
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from htsrl_aio.config import TrainConfig
+from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.envs.spaces import SINGLE_KEY, ActionSpec, BadObservation, ObsLayout, UnsupportedSpace
+from htsrl_aio.models.build import build_model
+from htsrl_aio.models.cnn import FEATURES
 
 
 def test_a_box_is_one_key_and_float64_is_stored_as_float32():
@@ -106,3 +111,46 @@ def test_values_a_space_holds_are_stored_as_before():
     encoded = layout.encode((np.array([-1, 2]), np.array([True, False, True]), frame, np.array([-128, 127])))
     assert encoded["0"].tolist() == [1, 0, 0, 0, 0, 1] and encoded["1"].tolist() == [1, 0, 1]
     assert (encoded["2"] == 255).all() and encoded["3"].tolist() == [-128, 127]
+
+
+class SmallImageEnv(gym.Env):
+    """A Dict observation: a small 8x8x3 uint8 image (too small for the CNN) beside a state vector, and
+    a 36x36 frame the CNN reads."""
+
+    observation_space = gym.spaces.Dict({
+        "image": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        "state": gym.spaces.Box(-1, 1, (2,), np.float32),
+        "frame": gym.spaces.Box(0, 255, (36, 36, 3), np.uint8),
+    })
+    action_space = gym.spaces.Discrete(2)
+
+    def observation(self) -> dict[str, np.ndarray]:
+        image = np.zeros((8, 8, 3), np.uint8)
+        image[::2] = 255
+        return {"image": image, "state": np.array([-1.0, 0.5], np.float32),
+                "frame": np.full((36, 36, 3), 255, np.uint8)}
+
+
+@pytest.mark.parametrize("normalize_obs", [False, True])
+def test_bytes_reach_the_network_divided_by_255_once_in_every_encoder_path(normalize_obs):
+    """Before, the 8x8 image went into the MLP as raw 0-255 numbers (and into --normalize-obs's
+    statistics so), while the CNN read its frames in [0, 1]."""
+    env = SmallImageEnv()
+    spec = EnvSpec.from_spaces(env.observation_space, env.action_space)
+    assert {f.key: f.scale for f in spec.obs.fields} == {"image": 1 / 255, "state": 1.0, "frame": 1 / 255}
+    model = build_model(spec, TrainConfig(env="CartPole-v1", normalize_obs=normalize_obs).resolved())
+    encoder = model.encoder
+    assert encoder.cnn_keys == ("frame",) and encoder.flat_keys == ("image", "state")
+    obs = {key: torch.from_numpy(array[None]) for key, array in spec.obs.encode(env.observation()).items()}
+    cnn_inputs = []
+    encoder.cnns["frame"].trunk.register_forward_pre_hook(lambda _, args: cnn_inputs.append(args[0]))
+    encoder.update_stats(obs)
+    features = encoder(obs)
+    if normalize_obs:  # the statistics saw the bytes in [0, 1] too (their prior count is 1e-4)
+        mean = encoder.stats["image"].mean
+        assert mean.min() == 0.0 and mean.max() == pytest.approx(1.0, rel=1e-3)
+    else:
+        image = features[0, FEATURES:FEATURES + 8 * 8 * 3]
+        assert image.min() == 0.0 and image.max() == 1.0
+        assert features[0, FEATURES + 8 * 8 * 3:].tolist() == [-1.0, 0.5]  # a float Box as it is
+    assert cnn_inputs[0].max() == 1.0  # divided by 255 once, by the CNN itself

@@ -1,12 +1,12 @@
 """The embedding API: Trainer lives in the caller's event loop."""
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -52,6 +52,7 @@ async def test_cancelling_the_task_stops_cleanly_and_checkpoints(run_dir, no_lea
     assert not (run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
 async def test_act_serves_the_host_without_changing_training(tmp_path, no_leaks):
     async with Trainer(config(tmp_path / "plain")) as trainer:
         plain = await trainer.run()
@@ -66,25 +67,30 @@ async def test_act_serves_the_host_without_changing_training(tmp_path, no_leaks)
     assert acting["final_params_sha256"] == plain["final_params_sha256"]
 
 
+@pytest.mark.slow
 async def test_training_does_not_starve_the_host_loop(run_dir, no_leaks):
-    """A host coroutine that sleeps 5 ms at a time keeps getting scheduled while training runs."""
-    delays: list[float] = []
+    """A host coroutine that sleeps 1 ms at a time keeps getting scheduled while training runs: it beats
+    during every rollout (64 steps of 8 envs, each step at least an inference pass and a worker's
+    answer). Counted in beats, not timed: a loaded machine delays both sides alike (benchmarks/ records
+    the delays)."""
+    beats = 0
 
     async def heartbeat() -> None:
+        nonlocal beats
         while True:
-            start = time.perf_counter()
-            await asyncio.sleep(0.005)
-            delays.append(time.perf_counter() - start - 0.005)
+            await asyncio.sleep(0.001)
+            beats += 1
 
     beat = asyncio.ensure_future(heartbeat())
+    beats_at_update = []
     try:
         async with Trainer(config(run_dir, total_steps=8 * 64 * 20, num_envs=8, rollout=64)) as trainer:
-            await trainer.run()
+            async for _ in trainer.updates():
+                beats_at_update.append(beats)
     finally:
         beat.cancel()
-    assert len(delays) > 50
-    # Generous for a loaded 2-core CI machine; benchmarks/ records the real number.
-    assert float(np.percentile(delays, 99)) < 0.1
+    assert len(beats_at_update) == 20
+    assert all(a < b for a, b in itertools.pairwise([0, *beats_at_update])), beats_at_update
 
 
 async def test_more_torch_threads_than_cores_in_hts_is_warned_about(run_dir, no_leaks, monkeypatch):

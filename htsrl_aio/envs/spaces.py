@@ -98,6 +98,10 @@ class ObsField:
     sizes: tuple[int, ...] = ()  # one_hot: the category count of each entry
     starts: tuple[int, ...] = ()  # one_hot: the lowest value of each entry
     binary: bool = False  # MultiBinary: every value is 0 or 1
+    # What the model multiplies stored values by before anything else reads them: 1/255 for the bytes of
+    # a Box(0, 255, uint8) (pixels, RAM), as SB3 and the CNN read images, so they enter an MLP and the
+    # --normalize-obs statistics in [0, 1]. Decided by the space, never by the values seen.
+    scale: float = 1.0
 
     @property
     def image(self) -> bool:
@@ -276,17 +280,23 @@ def _is_text(space: gym.Space) -> bool:
 
 def _box_field(key: str, path: tuple[str | int, ...], space: gym.spaces.Box) -> ObsField:
     shape, dtype = tuple(space.shape), np.dtype(space.dtype)
+    scale = 1 / 255 if _holds_bytes(space) else 1.0
     if dtype == np.uint8 and len(shape) == 3 and 1 <= shape[-1] <= 4 and shape[0] > 4:
-        return ObsField(key, path, shape, (shape[-1], *shape[:2]), dtype, dtype, "hwc")  # HWC -> CHW, once
+        return ObsField(key, path, shape, (shape[-1], *shape[:2]), dtype, dtype, "hwc",  # HWC -> CHW, once
+                        scale=scale)
     if dtype == np.uint8 and len(shape) == 4 and 1 <= shape[-1] <= 4:  # stacked HWC frames
-        return ObsField(key, path, shape, (shape[0] * shape[-1], *shape[1:3]), dtype, dtype, "stack_hwc")
+        return ObsField(key, path, shape, (shape[0] * shape[-1], *shape[1:3]), dtype, dtype, "stack_hwc",
+                        scale=scale)
     if dtype == np.uint8 and len(shape) == 2 and min(shape) > 4:
-        return ObsField(key, path, shape, (1, *shape), dtype, dtype, "channel")  # grayscale -> 1 channel
+        return ObsField(key, path, shape, (1, *shape), dtype, dtype, "channel", scale=scale)  # grayscale
     # float64 observations (MuJoCo's) are stored and learned as float32: the model computes in it.
     stored = np.dtype(np.float32) if dtype == np.float64 else dtype
-    return ObsField(key, path, shape, shape, stored, dtype)
+    return ObsField(key, path, shape, shape, stored, dtype, scale=scale)
 
 
+def _holds_bytes(space: gym.spaces.Box) -> bool:
+    """A uint8 Box bounded by 0 and 255 everywhere (SB3's test for an image space, any shape)."""
+    return space.dtype == np.uint8 and bool(np.all(space.low == 0) and np.all(space.high == 255))
 
 
 ActionKind = Literal["discrete", "multi_discrete", "multi_binary", "box"]

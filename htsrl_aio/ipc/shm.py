@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -113,7 +114,7 @@ class SharedArray:
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: np.dtype) -> SharedArray:
-        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        nbytes = _nbytes(shape, dtype)
         name = f"{SHM_PREFIX}{_CREATOR.acquire()}{secrets.token_hex(6)}"  # its creator's lock file
         try:
             shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
@@ -169,6 +170,27 @@ def _tracker_alive() -> bool:
     """Whether this process's resource tracker runs (it was started by the first segment created)."""
     tracker = resource_tracker._resource_tracker
     return tracker._fd is not None and tracker._check_alive()
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The size of the segment `SharedArray.create` makes for an array."""
+    return max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+
+
+def segments_bytes(arrays: Iterable[tuple[tuple[int, ...], np.dtype]]) -> int:
+    """What segments for these (shape, dtype) arrays take in /dev/shm, a tmpfs of whole pages."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(-(-_nbytes(shape, dtype) // page) * page for shape, dtype in arrays)
+
+
+def free_bytes(shm_dir: Path = SHM_DIR) -> int | None:
+    """The bytes new segments may take in /dev/shm, None without it (not Linux). A tmpfs that fills
+    while a segment is written is no error Python sees: the writer dies of SIGBUS."""
+    try:
+        stats = os.statvfs(shm_dir)
+    except FileNotFoundError:
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def remove_stale_segments(shm_dir: Path = SHM_DIR) -> list[tuple[str, int]]:

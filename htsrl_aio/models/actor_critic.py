@@ -41,12 +41,19 @@ class ObsEncoder(nn.Module):
         shapes = {f.key: f.shape for f in layout.fields}
         self.cnns = nn.ModuleDict({k: NatureCNN(shapes[k], precision) for k in cnn_keys})
         self.flat_sizes = {k: math.prod(shapes[k]) for k in self.flat_keys}
+        self.scales = {f.key: f.scale for f in layout.fields if f.key in self.flat_keys and f.scale != 1.0}
         self.stats = nn.ModuleDict({k: RunningMeanStd((self.flat_sizes[k],)) for k in self.flat_keys}
                                    if normalize else {})
         self.size = FEATURES * len(cnn_keys) + sum(self.flat_sizes.values())
 
-    def _flat(self, key: str, x: torch.Tensor) -> torch.Tensor:
+    def _floats(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """A flattened key as floats; the bytes of a Box(0, 255, uint8) in [0, 1] (ObsField.scale), as the
+        CNN reads its images, before the --normalize-obs statistics see them."""
         x = x.float().flatten(1)
+        return x * self.scales[key] if key in self.scales else x
+
+    def _flat(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        x = self._floats(key, x)
         return self.stats[key].normalize(x) if key in self.stats else x
 
     def forward(self, obs: Obs) -> torch.Tensor:
@@ -57,7 +64,7 @@ class ObsEncoder(nn.Module):
     def update_stats(self, obs: Obs) -> None:
         """Fold a batch of observations into the running statistics (no-op without --normalize-obs)."""
         for key, stats in self.stats.items():
-            stats.update(obs[key].flatten(1))
+            stats.update(self._floats(key, obs[key]))
 
 
 class ActorCritic(nn.Module):

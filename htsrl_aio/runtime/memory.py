@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from htsrl_aio.backends.protocol import ObsBuffers
-from htsrl_aio.ipc.shm import SharedArray, SharedArraySpec
+from htsrl_aio.errors import ConfigError
+from htsrl_aio.ipc.shm import SHM_DIR, SharedArray, SharedArraySpec, free_bytes, segments_bytes
 from htsrl_aio.runtime.storage import OBS_PREFIX, Layout, RolloutStorage, storage_layout
 
 StorageSpecs = list[dict[str, SharedArraySpec]]
@@ -22,16 +23,29 @@ class MemoryClosed(RuntimeError):
     """The run's shared memory was released (the run ended); nothing may read or write it now."""
 
 
+def _require_room(arrays: list[tuple[tuple[int, ...], np.dtype]]) -> None:
+    """Refuse, before allocating, storage that /dev/shm cannot hold: filling it would kill the run
+    with SIGBUS, without a word."""
+    needed, free = segments_bytes(arrays), free_bytes()
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"the rollout storage needs {needed / 2**20:.1f} MiB of shared memory but {SHM_DIR} has "
+            f"{free / 2**20:.1f} MiB free; give it more room (Docker's default is 64 MiB: start the "
+            "container with --shm-size, e.g. --shm-size=2g) or store less: fewer --num-envs, a shorter "
+            "--rollout or smaller frames (--frame-size).")
+
+
 class RunMemory:
     def __init__(self, num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
                  action_dtype: np.dtype, state_size: int = 0) -> None:
         self._blocks: list[SharedArray] = []
         self._closed = False
+        layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype, state_size)
+        final = {key: ((num_envs, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
+        _require_room([*layout.values(), *layout.values(), *final.values()])
         try:
-            layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype, state_size)
             self._storage_arrays = [self._create(layout) for _ in range(2)]
-            self._final = self._create({key: ((num_envs, *shape), dtype)
-                                        for key, (shape, dtype) in obs_arrays.items()})
+            self._final = self._create(final)
         except BaseException:
             self.close()
             raise
