@@ -1,5 +1,5 @@
 """Stable-Baselines3 PPO and A2C on Atari with the settings of htsrl-aio's atari-ppo / atari-a2c presets,
-and sb3-contrib's RecurrentPPO ("ppo_lstm") with those of `--preset atari-ppo --memory lstm --frame-stack 1`.
+and sb3-contrib's RecurrentPPO ("ppo_lstm") with those of `--preset atari-lstm` (one frame, a 128-unit LSTM).
 
 Used by atari_throughput.py and atari_learning.py. SB3 comes from the `bench` extra, never from core.
 Writes `metrics.jsonl` rows like htsrl-aio's (global_step, wall_time_s, episode_return_mean over the

@@ -16,9 +16,9 @@ Parts (`--parts`, all by default):
            `--engine-threads`: what the engine backend's defaults should be.
 - ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating.
 - a2c:     atari-a2c preset, hts vs sync vs SB3 A2C, alternating.
-- lstm:    recurrent PPO (atari-ppo preset, --memory lstm, one frame), hts vs sync vs sb3-contrib's
-           RecurrentPPO (CnnLstmPolicy, same settings, one shared 128-unit LSTM), and hts with the
-           feedforward policy on 4 stacked frames: the cost of the core.
+- lstm:    recurrent PPO (atari-lstm preset: atari-ppo's, --memory lstm, one frame), hts vs sync vs
+           sb3-contrib's RecurrentPPO (CnnLstmPolicy, same settings, one shared 128-unit LSTM), and hts
+           with the feedforward policy on 4 stacked frames: the cost of the core.
 - scaling: hts PPO (atari-ppo) steps/s for each of `--scaling-envs`.
 
 "steady" skips the first 10% of updates (process start, first updates). Busy fractions are means over
@@ -206,8 +206,7 @@ def main() -> None:
                                run_collect(args, fresh(), env_backend="engine", engine_batch=batch,
                                            engine_threads=threads))
             if "lstm" in args.parts:
-                recurrent = {"preset": "atari-ppo", "memory": "lstm", "frame_stack": 1,
-                             "total_steps": args.total_steps}
+                recurrent = {"preset": "atari-lstm", "total_steps": args.total_steps}
                 for mode in ("hts", "sync"):
                     record("lstm", f"htsrl {mode}", run_htsrl(args, fresh(), mode=mode, **recurrent))
                 record("lstm", "htsrl hts feedforward", run_htsrl(args, fresh(), preset="atari-ppo",

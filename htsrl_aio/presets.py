@@ -66,6 +66,14 @@ PRESETS: dict[str, Preset] = {
         "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "normalize_obs": True,
         "normalize_reward": True,
     }),
+    # CleanRL's ppo_atari_lstm.py: the atari-ppo settings, one frame instead of four, and a 128-unit LSTM
+    # after the CNN that does what the stack did (and more).
+    "atari-lstm": Preset("Atari with memory: CleanRL's recurrent PPO (one frame, an LSTM), bf16 CNN trunk", {
+        "algo": "ppo", "num_envs": 8, "rollout": 128, "epochs": 4, "minibatches": 4, "lr": 2.5e-4,
+        "optimizer": "adam", "anneal_lr": True, "clip_coef": 0.1, "ent_coef": 0.01, "vf_coef": 0.5,
+        "gamma": 0.99, "gae_lambda": 0.95, "max_grad_norm": 0.5, "precision": "bf16", "memory": "lstm",
+        "memory_size": 128, "frame_stack": 1,
+    }),
     # Procgen, MiniGrid pixels, ViZDoom, ...: frames are shrunk with --frame-size instead of Atari's
     # preprocessing.
     "image-ppo": Preset("image observations outside Atari: CleanRL's Atari PPO settings", {

@@ -246,6 +246,8 @@ def test_no_velocity_envs_show_positions_only_and_the_preset_brings_memory():
     cfg = TrainConfig(env="htsrl_aio.envs.pomdp:CartPoleNoVel-v1", preset="pomdp-ppo").resolved()
     assert (cfg.memory, cfg.memory_size, cfg.minibatches) == ("lstm", 64, 1)
     assert TrainConfig().resolved().memory == "none"
+    atari = TrainConfig(env="ALE/Pong-v5", preset="atari-lstm").resolved()
+    assert (atari.memory, atari.frame_stack, atari.rollout) == ("lstm", 1, 128)
 
 
 @pytest.mark.ray
