@@ -44,6 +44,7 @@ def actions_trace(run_dir: Path) -> list[str]:
     return [row["actions_sha256"] for row in metrics_rows(run_dir)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,memory", [("multi_discrete", "lstm"),
                                          pytest.param("box", "gru", marks=pytest.mark.slow),
                                          pytest.param("pendulum", "lstm", marks=pytest.mark.slow)])
