@@ -45,9 +45,7 @@ def actions_trace(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,memory", [("multi_discrete", "lstm"),
-                                         pytest.param("box", "gru", marks=pytest.mark.slow),
-                                         pytest.param("pendulum", "lstm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind,memory", [("multi_discrete", "lstm"), ("box", "gru"), ("pendulum", "lstm")])
 def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind, memory):
     runs = {name: train(config(tmp_path / name, kind, memory, **overrides)) for name, overrides in [
         ("one_worker", {"workers": 1}),
