@@ -41,7 +41,7 @@ from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
 from htsrl_aio.outputs.tensorboard import ScalarLog
 from htsrl_aio.runtime.inference import BatchedInference
-from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner
+from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner, use_deterministic_algorithms
 from htsrl_aio.runtime.learner_process import ProcessLearner
 from htsrl_aio.runtime.memory import RunMemory
 from htsrl_aio.runtime.scheduler import RolloutScheduler
@@ -243,9 +243,9 @@ def _torch_settings(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
         # it torch refuses every matrix product under use_deterministic_algorithms.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(cfg.torch_threads)
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    use_deterministic_algorithms(cfg.deterministic)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        use_deterministic_algorithms(deterministic)

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
-import json
-import logging
 import sys
-import types
-import typing
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
-from htsrl_aio.config import TrainConfig, load_config_file
-from htsrl_aio.errors import ConfigError, HtsrlError, RunInterrupted, limit_error
-from htsrl_aio.ipc.limits import ensure_address_space
-from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS
+
+def _interrupted_before_start(what: str) -> int:
+    """Ctrl-C before `what` started anything: the one line every stop ends with, and Ctrl-C's status."""
+    print(f"htsrl-aio: interrupted before {what} started; nothing was written.", file=sys.stderr)
+    return 130
+
+
+# The `htsrl-aio` script imports this module before main() runs: a Ctrl-C while it loads (its first
+# tenth of a second) ends as one line too, not as Python's KeyboardInterrupt traceback.
+try:
+    import argparse
+    import contextlib
+    import dataclasses
+    import json
+    import logging
+    import types
+    import typing
+    import warnings
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    from htsrl_aio.config import TrainConfig, load_config_file
+    from htsrl_aio.errors import ConfigError, HtsrlError, RunInterrupted, limit_error
+    from htsrl_aio.ipc.limits import ensure_address_space
+    from htsrl_aio.presets import ALGO_DEFAULTS, BASE_DEFAULTS
+except KeyboardInterrupt:
+    raise SystemExit(_interrupted_before_start("the command")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +127,10 @@ def _key_value(text: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` (default: sys.argv) and return its exit status; wrong flags or input raise
     SystemExit(2) instead."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return _interrupted_before_start("the command")
     command = {"train": _train, "check-env": _check_env, "eval": _eval, "plot": _plot, "diff": _diff,
                "clean": _clean}[args.command]
     with _terminal_messages():
@@ -187,8 +202,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         from htsrl_aio.training import resume, train  # torch is imported only when a run starts
     except KeyboardInterrupt:  # Ctrl-C while torch loads (the first second or two): nothing started yet
-        print("htsrl-aio: interrupted before the run started; nothing was written.", file=sys.stderr)
-        return 130
+        return _interrupted_before_start("the run")
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if "env_kwargs" in flags:
         flags["env_kwargs"] = dict(flags["env_kwargs"])

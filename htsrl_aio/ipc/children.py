@@ -28,8 +28,6 @@ from multiprocessing import connection, resource_tracker
 from pathlib import Path
 from typing import Any
 
-import torch.multiprocessing as tmp
-
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.ipc.marks import CHILD_MARK, descendants, kill_if_same, kill_marked, new_mark
 
@@ -41,8 +39,10 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PARENT_POLL_S = 1.0
 
 # spawn, not fork: a forked child would inherit torch's thread pools and the running event loop.
-# torch's context also shares tensors (a learner's parameters) through shared memory when pickled.
-_CONTEXT = tmp.get_context("spawn")
+# Plain multiprocessing, not torch.multiprocessing: a child imports this module first, and env workers
+# and the env check need no torch (importing it costs each of them 1-2 CPU seconds at start-up). The
+# learner's module imports torch.multiprocessing, which makes tensors sent to its child shared memory.
+_CONTEXT = multiprocessing.get_context("spawn")
 
 
 class WatchedChild:

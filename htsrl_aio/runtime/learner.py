@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -307,3 +308,18 @@ def _make_optimizer(config: LearnerSettings, model: nn.Module) -> torch.optim.Op
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
     return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=0.99, eps=1e-5)
+
+
+def use_deterministic_algorithms(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode)`, without loading torch._inductor when it is not loaded.
+
+    torch's function imports torch._inductor.config (some 800 modules, sympy among them: 1.5 CPU
+    seconds in each process that sets it, a fifth of a small run's start-up) to set a flag that only
+    torch.compile reads, and htsrl-aio compiles nothing. Where torch.compile is loaded already, or the
+    internal setter has gone, the public function sets both.
+    """
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        set_flag(mode)

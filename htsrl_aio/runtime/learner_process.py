@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.multiprocessing  # pickles tensors sent to a child as shared memory (the parameters)
 from torch import nn
 
 from htsrl_aio.config import LearnerSettings
@@ -24,7 +25,7 @@ from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import HtsrlError
 from htsrl_aio.ipc.children import WatchedChild, close_children
 from htsrl_aio.ipc.shm import SharedArray
-from htsrl_aio.runtime.learner import Learner, learn, wait_settled
+from htsrl_aio.runtime.learner import Learner, learn, use_deterministic_algorithms, wait_settled
 from htsrl_aio.runtime.memory import StorageSpecs
 from htsrl_aio.runtime.storage import RolloutStorage
 
@@ -127,7 +128,7 @@ def learner_main(conn: Connection, settings: LearnerSettings, model: nn.Module,
                  distribution: ActionDistribution, storage_specs: StorageSpecs,
                  restored: Mapping[str, Any] | None) -> None:
     torch.set_num_threads(settings.torch_threads)
-    torch.use_deterministic_algorithms(settings.deterministic)
+    use_deterministic_algorithms(settings.deterministic)
     shared = [{name: SharedArray.attach(spec) for name, spec in specs.items()} for specs in storage_specs]
     storages = [RolloutStorage(i, {name: a.array for name, a in arrays.items()})
                 for i, arrays in enumerate(shared)]
