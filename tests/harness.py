@@ -116,6 +116,34 @@ def metrics_rows(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def actions_trace(run: Path) -> list[str]:
+    """Each update's actions_sha256 of a run directory."""
+    return [row["actions_sha256"] for row in metrics_rows(run)]
+
+
+# Where a run's envs, inference and learner can be placed without changing a bit.
+PLACEMENTS: dict[str, dict[str, Any]] = {
+    "one_worker": {"workers": 1},
+    "three_workers": {"workers": 3, "max_batch": 3, "learner": "thread"},
+    "event_loop": {"env_backend": "loop", "env_timeout": 0, "max_batch": 2},
+}
+
+
+def same_bits_in_every_placement(make: Callable[..., TrainConfig], root: Path,
+                                 updates: int) -> dict[str, Any]:
+    """Train `make(run_dir, **placement)` in each of PLACEMENTS; assert the same final parameters and
+    actions trace, with different actions in every update; return the first run's summary."""
+    from htsrl_aio import train
+
+    runs = {name: train(make(root / name, **placement)) for name, placement in PLACEMENTS.items()}
+    hashes = {name: summary["final_params_sha256"] for name, summary in runs.items()}
+    assert len(set(hashes.values())) == 1, hashes
+    traces = [actions_trace(root / name) for name in runs]
+    assert len(traces[0]) == updates and traces[0] == traces[1] == traces[2]
+    assert len(set(traces[0])) == updates  # the policy acted differently each rollout
+    return runs["one_worker"]
+
+
 def signalled(argv: list[str], run: Path, sig: signal.Signals, *, group: bool = False,
               again_when: Callable[[], bool] | None = None,
               when: Callable[[], bool] | None = None) -> tuple[int, str]:

@@ -1,12 +1,12 @@
 """Every kind of space trains, bit for bit the same whatever the workers, batching, backend or timing,
 and resumes exactly with its running normalisation statistics."""
 
-import json
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import as_if_crashed_after
+from harness import actions_trace, as_if_crashed_after, same_bits_in_every_placement
 
 from htsrl_aio import TrainConfig, Trainer, resume, train
 from htsrl_aio.checkpoint import load
@@ -30,24 +30,10 @@ def config(run_dir: Path, kind: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def actions_trace(run_dir: Path) -> list[str]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["actions_sha256"] for line in lines]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, kind):
-    runs = {name: train(config(tmp_path / name, kind, **overrides)) for name, overrides in [
-        ("one_worker", {"workers": 1}),
-        ("three_workers", {"workers": 3, "max_batch": 3, "learner": "thread"}),
-        ("event_loop", {"env_backend": "loop", "env_timeout": 0, "max_batch": 2}),
-    ]}
-    hashes = {name: summary["final_params_sha256"] for name, summary in runs.items()}
-    assert len(set(hashes.values())) == 1, hashes
-    traces = [actions_trace(tmp_path / name) for name in runs]
-    assert len(traces[0]) == UPDATES and traces[0] == traces[1] == traces[2]
-    assert len(set(traces[0])) == UPDATES  # the policy acted differently each rollout
+    same_bits_in_every_placement(functools.partial(config, kind=kind), tmp_path, UPDATES)
 
 
 @pytest.mark.ray
