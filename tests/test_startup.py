@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness import terminal_signals
 
 from htsrl_aio import cli
 
@@ -36,8 +37,11 @@ _MODULE = "import runpy\nrunpy.run_module('htsrl_aio', run_name='__main__')"  # 
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` as a command started from a terminal: with SIGINT not ignored, even where the test
+    runner was started in the background (a shell's background jobs, nohup and CI runners ignore it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=terminal_signals)
 
 
 @pytest.mark.parametrize("entry", [_SCRIPT, _MODULE], ids=["htsrl-aio", "python -m htsrl_aio"])
