@@ -100,9 +100,9 @@ class TrainConfig:
         "a table in a --config file", check=_KEY_VALUES, default_factory=dict)
     env_backend: Literal["auto", "process", "loop", "engine", "ray"] = _opt(
         "where env replicas run: process (worker processes), loop (on the event loop: AsyncEnvs, or a plain "
-        "env for debugging with --env-timeout 0), engine (C++ vector engines: ALE/... and envpool:... ids), ray (Ray actors, "
-        "on this machine or across a cluster: needs the ray extra); auto picks engine for ALE/... and "
-        "envpool:... ids, loop for an AsyncEnv and process otherwise", default="auto")
+        "env for debugging with --env-timeout 0), engine (C++ vector engines: ALE/... and envpool:... ids), "
+        "ray (Ray actors, on this machine or across a cluster: needs the ray extra); auto picks engine for "
+        "ALE/... and envpool:... ids, loop for an AsyncEnv and process otherwise", default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)
