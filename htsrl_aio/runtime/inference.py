@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from htsrl_aio.distributions import ActionDistribution
+from htsrl_aio.models.actor_critic import ActorCritic
 from htsrl_aio.models.params import copy_params
 from htsrl_aio.runtime.storage import MemorySlot
 from htsrl_aio.runtime.tickets import TicketNoise
@@ -50,8 +51,9 @@ class _Request(NamedTuple):
 
 
 class BatchedInference:
-    def __init__(self, model: nn.Module, distribution: ActionDistribution, noise: TicketNoise, max_batch: int,
-                 obs_arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]], block: int | None = 8,
+    def __init__(self, model: ActorCritic, distribution: ActionDistribution, noise: TicketNoise,
+                 max_batch: int, obs_arrays: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+                 block: int | None = 8,
                  device: torch.device | str = "cpu") -> None:
         """`block`: fixed rows per forward pass (deterministic); None runs each batch at its own size."""
         self.model = model.eval()
@@ -63,7 +65,7 @@ class BatchedInference:
         rows = block or max_batch
         self._batch = {key: np.zeros((rows, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
         self._noise = np.zeros((rows, noise.shape[-1]))
-        self._state = np.zeros((rows, getattr(model, "state_size", 0)), np.float32)
+        self._state = np.zeros((rows, model.state_size), np.float32)
         self._start = np.zeros(rows, bool)
         self._queue: list[_Request] = []
         self._flush_scheduled = False
@@ -155,9 +157,7 @@ class BatchedInference:
                 start: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(distribution parameters, values, next states) on the CPU, in float32."""
         obs = {key: torch.from_numpy(a).to(self.device) for key, a in batch.items()}
-        if not state.shape[1]:
-            params, values = self.model(obs)
-            return params.float().cpu(), values.float().cpu(), torch.from_numpy(state)
+        # A memoryless policy's step is its forward pass; its empty state passes through.
         params, values, states = self.model.step(obs, torch.from_numpy(state).to(self.device),
                                                  torch.from_numpy(start).to(self.device))
         return params.float().cpu(), values.float().cpu(), states.float().cpu()
