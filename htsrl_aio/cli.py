@@ -107,7 +107,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     elif hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif typing.get_origin(hint) is tuple:
-        kwargs.update(type=int, nargs="+")
+        kwargs.update(type=typing.get_args(hint)[0], nargs="+")
     elif hint in (int, float):
         kwargs["type"] = hint
     parser.add_argument(flag, **kwargs)
