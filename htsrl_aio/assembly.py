@@ -26,7 +26,7 @@ import torch
 from htsrl_aio.backends.protocol import BackendArgs, EnvBackend
 from htsrl_aio.backends.registry import BACKENDS, backend_name, make_backend
 from htsrl_aio.backends.replica_states import ReplicaStates
-from htsrl_aio.checkpoint import Checkpoint
+from htsrl_aio.checkpoint import Checkpoint, library_versions
 from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
@@ -40,6 +40,7 @@ from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
 from htsrl_aio.outputs.tensorboard import ScalarLog
+from htsrl_aio.outputs.trackers import open_trackers, require_packages
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import Learner, LearnerHandle, ThreadLearner, use_deterministic_algorithms
 from htsrl_aio.runtime.learner_process import ProcessLearner
@@ -88,9 +89,10 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
                    stack: contextlib.AsyncExitStack, hooks: RunHooks) -> RunParts:
     """Build a run of `config` (resolved here; `user`: the settings the user gave), or continue `resume`;
     register every cleanup on `stack`."""
+    cfg = config.resolved()
+    require_packages(cfg)  # a tracker's missing package, before anything starts
     remove_stale_segments()  # left by runs killed with their resource tracker; their pids are dead
     start_resource_tracker()
-    cfg = config.resolved()
     ensure_open_files(cfg.workers or 1)
     factory = resolve_env(cfg.env, cfg)
     spec = await probe_env(factory, cfg.env_timeout or None)
@@ -131,7 +133,10 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
         log.warning("%s", note)  # once the start is accepted, and not again on resume
     placement = getattr(backend, "placement", None)
     if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
-        run_dir.write_json(CONFIG, {**config_json, "env_runs": placement})
+        config_json = {**config_json, "env_runs": placement}
+        run_dir.write_json(CONFIG, config_json)
+    # Once the start is accepted: a refused start leaves no tracker run behind.
+    sinks.add_trackers(open_trackers(cfg, run_dir, config_json, resumed=resume is not None))
 
     scheduler = RolloutScheduler(cfg, backend, memory.storages, memory.final_obs, inference, learner,
                                  hooks.on_update, checkpoint=hooks.on_swap,
@@ -179,11 +184,13 @@ def _open_outputs(cfg: TrainConfig, user: dict[str, Any] | None, env_name: str, 
     stack.callback(run_dir.close)
     resume_step = None if resume is None else resume.update * cfg.num_envs * cfg.rollout + 1
     scalars = ScalarLog(logdir, cfg.tensorboard, resume_step)
-    sinks = MetricsSinks(run_dir, scalars)
+    sinks = MetricsSinks(run_dir, [scalars])
     stack.callback(sinks.close)
+    # Not compared on resume (only the settings are): a run may resume on another machine.
     config_json = {**cfg.to_json_dict(), "logdir": str(logdir), "tensorboard": scalars.status,
                    "env_runs": BACKENDS[backend_kind].placement(cfg),
-                   "determinism": determinism_note(cfg, device), USER_SETTINGS: user}
+                   "determinism": determinism_note(cfg, device), USER_SETTINGS: user,
+                   "versions": library_versions()}
     run_dir.write_json(CONFIG, config_json)
     return run_dir, sinks, config_json
 

@@ -23,7 +23,7 @@ Kinds:
 Every random stream of a run is derived from (seed, purpose, ids), so the update count and the episode
 counts stored per env are the whole random state. Each checkpoint also records the settings the user
 gave (`user_config`, so a resume on another machine resolves its machine-dependent defaults again) and
-the versions of the libraries it was written with.
+the versions of the libraries and the CPU/GPU models it was written with (`library_versions`).
 
 Everything is tensors and plain values, loaded with `torch.load(weights_only=True)`: a checkpoint from
 elsewhere cannot run code. Env states are pickled bytes and only unpickled if signed on this machine
@@ -33,6 +33,7 @@ elsewhere cannot run code. Env states are pickled bytes and only unpickled if si
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import logging
 import pickle
@@ -129,8 +130,9 @@ def _malformed(data: Mapping[str, Any]) -> list[str]:
 
 
 def library_versions() -> dict[str, str]:
-    """Python's and each installed library's version, and the machine's processor."""
-    versions = {"python": platform.python_version(), "machine": platform.machine()}
+    """Python's and each installed library's version, the machine's architecture, CPU model and (where
+    torch sees CUDA) GPU models: what config.json, checkpoints and trackers record beside a result."""
+    versions = {"python": platform.python_version(), "machine": platform.machine(), **_hardware()}
     for name in _LIBRARIES:
         if name == "envpool" and "envpool" not in sys.modules:
             continue  # only where the run used it
@@ -139,6 +141,29 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
+
+
+@functools.cache
+def _hardware() -> dict[str, str]:
+    """The CPU model and the GPU models, once per process: naming a GPU initialises CUDA."""
+    hardware = {"cpu": _cpu_model()}
+    if torch.cuda.is_available():
+        hardware["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return hardware
+
+
+def _cpu_model() -> str:
+    """/proc/cpuinfo's "model name" (Linux); else what the platform says, which is often only the
+    architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def periodic_name(update: int) -> str:

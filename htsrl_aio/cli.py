@@ -94,7 +94,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     elif f.default is None and f.name in BASE_DEFAULTS:
         help_text += f" (default: {BASE_DEFAULTS[f.name]} unless a preset sets it)"
     elif f.default is not None and f.default is not dataclasses.MISSING:  # not a default_factory's
-        shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        shown = (" ".join(map(str, f.default)) or "none") if isinstance(f.default, tuple) else f.default
         help_text += f" (default: {shown})"
     # Only flags actually given appear in the namespace, so they can override a --config file.
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
@@ -107,7 +107,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any)
     elif hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif typing.get_origin(hint) is tuple:
-        kwargs.update(type=int, nargs="+")
+        kwargs.update(type=typing.get_args(hint)[0], nargs="+")
     elif hint in (int, float):
         kwargs["type"] = hint
     parser.add_argument(flag, **kwargs)

@@ -73,6 +73,8 @@ _SECONDS = _Check(lambda v: _real(v) and math.isfinite(v) and v >= 0,
 _KEY_VALUES = _Check(lambda v: isinstance(v, dict), "must be KEY=VALUE pairs (a table in TOML)")
 _RAY_ADDRESS = _Check(lambda v: isinstance(v, str) and v != "",
                       "takes 'auto' or a cluster address (host:port)")
+_NAME = _Check(lambda v: isinstance(v, str) and v.strip() != "", "must be a non-empty name")
+_NAMES = _Check(lambda v: all(isinstance(t, str) and t.strip() != "" for t in v), "must be non-empty names")
 _LAYER_SIZES = _Check(lambda v: all(_positive_int(h) for h in v), "sizes must be positive integers")
 _FRAME_SIZE = _Check(lambda v: len(v) == 2 and all(_positive_int(s) for s in v),
                      "takes HEIGHT WIDTH (two positive integers)")
@@ -236,6 +238,23 @@ class TrainConfig:
         check=_SECONDS, resume="overridable", default=20.0)
     tensorboard: bool = _opt("write TensorBoard scalars into the run directory (needs the tensorboard extra)",
                              default=True)
+    wandb_project: str | None = _opt(
+        "log the run to this Weights & Biases project: config.json, every update's metrics at its "
+        "global_step, the versions; --resume continues the same W&B run (needs the wandb extra; "
+        "WANDB_MODE=offline logs without an account)", check=_NAME, resume="overridable", default=None)
+    wandb_entity: str | None = _opt("--wandb-project: the W&B user or team that owns the project (default: "
+                                    "your default entity)", check=_NAME, resume="overridable", default=None)
+    wandb_group: str | None = _opt("--wandb-project: the W&B group of the run (e.g. one per experiment)",
+                                   check=_NAME, resume="overridable", default=None)
+    wandb_tags: tuple[str, ...] = _opt("--wandb-project: tags of the W&B run", check=_NAMES,
+                                       resume="overridable", default=())
+    mlflow: bool = _opt(
+        "log the run to MLflow: the settings as params, the versions as tags, every update's metrics at "
+        "its global_step, config.json and summary.json as artifacts; --resume continues the same MLflow "
+        "run (needs the mlflow extra)", resume="overridable", default=False)
+    mlflow_uri: str | None = _opt(
+        "--mlflow: the tracking URI (a server's http://HOST:5000, or a database URL); default: the SQLite "
+        "database mlflow.db in the run directory", check=_NAME, resume="overridable", default=None)
     checkpoint_every: int = _opt(
         "write a checkpoint that resumes exactly every this many updates (0: only at the end)", check=_COUNT,
         resume="overridable", default=50)
@@ -248,11 +267,13 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **self._hyperparameter_defaults())
         cfg.hidden = tuple(cfg.hidden)
         cfg.frame_size = None if cfg.frame_size is None else tuple(cfg.frame_size)
+        cfg.wandb_tags = tuple(cfg.wandb_tags)
         cfg._check_fields()
         cfg._fill_machine_defaults()
         cfg._check_batch()
         cfg._check_memory()
         cfg._check_ray()
+        cfg._check_wandb()
         _require_network_fits(cfg.hidden)
         return cfg
 
@@ -340,6 +361,11 @@ class TrainConfig:
             raise ConfigError(f"--ray-actors {actors} and --envs-per-actor {per_actor} disagree for "
                               f"{self.num_envs} envs ({-(-self.num_envs // per_actor)} actors of at most "
                               f"{per_actor} envs); give one of them.")
+
+    def _check_wandb(self) -> None:
+        given = [name for name in ("wandb_entity", "wandb_group", "wandb_tags") if getattr(self, name)]
+        if given and self.wandb_project is None:
+            raise ConfigError(f"--{_flag(given[0])} applies to W&B logging; add --wandb-project or drop it.")
 
     @property
     def num_rollouts(self) -> int:
@@ -552,7 +578,8 @@ def _fits(value: Any, hint: Any) -> bool:
         origin = typing.get_origin(option)
         if origin is typing.Literal and value in typing.get_args(option):
             return True
-        if origin is tuple and isinstance(value, list) and all(isinstance(v, int) for v in value):
+        if origin is tuple and isinstance(value, list) and all(_fits(v, typing.get_args(option)[0])
+                                                                for v in value):
             return True
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True

@@ -193,6 +193,7 @@ class Trainer:
             "episodes": self._last.get("episodes", 0), "final_params_sha256": params_sha256(p.learner.model),
             "logdir": str(p.run_dir.path)}
         p.run_dir.write_json(SUMMARY, self.summary)
+        p.sinks.finish(self.summary)
         return self.summary
 
     def _start(self) -> asyncio.Task:

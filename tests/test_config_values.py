@@ -198,7 +198,8 @@ def test_resume_markers():
     assert set(MACHINE_DEPENDENT) == {"workers", "engine_batch", "engine_threads", "max_batch"}
     assert set(RESUME_OVERRIDABLE) == set(MACHINE_DEPENDENT) | {
         "learner", "progress", "checkpoint_every", "keep_checkpoints", "stop_timeout", "env_timeout",
-        "ray_address", "ray_actors", "envs_per_actor"}
+        "ray_address", "ray_actors", "envs_per_actor",
+        "wandb_project", "wandb_entity", "wandb_group", "wandb_tags", "mlflow", "mlflow_uri"}
 
 
 def started_on(cores: int, monkeypatch, **given) -> tuple[dict, dict]:

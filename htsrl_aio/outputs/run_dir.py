@@ -34,10 +34,11 @@ CONFIG = "config.json"
 USER_SETTINGS = "user_settings"  # the key of config.json that holds the settings the user gave
 ERROR_LOG = "error.log"
 LOCK = ".lock"
-# What the files a start may leave behind (checkpoint.pt, error.log) were when htsrl-aio last wrote them,
-# so a later start removes only its own leftovers, never a file a user put there.
+TRACKERS = "trackers.json"  # which W&B and MLflow runs the run logs to (outputs/trackers.py)
+# What the files a start may leave behind (checkpoint.pt, error.log, trackers.json) were when htsrl-aio
+# last wrote them, so a later start removes only its own leftovers, never a file a user put there.
 WRITTEN = ".written.json"
-LEFTOVERS = (checkpoint.FINAL, ERROR_LOG)
+LEFTOVERS = (checkpoint.FINAL, ERROR_LOG, TRACKERS)
 _TEMPORARY = ".*.tmp"  # what _atomic_write names its temporary files
 _ROOM = 1 << 20  # bytes a run must be able to write at start (config, first rows, events file)
 
@@ -61,6 +62,9 @@ class RunDirectory:
         self._metrics = None
         self._lock: int | None = None
         self._leftovers: dict[str, list[int]] = {}  # of an earlier start, for clear_leftovers
+        # The global_step of the last metrics row earlier sessions wrote, rows after the checkpoint
+        # included (reopen drops those): a tracker cannot take back what it was sent up to there.
+        self.written_through: int | None = None
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
@@ -86,9 +90,10 @@ class RunDirectory:
         return run
 
     def clear_leftovers(self) -> None:
-        """Remove the checkpoint.pt and error.log an earlier start here wrote and that nobody changed
-        since (this start has not written them either); call once this start is accepted, so a refused
-        one touches nothing."""
+        """Remove the checkpoint.pt, error.log and trackers.json an earlier start here wrote and that
+        nobody changed since (this start has not written them either); call once this start is accepted,
+        so a refused one touches nothing. (A start that never completed an update leaves no tracker run
+        to continue: this one starts its own.)"""
         if not self._leftovers:
             return
         for name, identity in self._leftovers.items():
@@ -128,7 +133,9 @@ class RunDirectory:
                                   "resume.")
             # config.json records where the run is and whether TensorBoard works, not those settings.
             _refuse_edited_config(path, config, {*may_differ, "logdir", "tensorboard"})
-            rows = [row for row in read_metrics(path) if row["update"] <= updates]
+            written = read_metrics(path)
+            run.written_through = written[-1].get("global_step") if written else None
+            rows = [row for row in written if row["update"] <= updates]
             run.write_text(METRICS, "".join(json.dumps(row) + "\n" for row in rows))
             run._open_metrics("a")
         return run

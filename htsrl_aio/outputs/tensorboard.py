@@ -1,4 +1,5 @@
-"""TensorBoard scalars next to metrics.jsonl, when the optional tensorboard package is installed."""
+"""TensorBoard scalars next to metrics.jsonl, when the optional tensorboard package is installed: one of
+the trackers (trackers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from htsrl_aio.outputs.run_dir import RunDirWriteError
+from htsrl_aio.outputs.trackers import scalars
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,13 @@ class ScalarLog:
             return
         step = metrics["global_step"]
         try:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "global_step":
-                    self._writer.add_scalar(key, value, step)
+            for key, value in scalars(metrics).items():
+                self._writer.add_scalar(key, value, step)
             self._writer.flush()
         except OSError as exc:
             self._stop(exc)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
         if self._writer is not None:
             try:
                 self._writer.close()
