@@ -36,6 +36,7 @@ START=$SECONDS
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 RESULTS=${OUT:-$WORK}/gpu-check
 mkdir -p "$RESULTS"
+trap 'rm -rf "$WORK"/bits-* "$WORK/venv"' EXIT  # the runs' directories go, the results stay
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 say() { echo "[gpu-check $(( SECONDS - START ))s] $*"; }
