@@ -170,6 +170,9 @@ def main() -> None:
     parser.add_argument("--scaling-envs", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--scaling-rollouts", type=int, default=4,
                         help="rollouts per scaling run (at least --total-steps steps)")
+    parser.add_argument("--scaling-rollout", type=int, default=128,
+                        help="steps per env per rollout in the scaling runs (atari-ppo's 128; smaller for a "
+                             "smoke test, as scripts/gpu-check.sh --cpu-smoke runs it)")
     parser.add_argument("--no-sb3", action="store_true", help="skip Stable-Baselines3")
     parser.add_argument("--workers", type=int, default=None, help="env worker processes (default: cores)")
     parser.add_argument("--device", default="cpu")
@@ -228,8 +231,9 @@ def main() -> None:
                     record(algo, "SB3", run_sb3(args, algo, steps, fresh()))
         if "scaling" in args.parts:
             for n in args.scaling_envs:
-                steps = max(args.total_steps, n * 128 * args.scaling_rollouts)
+                steps = max(args.total_steps, n * args.scaling_rollout * args.scaling_rollouts)
                 record("scaling", f"hts {n} envs", run_htsrl(args, fresh(), preset="atari-ppo", num_envs=n,
+                                                              rollout=args.scaling_rollout,
                                                               total_steps=steps))
 
     print_table(results, args)

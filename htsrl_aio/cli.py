@@ -1,4 +1,4 @@
-"""`htsrl-aio train | diff`: flags are generated from TrainConfig, so the two never drift apart."""
+"""`htsrl-aio train | tune | diff | ...`: flags are generated from TrainConfig, so they never drift apart."""
 
 from __future__ import annotations
 
@@ -78,7 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_a", type=Path)
     diff.add_argument("run_b", type=Path)
     commands.add_parser("clean", help="remove shared memory left in /dev/shm by killed runs")
+    _add_tune(commands, hints)
     return parser
+
+
+def _add_tune(commands: argparse._SubParsersAction, hints: dict[str, Any]) -> None:
+    tune = commands.add_parser(
+        "tune", help="measure this machine's fastest execution settings for a run (they change no bit of "
+                     "its results) and write them as a --config file")
+    tune.add_argument("env", help="gymnasium id or 'package.module:factory', as train's --env")
+    tune.add_argument("--config", type=Path, default=None,
+                      help="TOML file of TrainConfig fields defining the run, as for train")
+    tune.add_argument("--seconds", type=float, default=5.0,
+                      help="steady seconds the first try (the defaults) runs; every other try runs as many "
+                           "updates (default: 5)")
+    tune.add_argument("--output", type=Path, default=Path("tune.toml"),
+                      help="the TOML file to write (default: tune.toml)")
+    tune.add_argument("--tune", nargs="+", default=None, metavar="KNOB[=V1,V2,...]",
+                      help="the settings to measure, each with the values to try (default: every one that "
+                           "applies to the run and is not set by its flags, with a few values each)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("env", "logdir"):  # the env is the positional; the tries write to a scratch dir
+            _add_field(tune, f, hints[f.name])
 
 
 # The train flags that change the env itself, which check-env takes too.
@@ -132,13 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted_before_start("the command")
     command = {"train": _train, "check-env": _check_env, "eval": _eval, "plot": _plot, "diff": _diff,
-               "clean": _clean}[args.command]
+               "clean": _clean, "tune": _tune}[args.command]
     with _terminal_messages():
         return _exit_status(args.command, lambda: command(args))
 
 
 # What Ctrl-C stopped, as the line that ends the command says.
-_INTERRUPTED = {"train": "interrupted; envs stopped and shared memory freed."}
+_INTERRUPTED = {"train": "interrupted; envs stopped and shared memory freed.",
+                "tune": "tune interrupted; envs stopped, shared memory freed, nothing written."}
 
 
 def _exit_status(command: str, run: Callable[[], int]) -> int:
@@ -203,22 +225,60 @@ def _train(args: argparse.Namespace) -> int:
         from htsrl_aio.training import resume, train  # torch is imported only when a run starts
     except KeyboardInterrupt:  # Ctrl-C while torch loads (the first second or two): nothing started yet
         return _interrupted_before_start("the run")
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    if "env_kwargs" in flags:
-        flags["env_kwargs"] = dict(flags["env_kwargs"])
+    flags = _given_fields(args)
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError("--config cannot be combined with --resume: the run continues as configured.")
         summary = resume(args.resume, **flags)
     else:
-        values = {**(load_config_file(args.config) if args.config else {}), **flags}
-        if isinstance(values.get("hidden"), list):
-            values["hidden"] = tuple(values["hidden"])
-        summary = train(TrainConfig(**values))
+        summary = train(_config_of(args))
     ret = summary["episode_return_mean"]
     print(f"done: {_steps_and_time(summary)}, mean return of the last 100 episodes: "
           f"{'n/a' if ret is None else f'{ret:.1f}'}; run directory: {summary['logdir']}")
     return 0
+
+
+def _given_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given as flags (only those given are in the namespace)."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "env_kwargs" in flags:
+        flags["env_kwargs"] = dict(flags["env_kwargs"])
+    return flags
+
+
+def _config_of(args: argparse.Namespace) -> TrainConfig:
+    """The run of `--config FILE` and the flags given, which win over the file."""
+    values = {**(load_config_file(args.config) if args.config else {}), **_given_fields(args)}
+    if isinstance(values.get("hidden"), list):
+        values["hidden"] = tuple(values["hidden"])
+    return TrainConfig(**values)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    ensure_address_space()  # as for train: torch and the envs load next
+    try:
+        from htsrl_aio.tune import format_table, parse_targets, to_toml, tune
+    except KeyboardInterrupt:
+        return _interrupted_before_start("tune")
+    if not args.output.parent.is_dir():  # said now, not after minutes of measuring
+        raise ConfigError(f"--output {args.output}: the directory {args.output.parent} does not exist; "
+                          "create it or write elsewhere.")
+    targets = parse_targets(args.tune) if args.tune is not None else None
+    result = tune(_config_of(args), args.seconds, targets, on_try=_print_try)
+    try:
+        args.output.write_text(to_toml(result))
+    except OSError as exc:
+        raise ConfigError(f"cannot write --output {args.output}: {exc.strerror}.") from None
+    print(format_table(result))
+    print(f"wrote {args.output}: {result.default_sps:,.0f} steps/s with the defaults, "
+          f"{result.tuned_sps:,.0f} with these settings; train with --config {args.output} and the same run "
+          "flags.")
+    return 0
+
+
+def _print_try(settings: dict[str, Any], sps: float) -> None:
+    tried = ", ".join(f"{knob.replace('_', '-')}={value}" for knob, value in settings.items()) or "defaults"
+    print(f"tried {tried}: {sps:,.0f} steps/s", flush=True)
 
 
 def _steps_and_time(summary: dict[str, Any]) -> str:
