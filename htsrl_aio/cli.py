@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seconds each reset or step may take, as for train (0: no limit; default: the "
                                "run's own, which defaults to "
                                f"{TrainConfig.env_timeout:g})")
+    export = commands.add_parser("export", help="write a trained agent's deterministic policy as an ONNX or "
+                                                "TorchScript file")
+    export.add_argument("path", type=Path, metavar="RUN_DIR|CHECKPOINT",
+                        help="a run directory (its newest checkpoint) or a checkpoint file")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"],
+                        help="onnx (needs the export extra) or torchscript")
+    export.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="the file to write (default: policy.onnx or policy.pt in the run directory)")
+    export.add_argument("--env-timeout", type=float, default=None, metavar="SECONDS",
+                        help="seconds each call of the env probed for its spaces may take, as for eval")
     plot = commands.add_parser("plot", help="plot learning curves and runtime health of runs")
     plot.add_argument("runs", type=Path, nargs="+", help="run directories")
     plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
@@ -152,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         return _interrupted_before_start("the command")
-    command = {"train": _train, "check-env": _check_env, "eval": _eval, "plot": _plot, "diff": _diff,
-               "clean": _clean, "tune": _tune}[args.command]
+    command = {"train": _train, "check-env": _check_env, "eval": _eval, "export": _export, "plot": _plot,
+               "diff": _diff, "clean": _clean, "tune": _tune}[args.command]
     with _terminal_messages():
         return _exit_status(args.command, lambda: command(args))
 
@@ -338,6 +348,16 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.video is not None:
         print(f"wrote {args.video}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from htsrl_aio.export import export_policy
+    from htsrl_aio.training import run_event_loop
+
+    result = run_event_loop(export_policy(args.path, args.format, args.output, args.env_timeout))
+    print(f"wrote {result.file} (from {result.checkpoint}): inputs {', '.join(result.inputs)}; outputs "
+          f"{', '.join(result.outputs)}")
     return 0
 
 

@@ -26,7 +26,7 @@ from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.models import PolicyMemory, build_model, load_params
+from htsrl_aio.models import ActorCritic, PolicyMemory, build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
 
 VIDEO_FPS = 30
@@ -58,51 +58,77 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}.")
-    path = Path(path)
-    file = path if path.is_file() else checkpoint.newest(path, resumable=False)
-    state = checkpoint.load(file)
-    cfg = _config(state.config, file, env_timeout)
-    factory = resolve_env(cfg.env, cfg)
+    policy = await load_policy(path, env_timeout)
+    cfg = policy.config
     timeout = cfg.env_timeout or None
-    spec = await probe_env(factory, timeout, isolated=True)
-    model = build_model(spec, cfg)
-    load_params(model, state.model, str(file), f"env {factory.name!r} ({spec.describe()})")
-    model.eval()
     seed = cfg.seed if seed is None else seed
     rng = None if deterministic else generator(seed, Stream.EVAL_ACT)
-    distribution = make_distribution(spec.action)
     returns, lengths = [], []
     async with contextlib.AsyncExitStack() as stack:
         writer = _video_writer(video) if video is not None else None
         if writer is not None:
             stack.callback(writer.close)
-        env = await _make_env(factory, timeout, stack, rendered=writer is not None)
+        env = await _make_env(policy.factory, timeout, stack, rendered=writer is not None)
         renders = writer is not None and await _render_mode(env) == "rgb_array"
         for episode in range(episodes):
             episode_seed = derive_seed(seed, Stream.EVAL_RESET, episode) % ENV_SEED_BOUND
-            ret, length = await _play(env, spec, model, distribution, episode_seed, rng, writer, renders)
+            ret, length = await _play(env, policy, episode_seed, rng, writer, renders)
             returns.append(ret)
             lengths.append(length)
-    return EvalResult(str(file), state.update, returns, lengths)
+    return EvalResult(str(policy.file), policy.update, returns, lengths)
 
 
-async def _play(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution,
-                seed: int, rng: np.random.Generator | None, writer: Any, renders: bool) -> tuple[float, int]:
+@dataclasses.dataclass(frozen=True)
+class TrainedPolicy:
+    """A checkpoint's policy as eval plays it: the network with the checkpoint's parameters (in eval
+    mode), its action distribution, and the env it was trained on with that env's spaces."""
+
+    file: Path
+    update: int
+    config: TrainConfig
+    factory: EnvFactory
+    spec: EnvSpec
+    model: ActorCritic
+    distribution: ActionDistribution
+
+    def act(self, obs: Any, memory: PolicyMemory, rng: np.random.Generator | None) -> Any:
+        """The action for one env observation, as `env.step` takes it: the mode when `rng` is None, else
+        a sample whose noise comes from `rng`; `memory` carries the env's recurrent state and advances."""
+        with torch.no_grad():
+            encoded = {key: torch.from_numpy(a)[None] for key, a in self.spec.obs.encode(obs).items()}
+            params, _, state = self.model.step(encoded, torch.from_numpy(memory.state),
+                                               torch.from_numpy(memory.start))
+            memory.advance(state.numpy())
+            action = self.distribution.choose(params, rng)[0].numpy()
+        return self.spec.action.to_env(action)
+
+
+async def load_policy(path: str | Path, env_timeout: float | None = None) -> TrainedPolicy:
+    """The policy of checkpoint `path`, or of a run directory's newest checkpoint; the env is probed (in
+    a child process, each call bounded by `env_timeout`, default the run's) for its spaces."""
+    path = Path(path)
+    file = path if path.is_file() else checkpoint.newest(path, resumable=False)
+    state = checkpoint.load(file)
+    cfg = _config(state.config, file, env_timeout)
+    factory = resolve_env(cfg.env, cfg)
+    spec = await probe_env(factory, cfg.env_timeout or None, isolated=True)
+    model = build_model(spec, cfg)
+    load_params(model, state.model, str(file), f"env {factory.name!r} ({spec.describe()})")
+    model.eval()
+    return TrainedPolicy(file, state.update, cfg, factory, spec, model, make_distribution(spec.action))
+
+
+async def _play(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.random.Generator | None,
+                writer: Any, renders: bool) -> tuple[float, int]:
     """One episode; actions are the mode when `rng` is None, else sampled with its noise; frames go to
     `writer` (if any), rendered by the env if it `renders`."""
     obs, _ = await env.call("reset", seed=seed)
     total, length = 0.0, 0
-    memory = PolicyMemory(model.state_size)
+    memory = PolicyMemory(policy.model.state_size)
     while True:
         if writer is not None:
             writer.append_data(await _frame(env, obs, renders))
-        with torch.no_grad():
-            encoded = {key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()}
-            params, _, state = model.step(encoded, torch.from_numpy(memory.state),
-                                          torch.from_numpy(memory.start))
-            memory.advance(state.numpy())
-            action = distribution.choose(params, rng)[0].numpy()
-        obs, reward, terminated, truncated, info = await env.call("step", spec.action.to_env(action))
+        obs, reward, terminated, truncated, info = await env.call("step", policy.act(obs, memory, rng))
         total += float(info.get("raw_reward", reward))
         length += 1
         if terminated:  # as in training, where a lost life (episodic life) ends an episode: memory resets

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parent.parent / "htsrl_aio"
 LAYERS = [
     ("cli", "__main__"),
     ("training", "stop_signals", "tune"),
-    ("trainer", "evaluate"),
+    ("trainer", "evaluate", "export"),
     ("checkpointing",),
     ("assembly",),
     ("runtime", "outputs"),

@@ -17,9 +17,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -241,17 +241,23 @@ class RunDirectory:
             self._lock = None
 
     def _atomic_write(self, name: str, write: Any) -> None:
-        target = self.path / name
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path / name, write)
+
+
+def atomic_write(target: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write `target` whole or not at all: `write(f)` fills a temporary file beside it (named as
+    `_TEMPORARY` says, so a start of a run in that directory removes one a kill left), which is then
+    renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def recorded_start(run: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
