@@ -348,8 +348,9 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=spec.study.name,
                                     direction=spec.objective.direction, load_if_exists=True,
                                     pruner=_pruner(spec.study))
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
-        raise ConfigError(f"cannot open the study database {storage}: {exc}; pass a database URL optuna "
+    except Exception as exc:  # SQLAlchemy's and the drivers' many: a bad URL, no driver, no server
+        reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot open the study database {storage}: {reason}; pass a database URL Optuna "
                           "takes (sqlite:///path.db, postgresql://..., mysql://...).") from None
     shared = spec.shared()
     recorded = study.user_attrs.get(_SWEEP_ATTR)

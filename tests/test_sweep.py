@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ from htsrl_aio.sweep import (  # noqa: E402 (after the skip: the module is for t
     MetricsTail,
     Objective,
     TrialReport,
+    _sweep_lock,
+    continuation,
     load_sweep,
     open_study,
     run_sweep,
@@ -122,6 +125,15 @@ def test_without_optuna_the_sweep_names_the_extra(tmp_path, capsys, monkeypatch)
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_storage_url_optuna_cannot_open_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", str(sweep_file(tmp_path, BASE + SPACE)), "--storage", "nonsense", "--dir",
+                  str(tmp_path / "sweep")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("htsrl-aio: error: cannot open the study database nonsense")
+
+
 def test_jobs_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["sweep", str(sweep_file(tmp_path, BASE + SPACE)), "--jobs", "0", "--dir",
@@ -203,6 +215,50 @@ def test_a_sampled_config_that_is_refused_fails_its_trial_and_three_in_a_row_sto
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'study.db'}")
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
     assert not (tmp_path / "sweep" / "best.toml").exists() and not list((tmp_path / "sweep").glob("trial-*"))
+
+
+def test_one_sweep_at_a_time_uses_a_sweep_directory(tmp_path):
+    held = _sweep_lock(tmp_path / "sweep")
+    refused = pytest.raises(ConfigError, match="is in use by another htsrl-aio sweep")
+    with held, refused, _sweep_lock(tmp_path / "sweep"):
+        pass
+
+
+def test_how_a_trial_directory_continues(tmp_path):
+    run = tmp_path / "trial"
+    run.mkdir()
+    assert continuation(run) == "train"  # nothing written yet
+    (run / "config.json").write_text("{}")
+    assert continuation(run) == "resume"  # stopped before its first update: --resume starts it again
+    (run / "metrics.jsonl").write_text(json.dumps({"update": 1}) + "\n")
+    assert continuation(run) == "lost"  # updates done, but no checkpoint to resume them from
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert continuation(run) == "resume"
+    (run / "summary.json").write_text("{}")
+    assert continuation(run) == "finished"
+
+
+def test_a_trial_that_finished_while_no_sweep_watched_is_recorded_from_its_files(tmp_path):
+    spec = load_sweep(sweep_file(tmp_path, BASE + SPACE + "[study]\ntrials = 1\n"))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = open_study(spec, f"sqlite:///{sweep / 'study.db'}")
+    trial = study.ask()
+    for distribution in spec.space:
+        distribution.suggest(trial)
+    run = (sweep / "trial-0000").resolve()
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("run_dir", str(run))
+    run.mkdir()
+    returns = [10.0 * u for u in range(1, 13)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in _rows(returns)))
+    (run / "summary.json").write_text("{}")
+    lines: list[str] = []
+    run_sweep(spec, sweep, say=lines.append)  # no process starts: trials = 1 is reached
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert study.trials[0].value == sum(returns[-10:]) / 10  # the mean of the last 10 updates
+    assert lines[0].startswith("trial 0 finished: episode_return_mean 75 ")
 
 
 def _trial_dirs(sweep: Path) -> list[Path]:
