@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("run_b", type=Path)
     commands.add_parser("clean", help="remove shared memory left in /dev/shm by killed runs")
     _add_tune(commands, hints)
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Optuna (needs the sweep extra)")
+    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.toml",
+                       help="[base] config, [space.<field>] distributions, [objective], [study] "
+                            "(docs/sweeps.md)")
+    sweep.add_argument("--jobs", type=int, default=1, help="trials to run at once (default: 1)")
+    sweep.add_argument("--storage", default=None, metavar="URL",
+                       help="Optuna database URL shared by several machines (default: "
+                            "sqlite:///SWEEP_DIR/study.db)")
+    sweep.add_argument("--dir", type=Path, default=None, metavar="SWEEP_DIR",
+                       help="where the trials' run directories, best.toml and the default database go "
+                            "(default: sweeps/<name of the sweep file>)")
     return parser
 
 
@@ -163,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted_before_start("the command")
     command = {"train": _train, "check-env": _check_env, "eval": _eval, "export": _export, "plot": _plot,
-               "diff": _diff, "clean": _clean, "tune": _tune}[args.command]
+               "diff": _diff, "clean": _clean, "tune": _tune, "sweep": _sweep}[args.command]
     with _terminal_messages():
         return _exit_status(args.command, lambda: command(args))
 
@@ -379,6 +390,15 @@ def _clean(args: argparse.Namespace) -> int:
     megabytes = sum(size for _, size in removed) / 2**20
     print(f"removed {len(removed)} shared-memory segment(s) and lock file(s) of dead htsrl-aio processes "
           f"({megabytes:.1f} MiB) from {SHM_DIR}: {', '.join(name for name, _ in removed)}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from htsrl_aio.sweep import load_sweep, require_optuna, run_sweep
+
+    require_optuna()  # before anything else: the one sentence naming the extra
+    spec = load_sweep(args.sweep_file)
+    run_sweep(spec, args.dir or Path("sweeps") / args.sweep_file.stem, args.storage, args.jobs, print)
     return 0
 
 

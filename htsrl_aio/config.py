@@ -544,21 +544,33 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"--config {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                           f"{exc.start}); save it as UTF-8.") from None
-    hints = _type_hints()
+    return checked_config_values(values, str(path))
+
+
+def checked_config_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """TrainConfig fields read from TOML (`where` names them in messages), each a field with a value of
+    its type; `hidden` becomes a tuple."""
     for key, value in values.items():
-        if key not in hints:
-            close = difflib.get_close_matches(key, list(hints), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            raise ConfigError(f"unknown key {key!r} in {path}{hint}")
-        if not _fits(value, hints[key]):
-            choices = _choices(hints[key])
-            if choices:
-                raise ConfigError(f"{key} in {path} must be one of {', '.join(map(repr, choices))}, got "
-                                  f"{value!r}.")
-            raise ConfigError(f"{key} in {path} has the wrong type: {value!r}.")
+        check_config_value(key, value, where)
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     return values
+
+
+def check_config_value(key: str, value: Any, where: str) -> None:
+    """Refuse, in one sentence, a key that is no TrainConfig field or a TOML value that cannot stand for
+    it."""
+    hints = _type_hints()
+    if key not in hints:
+        close = difflib.get_close_matches(key, list(hints), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ConfigError(f"unknown key {key!r} in {where}{hint}")
+    if not _fits(value, hints[key]):
+        choices = _choices(hints[key])
+        if choices:
+            raise ConfigError(f"{key} in {where} must be one of {', '.join(map(repr, choices))}, got "
+                              f"{value!r}.")
+        raise ConfigError(f"{key} in {where} has the wrong type: {value!r}.")
 
 
 def _options(hint: Any) -> tuple[Any, ...]:

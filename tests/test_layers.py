@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parent.parent / "htsrl_aio"
 # Top to bottom; a name is a module or a package of htsrl_aio. Keep in step with docs/architecture.md.
 LAYERS = [
     ("cli", "__main__"),
-    ("training", "stop_signals", "tune"),
+    ("training", "stop_signals", "tune", "sweep"),
     ("trainer", "evaluate", "export"),
     ("checkpointing",),
     ("assembly",),
