@@ -24,7 +24,7 @@ from htsrl_aio.backends.child_env import GETATTR, MAKE, ChildEnv
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.models import PolicyMemory, build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
@@ -68,6 +68,8 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     model = build_model(spec, cfg)
     load_params(model, state.model, str(file), f"env {factory.name!r} ({spec.describe()})")
     model.eval()
+    if spec.agents and video is not None:
+        raise ConfigError("--video does not render multi-agent envs yet; evaluate without --video.")
     seed = cfg.seed if seed is None else seed
     rng = None if deterministic else generator(seed, Stream.EVAL_ACT)
     distribution = make_distribution(spec.action)
@@ -78,9 +80,10 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
             stack.callback(writer.close)
         env = await _make_env(factory, timeout, stack, rendered=writer is not None)
         renders = writer is not None and await _render_mode(env) == "rgb_array"
+        play = _play_agents if spec.agents else _play
         for episode in range(episodes):
             episode_seed = derive_seed(seed, Stream.EVAL_RESET, episode) % ENV_SEED_BOUND
-            ret, length = await _play(env, spec, model, distribution, episode_seed, rng, writer, renders)
+            ret, length = await play(env, spec, model, distribution, episode_seed, rng, writer, renders)
             returns.append(ret)
             lengths.append(length)
     return EvalResult(str(file), state.update, returns, lengths)
@@ -96,13 +99,8 @@ async def _play(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distributi
     while True:
         if writer is not None:
             writer.append_data(await _frame(env, obs, renders))
-        with torch.no_grad():
-            encoded = {key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()}
-            params, _, state = model.step(encoded, torch.from_numpy(memory.state),
-                                          torch.from_numpy(memory.start))
-            memory.advance(state.numpy())
-            action = distribution.choose(params, rng)[0].numpy()
-        obs, reward, terminated, truncated, info = await env.call("step", spec.action.to_env(action))
+        action = _choose(spec, model, distribution, obs, memory, rng)
+        obs, reward, terminated, truncated, info = await env.call("step", action)
         total += float(info.get("raw_reward", reward))
         length += 1
         if terminated:  # as in training, where a lost life (episodic life) ends an episode: memory resets
@@ -110,6 +108,37 @@ async def _play(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distributi
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
         if truncated or (terminated and info.get("game_over", True)):
             return total, length
+
+
+async def _play_agents(env: ChildEnv, spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution,
+                       seed: int, rng: np.random.Generator | None, writer: Any,
+                       renders: bool) -> tuple[float, int]:
+    """One episode of a multi-agent env, every agent acting with the shared policy; its return is the
+    mean over agents of each agent's return (as training's episode_return_mean)."""
+    obs, _ = await env.call("reset", seed=seed)
+    totals = dict.fromkeys(spec.agents, 0.0)
+    memories = {agent: PolicyMemory(model.state_size) for agent in spec.agents}
+    length = 0
+    while True:
+        actions = {agent: _choose(spec, model, distribution, agent_observation(spec, obs, agent),
+                                  memories[agent], rng) for agent in spec.agents}
+        obs, rewards, terminations, truncations, _ = await env.call("step", actions)
+        for agent in spec.agents:
+            totals[agent] += float(rewards.get(agent, 0.0))
+        length += 1
+        if all(terminations.get(agent) or truncations.get(agent) for agent in spec.agents):
+            return float(np.mean(list(totals.values()))), length
+
+
+def _choose(spec: EnvSpec, model: torch.nn.Module, distribution: ActionDistribution, obs: Any,
+            memory: PolicyMemory, rng: np.random.Generator | None) -> Any:
+    """The policy's action for `obs` as the env takes it; `memory` advances."""
+    with torch.no_grad():
+        encoded = {key: torch.from_numpy(a)[None] for key, a in spec.obs.encode(obs).items()}
+        params, _, state = model.step(encoded, torch.from_numpy(memory.state), torch.from_numpy(memory.start))
+        memory.advance(state.numpy())
+        action = distribution.choose(params, rng)[0].numpy()
+    return spec.action.to_env(action)
 
 
 def _config(values: dict[str, Any], file: Path, env_timeout: float | None) -> TrainConfig:
