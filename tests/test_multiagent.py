@@ -113,6 +113,15 @@ def test_agent_id_is_an_observation_key_of_its_own():
     assert obs["agent_id"].tolist() == [0.0, 0.0, 1.0]
 
 
+def test_an_env_that_pickles_as_its_constructor_is_not_saved():
+    """MPE's raw env is an EzPickle, under PettingZoo's wrappers: a pickled copy would be a fresh env."""
+    pytest.importorskip("mpe2")
+    from htsrl_aio.backends import env_state
+
+    assert env_state.capture(resolve_env(SIMPLE_SPREAD)()) is None
+    assert env_state.capture(resolve_env(MEETING)()) is not None
+
+
 async def test_an_aec_env_is_converted_where_pettingzoo_says_it_can_be():
     pytest.importorskip("mpe2")
     report = await check_env(resolve_env("mpe2.simple_spread_v3:env"), steps=20)
@@ -137,6 +146,13 @@ async def test_what_this_cut_cannot_train_is_one_sentence(env, kwargs, sentence)
     assert report.problems[0].endswith(sentence), report.problems
 
 
+async def test_frame_options_are_refused_for_a_multi_agent_env():
+    report = await check_env(resolve_env(MEETING, TrainConfig(env=MEETING, frame_stack=2)), steps=1)
+    assert report.problems == [
+        "--frame-size, --grayscale and --frame-stack do not apply to multi-agent envs yet; drop them "
+        "(SuperSuit's resize_v1, color_reduction_v0 and frame_stack_v1 do the same inside your factory)."]
+
+
 def test_a_run_refuses_what_it_does_not_do_yet(tmp_path):
     with pytest.raises(ConfigError, match="does not re-create multi-agent envs yet"):
         train(config(tmp_path / "restart", on_env_error="restart"))
@@ -150,6 +166,7 @@ def test_an_agent_that_leaves_mid_run_stops_it_in_one_sentence(tmp_path, no_leak
         train(config(tmp_path / "leaves", env_kwargs={"fault": "leaves"}, workers=1))
 
 
+@pytest.mark.slow
 def test_the_cli_trains_simple_spread(tmp_path):
     pytest.importorskip("mpe2")
     done = subprocess.run([sys.executable, "-m", "htsrl_aio", "train", "--env", SIMPLE_SPREAD,
@@ -196,6 +213,7 @@ def test_sigterm_stops_at_a_swap_and_the_resumed_run_is_bit_identical(tmp_path):
     assert actions_trace(run) == actions_trace(tmp_path / "full")
 
 
+@pytest.mark.slow
 async def test_act_takes_agents_observations_and_eval_reports_the_mean_agent_return(tmp_path, no_leaks):
     env = MEETING.replace("meeting_agents", "MeetingAgents")
     observations, _ = resolve_env(env)().reset(seed=3)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, Protocol
 
 from htsrl_aio.backends import env_state
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.parallel import MultiAgentError, add_agent_id
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.parallel import MultiAgentError
 
 
 class Waiter(Protocol):
@@ -65,8 +65,8 @@ class AgentGroup:
     """One ParallelEnv whose agents' resets and steps are gathered, then made in one call."""
 
     def __init__(self, factory: EnvFactory, spec: EnvSpec, new_waiter: Callable[[], Waiter]) -> None:
+        self.spec = spec
         self.agents = spec.agents
-        self.agent_id = spec.agent_id
         self._new_waiter = new_waiter
         self._resets: dict[int, tuple[int, Waiter]] = {}
         self._steps: dict[int, tuple[Any, Waiter]] = {}
@@ -112,7 +112,7 @@ class AgentGroup:
             raise MultiAgentError(f"reset() started an episode with agents {list(self.env.agents)}, not "
                                   f"possible_agents {list(self.agents)}; htsrl-aio trains envs whose agents "
                                   "all take part in every episode (agents that join are not supported yet).")
-        return [(self._obs(obs, index), _info(infos, agent)) for index, agent in enumerate(self.agents)]
+        return [(agent_observation(self.spec, obs, agent), _info(infos, agent)) for agent in self.agents]
 
     def _step_all(self, actions: dict[str, Any]) -> list[tuple[Any, Any, bool, bool, dict]]:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
@@ -123,17 +123,13 @@ class AgentGroup:
                                   "train envs whose agents leave mid-episode yet (every agent must end its "
                                   "episode at the same step).")
         results = []
-        for index, agent in enumerate(self.agents):
+        for agent in self.agents:
             terminated = bool(terminations.get(agent, False))
             # An episode that ends for the env ends for every agent: cut, if it did not end it itself.
             truncated = bool(truncations.get(agent, False)) or (ended and not terminated)
-            results.append((self._obs(obs, index), rewards[agent], terminated, truncated,
+            results.append((agent_observation(self.spec, obs, agent), rewards[agent], terminated, truncated,
                             _info(infos, agent)))
         return results
-
-    def _obs(self, obs: dict[str, Any], index: int) -> Any:
-        mine = obs[self.agents[index]]
-        return add_agent_id(mine, index, len(self.agents)) if self.agent_id else mine
 
     def close(self) -> None:
         if not self._closed:

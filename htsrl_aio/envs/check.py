@@ -24,8 +24,8 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.envs.async_env import close_env, is_async_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec
-from htsrl_aio.envs.parallel import MultiAgentError, add_agent_id, is_parallel_env
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -342,10 +342,13 @@ def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str]) -> lis
     if not (isinstance(result, tuple) and len(result) == size and all(isinstance(r, dict) for r in result)):
         problems.append(f"{what}, dicts by agent; it returned {_describe(result)}.")
         return None
+    if missing := [agent for agent in spec.agents if agent not in result[0]]:
+        problems.append(f"{what.split(' of ')[0]} returned no observation for agents {missing}; every agent "
+                        "of the episode needs one.")
+        return None
     rows = []
-    for index, agent in enumerate(spec.agents):
-        mine = result[0].get(agent)
-        obs = add_agent_id(mine, index, len(spec.agents)) if spec.agent_id else mine
+    for agent in spec.agents:
+        obs = agent_observation(spec, result[0], agent)
         flags = tuple(bool(part.get(agent, False)) for part in result[2:4])
         rows.append((obs, {}) if size == 2 else (obs, result[1].get(agent), *flags, {}))
     return rows

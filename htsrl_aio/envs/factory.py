@@ -41,7 +41,15 @@ from htsrl_aio.envs.football import (
     require_gfootball,
 )
 from htsrl_aio.envs.frames import FrameOptions
-from htsrl_aio.envs.parallel import add_agent_id, agent_spaces, as_parallel, is_aec_env, with_agent_id
+from htsrl_aio.envs.parallel import (
+    MultiAgentError,
+    add_agent_id,
+    agent_spaces,
+    as_parallel,
+    is_aec_env,
+    is_parallel_env,
+    with_agent_id,
+)
 from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
 from htsrl_aio.errors import ConfigError
 
@@ -76,8 +84,14 @@ class EnvFactory:
             return FootballEnv(self.football or parse_football_id(self.env_id))
         env = self._make()
         if is_aec_env(env):
-            return as_parallel(env)
-        return env if self.frames is None else self.frames.wrap(env)
+            env = as_parallel(env)
+        if self.frames is None:
+            return env
+        if is_parallel_env(env):
+            raise MultiAgentError("--frame-size, --grayscale and --frame-stack do not apply to multi-agent "
+                                  "envs yet; drop them (SuperSuit's resize_v1, color_reduction_v0 and "
+                                  "frame_stack_v1 do the same inside your factory).")
+        return self.frames.wrap(env)
 
     def _make(self) -> gym.Env:
         kwargs = dict(self.kwargs)
