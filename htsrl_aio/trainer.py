@@ -219,7 +219,8 @@ class Trainer:
         assert self._parts is not None, "use `async with Trainer(...)` first"
         return PolicyMemory(self._parts.inference.model.state_size)
 
-    async def act(self, obs: Any, deterministic: bool = False, memory: Any = None) -> Any:
+    async def act(self, obs: Any, deterministic: bool = False,
+                  memory: PolicyMemory | dict[str, PolicyMemory] | None = None) -> Any:
         """The current policy's action for one observation, as `env.step` takes it (an int for a
         Discrete space), for the host application; for a multi-agent env, the actions (a dict by
         agent) for a dict of agents' observations, as the ParallelEnv's `step` takes them.
@@ -233,11 +234,17 @@ class Trainer:
         assert self._parts is not None, "use `async with Trainer(...)` first"
         spec = self._parts.spec
         if not spec.agents:
+            if isinstance(memory, dict):
+                raise ValueError("memory is a dict, which act() takes for a multi-agent env's agents; pass "
+                                 "this env's trainer.new_memory()")
             return self._act(obs, deterministic, memory)
         if not (isinstance(obs, dict) and obs and set(obs) <= set(spec.agents)):
             raise ValueError(f"act() of a multi-agent run takes a dict of observations by agent (agents "
                              f"{list(spec.agents)}), got {type(obs).__name__}"
                              f"{' with keys ' + str(list(obs)) if isinstance(obs, dict) else ''}")
+        if memory is not None and not isinstance(memory, dict):
+            raise ValueError("act() of a multi-agent run takes memory as a dict by agent, each agent's "
+                             "trainer.new_memory()")
         memories = memory or {}
         return {agent: self._act(agent_observation(spec, obs, agent), deterministic, memories.get(agent))
                 for agent in obs}

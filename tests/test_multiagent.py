@@ -225,6 +225,8 @@ async def test_act_takes_agents_observations_and_eval_reports_the_mean_agent_ret
                 {"agent_1": actions["agent_1"]}
             with pytest.raises(ValueError, match="takes a dict of observations by agent"):
                 await trainer.act(observations["agent_0"])
+            with pytest.raises(ValueError, match="takes memory as a dict by agent"):
+                await trainer.act(observations, memory=trainer.new_memory())
     first = await evaluate(tmp_path / "run", episodes=3, deterministic=True)
     assert first.returns == (await evaluate(tmp_path / "run", episodes=3, deterministic=True)).returns
     assert all(8 <= length <= 14 for length in first.lengths)  # the meeting env's episodes
