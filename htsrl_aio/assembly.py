@@ -97,6 +97,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     factory = resolve_env(cfg.env, cfg)
     spec = await probe_env(factory, cfg.env_timeout or None)
     backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
+    _check_multi_agent(cfg, spec, backend_kind)
+    rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
@@ -109,16 +111,16 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
         load_params(model, resume.model, str(resume.path), f"env {factory.name!r} ({spec.describe()})")
     model = model.to(device)
     distribution = make_distribution(spec.action)
-    noise = TicketNoise(cfg.seed, cfg.num_envs, cfg.rollout, distribution.noise_size, distribution.noise)
+    noise = TicketNoise(cfg.seed, rows, cfg.rollout, distribution.noise_size, distribution.noise)
     obs_arrays = spec.obs.arrays()
     inference = BatchedInference(copy.deepcopy(model), distribution, noise, cfg.max_batch, obs_arrays,
                                  block=cfg.inference_block if cfg.deterministic else None, device=device)
-    memory = RunMemory(cfg.num_envs, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype,
+    memory = RunMemory(rows, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype,
                        model.state_size)
     stack.callback(memory.close)
     learner = _make_learner(cfg, model, distribution, memory, device)
     backend = make_backend(backend_kind, BackendArgs(
-        factory, spec, cfg.num_envs, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
+        factory, spec, rows, cfg.rollout, cfg.seed, memory.obs_buffers, cfg.workers, cfg.engine_batch,
         cfg.engine_threads, cfg.on_env_error == "restart", functools.partial(_log_restart, run_dir),
         env_timeout=cfg.env_timeout or None,
         ray_address=cfg.ray_address, ray_actors=cfg.ray_actors, envs_per_actor=cfg.envs_per_actor))
@@ -140,14 +142,29 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
 
     scheduler = RolloutScheduler(cfg, backend, memory.storages, memory.final_obs, inference, learner,
                                  hooks.on_update, checkpoint=hooks.on_swap,
-                                 checkpoint_every=cfg.checkpoint_every)
-    replicas = ReplicaStates(backend, cfg.num_envs)
+                                 checkpoint_every=cfg.checkpoint_every, agents=spec.rows_per_env)
+    replicas = ReplicaStates(backend, rows)
     resume_note = {} if resume is None else await _restore(resume, replicas, scheduler)
     steps_per_rollout = cfg.num_envs * cfg.rollout
     progress = ProgressLine(cfg.num_rollouts * steps_per_rollout, cfg.progress, f"{cfg.mode}/{cfg.algo}",
                             initial=scheduler.start.rollout * steps_per_rollout)
     sinks.add_progress(progress)
     return RunParts(cfg, spec, run_dir, sinks, inference, learner, backend, replicas, scheduler, resume_note)
+
+
+def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec, backend_kind: str) -> None:
+    """What this first cut of multi-agent envs does not do yet, refused in one sentence."""
+    if not spec.agents:
+        if cfg.agent_id:
+            raise ConfigError(f"--agent-id applies to multi-agent envs (PettingZoo ParallelEnv), and "
+                              f"{cfg.env!r} has one agent; drop it.")
+        return
+    if backend_kind not in ("process", "loop"):
+        raise ConfigError(f"--env-backend {backend_kind} does not host multi-agent envs yet; use "
+                          "--env-backend process or loop.")
+    if cfg.on_env_error == "restart":
+        raise ConfigError("--on-env-error restart does not re-create multi-agent envs yet; use "
+                          "--on-env-error stop.")
 
 
 def _make_learner(cfg: TrainConfig, model: torch.nn.Module, distribution: ActionDistribution,

@@ -105,6 +105,10 @@ class TrainConfig:
         "env for debugging with --env-timeout 0), engine (C++ vector engines: ALE/... and envpool:... ids), "
         "ray (Ray actors, on this machine or across a cluster: needs the ray extra); auto picks engine for "
         "ALE/... and envpool:... ids, loop for an AsyncEnv and process otherwise", default="auto")
+    agent_id: bool = _opt(
+        "multi-agent envs (PettingZoo ParallelEnv): each agent's observation carries its one-hot agent "
+        "index as the observation key 'agent_id', so the shared policy can tell the agents apart",
+        default=False)
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)

@@ -24,7 +24,7 @@ from htsrl_aio.backends.child_env import GETATTR, MAKE, ChildEnv
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.models import ActorCritic, PolicyMemory, build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
@@ -59,6 +59,8 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}.")
     policy = await load_policy(path, env_timeout)
+    if policy.spec.agents and video is not None:
+        raise ConfigError("--video does not render multi-agent envs yet; evaluate without --video.")
     cfg = policy.config
     timeout = cfg.env_timeout or None
     seed = cfg.seed if seed is None else seed
@@ -70,9 +72,10 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
             stack.callback(writer.close)
         env = await _make_env(policy.factory, timeout, stack, rendered=writer is not None)
         renders = writer is not None and await _render_mode(env) == "rgb_array"
+        play = _play_agents if policy.spec.agents else _play
         for episode in range(episodes):
             episode_seed = derive_seed(seed, Stream.EVAL_RESET, episode) % ENV_SEED_BOUND
-            ret, length = await _play(env, policy, episode_seed, rng, writer, renders)
+            ret, length = await play(env, policy, episode_seed, rng, writer, renders)
             returns.append(ret)
             lengths.append(length)
     return EvalResult(str(policy.file), policy.update, returns, lengths)
@@ -136,6 +139,27 @@ async def _play(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.random.
         # Episodic life ends a training episode at a lost life; the game, and the evaluation, go on.
         if truncated or (terminated and info.get("game_over", True)):
             return total, length
+
+
+async def _play_agents(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.random.Generator | None,
+                       writer: Any, renders: bool) -> tuple[float, int]:
+    """One episode of a multi-agent env, every agent acting with the shared policy; its return is the
+    mean over agents of each agent's return (as training's episode_return_mean). No video (`evaluate`
+    refuses it), so `writer` and `renders` are unused."""
+    spec = policy.spec
+    obs, _ = await env.call("reset", seed=seed)
+    totals = dict.fromkeys(spec.agents, 0.0)
+    memories = {agent: PolicyMemory(policy.model.state_size) for agent in spec.agents}
+    length = 0
+    while True:
+        actions = {agent: policy.act(agent_observation(spec, obs, agent), memories[agent], rng)
+                   for agent in spec.agents}
+        obs, rewards, terminations, truncations, _ = await env.call("step", actions)
+        for agent in spec.agents:
+            totals[agent] += float(rewards.get(agent, 0.0))
+        length += 1
+        if all(terminations.get(agent) or truncations.get(agent) for agent in spec.agents):
+            return float(np.mean(list(totals.values()))), length
 
 
 def _config(values: dict[str, Any], file: Path, env_timeout: float | None) -> TrainConfig:

@@ -30,6 +30,7 @@ from htsrl_aio.assembly import RunHooks, RunParts, assemble
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.envs.factory import agent_observation
 from htsrl_aio.errors import HtsrlError, limit_error
 from htsrl_aio.models import PolicyMemory, params_sha256
 from htsrl_aio.outputs.metrics import END_OF_RUN
@@ -219,16 +220,38 @@ class Trainer:
         assert self._parts is not None, "use `async with Trainer(...)` first"
         return PolicyMemory(self._parts.inference.model.state_size)
 
-    async def act(self, obs: Any, deterministic: bool = False, memory: PolicyMemory | None = None) -> Any:
+    async def act(self, obs: Any, deterministic: bool = False,
+                  memory: PolicyMemory | dict[str, PolicyMemory] | None = None) -> Any:
         """The current policy's action for one observation, as `env.step` takes it (an int for a
-        Discrete space), for the host application.
+        Discrete space), for the host application; for a multi-agent env, the actions (a dict by
+        agent) for a dict of agents' observations, as the ParallelEnv's `step` takes them.
 
         A policy with memory (--memory) needs the env's state: pass `memory=trainer.new_memory()` for
-        each env, the same object at every step of it, and call its `reset()` when an episode ends.
+        each env (a dict of them by agent for a multi-agent env), the same object at every step of it,
+        and call its `reset()` when an episode ends.
         Uses the parameters collection currently acts with, and a random stream of its own, so
         calling it never changes the training run.
         """
         assert self._parts is not None, "use `async with Trainer(...)` first"
+        spec = self._parts.spec
+        if not spec.agents:
+            if isinstance(memory, dict):
+                raise ValueError("memory is a dict, which act() takes for a multi-agent env's agents; pass "
+                                 "this env's trainer.new_memory()")
+            return self._act(obs, deterministic, memory)
+        if not (isinstance(obs, dict) and obs and set(obs) <= set(spec.agents)):
+            raise ValueError(f"act() of a multi-agent run takes a dict of observations by agent (agents "
+                             f"{list(spec.agents)}), got {type(obs).__name__}"
+                             f"{' with keys ' + str(list(obs)) if isinstance(obs, dict) else ''}")
+        if memory is not None and not isinstance(memory, dict):
+            raise ValueError("act() of a multi-agent run takes memory as a dict by agent, each agent's "
+                             "trainer.new_memory()")
+        memories = memory or {}
+        return {agent: self._act(agent_observation(spec, obs, agent), deterministic, memories.get(agent))
+                for agent in obs}
+
+    def _act(self, obs: Any, deterministic: bool, memory: PolicyMemory | None) -> Any:
+        assert self._parts is not None
         spec, inference = self._parts.spec, self._parts.inference
         if memory is None:
             if inference.model.state_size:

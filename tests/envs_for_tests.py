@@ -577,3 +577,76 @@ class MaskedEnv(gym.Env):
 
 def masked_env(kind: str) -> gym.Env:
     return MaskedEnv(kind)
+
+
+class MeetingAgents:
+    """A PettingZoo ParallelEnv of `agents` agents on a line: each sees its position, the mean of the
+    others' and a seeded noise, moves -1/0/+1, and all share a reward for standing close together.
+    Episodes of 8-14 steps end for every agent at once; steps take a random 0-1 ms, drawn outside every
+    seed, so which agent's row answers first varies from run to run. `fault` gets one thing wrong:
+    "different_spaces" (the last agent has 4 actions), "leaves" (agent_0 leaves at step 3)."""
+
+    metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
+    render_mode = None
+
+    def __init__(self, agents: int = 3, fault: str = "") -> None:
+        self.fault = fault
+        self.possible_agents = [f"agent_{i}" for i in range(agents)]
+        self.agents: list[str] = []
+        self._obs_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
+        self._action_space = gym.spaces.Discrete(3)
+        self._rng = np.random.default_rng(0)
+        self._pos = np.zeros(agents)
+        self._t, self._limit = 0, 8
+
+    def observation_space(self, agent: str) -> gym.Space:
+        return self._obs_space
+
+    def action_space(self, agent: str) -> gym.Space:
+        if self.fault == "different_spaces" and agent == self.possible_agents[-1]:
+            return gym.spaces.Discrete(4)
+        return self._action_space
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        total = self._pos.sum()
+        others = (total - self._pos) / max(len(self._pos) - 1, 1)
+        return {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
+                for i, agent in enumerate(self.possible_agents)}
+
+    def reset(self, seed=None, options=None):
+        self._rng = np.random.default_rng(seed)
+        self._pos = self._rng.integers(-3, 4, len(self.possible_agents)).astype(np.float64)
+        self._t, self._limit = 0, int(self._rng.integers(8, 15))
+        self.agents = list(self.possible_agents)
+        return self._observations(), {agent: {} for agent in self.agents}
+
+    def step(self, actions):
+        time.sleep(_UNSEEDED.uniform(0.0, 0.001))
+        for i, agent in enumerate(self.possible_agents):
+            if not self._action_space.contains(actions[agent]):
+                raise ValueError(f"action {actions[agent]!r} of {agent} is not in {self._action_space}")
+            self._pos[i] = np.clip(self._pos[i] + int(actions[agent]) - 1, -9, 9)
+        self._t += 1
+        spread = float(self._pos.max() - self._pos.min())
+        rewards = {agent: -spread / 10 + float(self._rng.normal()) * 0.01 for agent in self.possible_agents}
+        ended = self._t >= self._limit
+        terminations = dict.fromkeys(self.possible_agents, ended and spread == 0)
+        truncations = dict.fromkeys(self.possible_agents, ended and spread != 0)
+        obs, infos = self._observations(), {agent: {} for agent in self.possible_agents}
+        if ended:
+            self.agents = []
+        elif self.fault == "leaves" and self._t == 3:
+            terminations["agent_0"] = True
+            self.agents.remove("agent_0")
+        return obs, rewards, terminations, truncations, infos
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def unwrapped(self) -> MeetingAgents:
+        return self
+
+
+def meeting_agents(agents: int = 3, fault: str = "") -> MeetingAgents:
+    return MeetingAgents(agents, fault)

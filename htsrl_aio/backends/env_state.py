@@ -24,7 +24,11 @@ from gymnasium.utils import EzPickle
 _KEY_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "htsrl-aio" / "env-state.key"
 
 
-class ForeignState(ValueError):
+class NotRestored(ValueError):
+    """A saved env state that is not loaded (the message says why): the env restarts."""
+
+
+class ForeignState(NotRestored):
     """A saved env state whose signature does not verify: it is not unpickled, the env restarts."""
 
 
@@ -60,7 +64,9 @@ def _pickles_as_constructor(env: Any) -> bool:
     while True:
         if isinstance(env, EzPickle):
             return True
+        # Wrappers keep the env they wrap as `env`; PettingZoo's aec_to_parallel keeps it as `aec_env`.
         inner = getattr(env, "env", None)
+        inner = getattr(env, "aec_env", None) if inner is None else inner
         if inner is None or inner is env:
             return False
         env = inner

@@ -68,10 +68,13 @@ class HostedBackend:
         return self.budget.restarts
 
     def _split(self, num_hosts: int) -> None:
-        """Give each of `num_hosts` hosts a contiguous slice of the envs (call once, before start)."""
-        self.num_hosts = num_hosts
-        self._slices = [tuple(int(i) for i in ids)
-                        for ids in np.array_split(np.arange(self.args.num_envs), num_hosts)]
+        """Give each of at most `num_hosts` hosts a contiguous slice of the envs (call once, before
+        start). The rows of one multi-agent env stay on one host, which steps them together."""
+        per_env = self.args.spec.rows_per_env
+        envs = self.args.num_envs // per_env
+        self.num_hosts = num_hosts = min(num_hosts, envs)
+        self._slices = [tuple(int(row) for env in ids for row in range(env * per_env, (env + 1) * per_env))
+                        for ids in np.array_split(np.arange(envs), num_hosts)]
         self._host_of = [h for h, ids in enumerate(self._slices) for _ in ids]
         self._respawns = [0] * num_hosts
 

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from htsrl_aio.backends.agent_group import row_factories
 from htsrl_aio.backends.protocol import BackendArgs, describe_ticket, obs_slot_of
 from htsrl_aio.backends.replica import Replica, ReplicaState, RestartBudget, env_error
 from htsrl_aio.errors import EnvError
@@ -31,6 +32,9 @@ class LoopBackend:
         self.budget = RestartBudget(args.num_envs, args.factory.name, args.on_restart)
         self._replicas: list[Replica] = []
         self._tasks: set[asyncio.Task] = set()
+        # A ParallelEnv's rows await its AgentGroup's futures, made on the running loop when they ask.
+        self._factories = row_factories(args.factory, args.spec, range(args.num_envs),
+                                        lambda: asyncio.get_running_loop().create_future())
 
     @property
     def restarts(self) -> int:
@@ -47,8 +51,9 @@ class LoopBackend:
                             "") from exc
 
     def env_factory(self, env_id: int) -> Callable[[], Any]:
-        """What builds env `env_id` (again, after a failure): the user's factory here."""
-        return self.args.factory
+        """What builds env `env_id` (again, after a failure): the user's factory here, or for a
+        ParallelEnv the row's agent slot."""
+        return self._factories[env_id]
 
     def reset(self, ticket: StepTicket) -> asyncio.Future[None]:
         return self._spawn(ticket.env, self._reset, ticket)

@@ -36,6 +36,9 @@ T = TypeVar("T")
 # An env that fails this often is broken, not unlucky: restarting it forever would hide that.
 MAX_RESTARTS_PER_ENV = 10
 
+ASYNC_IN_WORKER = ("the env returned an awaitable from a worker process; AsyncEnvs run in the event loop "
+                   "(--env-backend loop)")
+
 
 
 class Lineage(IntEnum):
@@ -221,7 +224,7 @@ class Replica:
             return "the env's state could not be saved"
         try:
             env = env_state.restore(state.env, self.env)
-        except env_state.ForeignState as exc:
+        except env_state.NotRestored as exc:
             return str(exc)
         if env is not self.env:
             with contextlib.suppress(Exception):
@@ -277,5 +280,4 @@ def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
     except StopIteration as done:
         return done.value
     coroutine.close()
-    raise TypeError("the env returned an awaitable from a worker process; AsyncEnvs run in the event loop "
-                    "(--env-backend loop)")
+    raise TypeError(ASYNC_IN_WORKER)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
 
+from htsrl_aio.backends.agent_group import Parked, row_factories
 from htsrl_aio.backends.protocol import ObsBuffers, ObsSlots
-from htsrl_aio.backends.replica import Replica, ReplicaState, run_to_completion
+from htsrl_aio.backends.replica import ASYNC_IN_WORKER, Replica, ReplicaState, run_to_completion
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.ipc.shm import SharedArray, SharedArraySpec
 
@@ -63,17 +64,21 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
     buffers = ObsBuffers(tuple({key: next(arrays) for key in specs} for specs in args.storages),
                          {key: next(arrays) for key in args.final})
     replicas: dict[int, Replica] = {}
+    factories = row_factories(args.factory, args.spec, args.env_ids, Parked)
+    waiting = WaitingAgents()
     try:
         conn.send([Reply("building", None)])
         for env_id in args.env_ids:
-            replicas[env_id] = Replica(env_id, args.factory, args.spec.obs, args.spec.action, args.run_seed,
-                                       args.restart_on_error, args.lineage)
+            replicas[env_id] = Replica(env_id, factories[env_id], args.spec.obs, args.spec.action,
+                                       args.run_seed, args.restart_on_error, args.lineage)
         conn.send([Reply("ready", None)])
         while True:
             commands = conn.recv()  # a list of Commands, or ("close",)
             if commands == ("close",):
                 return
-            conn.send([reply_to(cmd, replicas[cmd.env_id], buffers) for cmd in commands])
+            replies = [reply for cmd in commands
+                       if (reply := reply_to(cmd, replicas[cmd.env_id], buffers, waiting)) is not None]
+            conn.send(replies + waiting.resume())
     except Exception as exc:  # env construction failed, or the parent went away
         with contextlib.suppress(OSError):
             conn.send([Reply("error", None, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())])
@@ -84,26 +89,74 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
             array.close()
 
 
-def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots) -> Reply:
+class WaitingAgents:
+    """Commands of a ParallelEnv's rows that wait for the other agents of their env (a worker has no
+    event loop: their replicas' coroutines are parked here, and resumed once their env has stepped)."""
+
+    def __init__(self) -> None:
+        self._parked: dict[int, tuple[Command, Coroutine[Any, Any, Any], Parked]] = {}
+
+    def park(self, cmd: Command, coroutine: Coroutine[Any, Any, Any], parked: Parked) -> None:
+        self._parked[cmd.env_id] = (cmd, coroutine, parked)
+
+    def resume(self) -> list[Reply]:
+        """Replies of every parked command whose result arrived (a resumed one may park again: the
+        reset after its episode ended)."""
+        replies: list[Reply] = []
+        while ready := [env_id for env_id, (_, _, parked) in self._parked.items() if parked.done()]:
+            for env_id in ready:
+                cmd, coroutine, _ = self._parked.pop(env_id)
+                reply = _advance(cmd, coroutine, self)
+                if reply is not None:
+                    replies.append(reply)
+        return replies
+
+
+def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots,
+             waiting: WaitingAgents | None = None) -> Reply | None:
     """Run one command against its replica, observations in the slots it names (every host's core), and
-    say how it went."""
+    say how it went; None while the command waits for the other agents of its env (in `waiting`)."""
     try:
-        return Reply("done", cmd.env_id, _run(cmd, replica, buffers))
+        work = _run(cmd, replica, buffers)
     except Exception as exc:
-        return Reply("error", cmd.env_id, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _error(cmd, exc)
+    return _advance(cmd, work, waiting)
 
 
-def _run(cmd: Command, replica: Replica, buffers: ObsSlots) -> Any:
+def _advance(cmd: Command, coroutine: Coroutine[Any, Any, Any],
+             waiting: WaitingAgents | None) -> Reply | None:
+    try:
+        awaited = coroutine.send(None)
+    except StopIteration as done:
+        return Reply("done", cmd.env_id, done.value)
+    except Exception as exc:
+        return _error(cmd, exc)
+    if isinstance(awaited, Parked) and waiting is not None:
+        waiting.park(cmd, coroutine, awaited)
+        return None
+    coroutine.close()
+    return _error(cmd, TypeError(ASYNC_IN_WORKER))
+
+
+def _error(cmd: Command, exc: Exception) -> Reply:
+    return Reply("error", cmd.env_id, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _run(cmd: Command, replica: Replica, buffers: ObsSlots) -> Coroutine[Any, Any, Any]:
     env_id = cmd.env_id
     if cmd.kind == "get_state":
-        return replica.get_state()
+        return _value(replica.get_state())
     if cmd.kind == "set_state":
         assert cmd.state is not None
-        return replica.set_state(cmd.state)
+        return _value(replica.set_state(cmd.state))
     here = buffers.slot(cmd.buf, cmd.row, env_id)
     if cmd.kind == "reset":
-        return run_to_completion(replica.reset(here))
+        return replica.reset(here)
     following, final = buffers.slot(cmd.buf, cmd.row + 1, env_id), buffers.final_slot(env_id)
     if cmd.kind == "lost_step":  # its worker died: this env is new, and the step asked of the old one is lost
-        return run_to_completion(replica.lost_step(here, following, final))
-    return run_to_completion(replica.step(cmd.action, here, following, final))
+        return replica.lost_step(here, following, final)
+    return replica.step(cmd.action, here, following, final)
+
+
+async def _value(value: Any) -> Any:
+    return value

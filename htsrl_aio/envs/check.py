@@ -10,6 +10,8 @@ one sentence too, and never hangs or kills the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import math
 import pickle
 import time
@@ -22,7 +24,8 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.envs.async_env import close_env, is_async_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -87,12 +90,19 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
     on_call(CONSTRUCTOR, 0)
     try:
         env = factory()
+    except MultiAgentError as exc:
+        report.problems.append(str(exc))
+        return report
     except Exception as exc:
         report.problems.append(f"could not create the env: {type(exc).__name__}: {exc}.")
         return report
     try:
-        report.spec = _check_interface(env, report.problems)
-        if report.spec is not None:
+        report.spec = _check_interface(env, report.problems, factory.agent_id)
+        if report.spec is not None and report.spec.agents:
+            _check_parallel_episodes(env, report, steps, on_call)
+            if steps > 1 and report.ok:  # check-env: PettingZoo's own test too, on an env of its own
+                _check_parallel_api(factory, report, on_call)
+        elif report.spec is not None:
             _find_static_masks(env, report)
             await _check_episodes(env, report, steps, _AsyncCall(max_block_s, timeout), on_call)
     finally:
@@ -187,15 +197,21 @@ def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_blo
     conn.recv()  # ("close",): exit only once the parent has the report
 
 
-def _check_interface(env: Any, problems: list[str]) -> EnvSpec | None:
+def _check_interface(env: Any, problems: list[str], agent_id: bool = False) -> EnvSpec | None:
     if isinstance(env, gym.vector.VectorEnv) or hasattr(env, "single_observation_space"):
         problems.append(f"the factory returned a vector env ({type(env).__name__}); return one env: "
                         "htsrl-aio makes --num-envs replicas of it itself.")
         return None
+    if is_parallel_env(env):
+        try:
+            return EnvSpec.of_parallel_env(env, agent_id)
+        except (MultiAgentError, UnsupportedSpace) as exc:
+            problems.append(str(exc))
+            return None
     if hasattr(env, "possible_agents"):
-        problems.append(f"the factory returned a multi-agent env ({type(env).__name__}); htsrl-aio trains "
-                        "single-agent envs: wrap it so that one agent acts (the others follow a fixed "
-                        "policy).")
+        problems.append(f"the factory returned {type(env).__name__}, which has possible_agents but is "
+                        "neither a PettingZoo ParallelEnv nor an AEC env; return a ParallelEnv (PettingZoo's "
+                        "Parallel API).")
         return None
     if not (hasattr(env, "observation_space") and hasattr(env, "action_space")):
         problems.append(f"the factory returned {type(env).__name__}, which is neither a gymnasium env nor "
@@ -282,6 +298,86 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _Asyn
         needs_reset = bool(result[2] or result[3])
     if in_loop and call.problem:
         report.problems.append(call.problem)
+
+
+def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call: OnCall) -> None:
+    """`_check_episodes` for a ParallelEnv: every agent's part of each reset and step is checked as a
+    single-agent env's would be."""
+    spec = report.spec
+    assert spec is not None
+    actions = np.random.default_rng(0)
+    needs_reset = True
+    for episode in range(max(steps, 1)):
+        what = "reset()" if needs_reset else "step()"
+        try:
+            if needs_reset:
+                on_call(what, report.steps)
+                reset = _by_agent(spec, env.reset(seed=env_reset_seed(0, 0, episode)), 2, report.problems)
+                if reset is None or not _each_agent(spec, reset, _check_reset, report.problems):
+                    break
+            what = "step()"
+            on_call(what, report.steps)
+            result = env.step({agent: spec.action.to_env(spec.action.random(actions))
+                               for agent in spec.agents})
+        except Exception as exc:
+            report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
+            break
+        report.steps += 1
+        step = _by_agent(spec, result, 5, report.problems)
+        if step is None or not _each_agent(spec, step, _check_step, report.problems):
+            break
+        needs_reset = not env.agents
+        if not needs_reset and len(env.agents) < len(spec.agents):
+            report.problems.append(f"agents {sorted(set(spec.agents) - set(env.agents))} left the episode at "
+                                   f"step {report.steps} while others went on; htsrl-aio does not train envs "
+                                   "whose agents leave mid-episode yet.")
+            break
+
+
+def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str]) -> list[tuple] | None:
+    """A ParallelEnv's reset (size 2) or step (size 5) result as one single-agent tuple per agent
+    (the observation as the agent's row stores it), or None with the problem."""
+    what = "reset() of a ParallelEnv must return (observations, infos)" if size == 2 else \
+        "step() of a ParallelEnv must return (observations, rewards, terminations, truncations, infos)"
+    if not (isinstance(result, tuple) and len(result) == size and all(isinstance(r, dict) for r in result)):
+        problems.append(f"{what}, dicts by agent; it returned {_describe(result)}.")
+        return None
+    if missing := [agent for agent in spec.agents if agent not in result[0]]:
+        problems.append(f"{what.split(' of ')[0]} returned no observation for agents {missing}; every agent "
+                        "of the episode needs one.")
+        return None
+    rows = []
+    for agent in spec.agents:
+        obs = agent_observation(spec, result[0], agent)
+        flags = tuple(bool(part.get(agent, False)) for part in result[2:4])
+        rows.append((obs, {}) if size == 2 else (obs, result[1].get(agent), *flags, {}))
+    return rows
+
+
+def _each_agent(spec: EnvSpec, results: list[tuple], check: Callable[[Any, EnvSpec, list[str]], bool],
+                problems: list[str]) -> bool:
+    """`check` each agent's result as a single-agent env's; a problem it finds names the agent."""
+    for agent, result in zip(spec.agents, results):
+        found = len(problems)
+        if not check(result, spec, problems):
+            problems[found:] = [f"agent {agent!r}: {problem}" for problem in problems[found:]]
+            return False
+    return True
+
+
+def _check_parallel_api(factory: EnvFactory, report: CheckReport, on_call: OnCall) -> None:
+    """PettingZoo's `parallel_api_test`, the reference for what a valid ParallelEnv does."""
+    from pettingzoo.test import parallel_api_test
+
+    on_call("PettingZoo's parallel_api_test", report.steps)
+    env = factory()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its verdict; the report says it
+            parallel_api_test(env, num_cycles=100)
+    except Exception as exc:
+        report.problems.append(f"PettingZoo's parallel_api_test failed: {type(exc).__name__}: {exc}.")
+    finally:
+        env.close()
 
 
 def _check_reset(result: Any, spec: EnvSpec, problems: list[str]) -> bool:

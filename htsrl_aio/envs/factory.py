@@ -10,10 +10,12 @@ is reported in one sentence before any worker process starts.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,15 @@ from htsrl_aio.envs.football import (
     require_gfootball,
 )
 from htsrl_aio.envs.frames import FrameOptions
+from htsrl_aio.envs.parallel import (
+    MultiAgentError,
+    add_agent_id,
+    agent_spaces,
+    as_parallel,
+    is_aec_env,
+    is_parallel_env,
+    with_agent_id,
+)
 from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
 from htsrl_aio.errors import ConfigError
 
@@ -64,6 +75,7 @@ class EnvFactory:
     frames: FrameOptions | None = None  # --frame-size/--grayscale/--frame-stack
     engine: EngineSpec | None = None  # ALE and envpool: ids: envs of a C++ vector engine
     football: FootballSpec | None = None  # gfootball/<scenario> ids: scenario and options
+    agent_id: bool = False  # --agent-id: a multi-agent env's observations carry the one-hot agent index
 
     def __call__(self) -> gym.Env:
         if self.engine is not None:
@@ -71,7 +83,15 @@ class EnvFactory:
         if self.env_id is not None and is_football_id(self.env_id):
             return FootballEnv(self.football or parse_football_id(self.env_id))
         env = self._make()
-        return env if self.frames is None else self.frames.wrap(env)
+        if is_aec_env(env):
+            env = as_parallel(env)
+        if self.frames is None:
+            return env
+        if is_parallel_env(env):
+            raise MultiAgentError("--frame-size, --grayscale and --frame-stack do not apply to multi-agent "
+                                  "envs yet; drop them (SuperSuit's resize_v1, color_reduction_v0 and "
+                                  "frame_stack_v1 do the same inside your factory).")
+        return self.frames.wrap(env)
 
     def _make(self) -> gym.Env:
         kwargs = dict(self.kwargs)
@@ -89,7 +109,29 @@ class EnvFactory:
             return self.engine.name
         if self.env_id is not None:
             return self.env_id if self.module is None else f"{self.module}:{self.env_id}"
+        if isinstance(self.factory, ImportedCallable):
+            return f"{self.factory.module}:{self.factory.attr}"
         return f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', self.factory)}"
+
+
+@dataclass(frozen=True)
+class ImportedCallable:
+    """'module:attr', looked up where it is called: how a callable that pickle cannot send by reference
+    (a closure, as PettingZoo's `parallel_env` is) reaches worker processes."""
+
+    module: str
+    attr: str
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.attr)(**kwargs)
+
+
+def _by_reference(module: str, attr: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    try:
+        pickle.dumps(function)
+    except Exception:
+        return ImportedCallable(module, attr)
+    return function
 
 
 @dataclass(frozen=True)
@@ -99,15 +141,39 @@ class EnvSpec:
     obs: ObsLayout
     action: ActionSpec
     in_loop: bool = False  # an AsyncEnv, which only the event loop can step
+    # A PettingZoo ParallelEnv's agents, each a row of the storage (empty: a single-agent env).
+    agents: tuple[str, ...] = ()
+    agent_id: bool = False  # --agent-id: each agent's observation carries its one-hot index
 
     @classmethod
     def from_spaces(cls, obs_space: gym.Space, action_space: gym.Space, in_loop: bool = False) -> EnvSpec:
         """Raise spaces.UnsupportedSpace (one sentence) for a space the runtime cannot handle."""
         return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), in_loop)
 
+    @classmethod
+    def of_parallel_env(cls, env: Any, agent_id: bool = False) -> EnvSpec:
+        """The spec of a ParallelEnv's rows; raise parallel.MultiAgentError or spaces.UnsupportedSpace."""
+        agents, obs_space, action_space = agent_spaces(env)
+        if agent_id:
+            obs_space = with_agent_id(obs_space, len(agents))
+        return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), False, agents,
+                   agent_id)
+
+    @property
+    def rows_per_env(self) -> int:
+        """Storage rows each env replica occupies: one per agent."""
+        return max(1, len(self.agents))
+
     def describe(self) -> str:
         """As a user reads it: "observations (4,) float32, 2 actions"."""
-        return f"observations {self.obs.describe()}, {self.action.describe()}"
+        agents = f"{len(self.agents)} agents, each with " if self.agents else ""
+        return f"{agents}observations {self.obs.describe()}, {self.action.describe()}"
+
+
+def agent_observation(spec: EnvSpec, obs: dict[str, Any], agent: str) -> Any:
+    """Agent `agent`'s observation in a ParallelEnv's `obs` (by agent), as the agent's row stores it."""
+    index = spec.agents.index(agent)
+    return add_agent_id(obs[agent], index, len(spec.agents)) if spec.agent_id else obs[agent]
 
 
 def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
@@ -123,6 +189,11 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
 
 
 def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:
+    factory = _resolve_source(env, config)
+    return factory if config is None or not config.agent_id else dataclasses.replace(factory, agent_id=True)
+
+
+def _resolve_source(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:
     kwargs = tuple(sorted((config.env_kwargs if config is not None else {}).items()))
     frames = _frame_options(config)
     if callable(env):
@@ -139,7 +210,8 @@ def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFac
                               "'highway_env:highway-fast-v0').")
         module = _import_module(module_name, env)
         if callable(getattr(module, attr, None)):
-            return EnvFactory(factory=getattr(module, attr), kwargs=kwargs, frames=frames)
+            return EnvFactory(factory=_by_reference(module_name, attr, getattr(module, attr)), kwargs=kwargs,
+                              frames=frames)
         if attr in gym.registry:  # gymnasium's "package:EnvId": importing the package registered it
             return EnvFactory(env_id=attr, module=module_name, kwargs=kwargs, frames=frames)
         raise ConfigError(f"--env {env!r}: module {module_name!r} has no callable {attr!r} and registers "

@@ -77,6 +77,7 @@ class StartPoint:
     wall_time_s: float = 0.0
     behaviour_version: int = 0  # learn_first: the parameters that collected the rollout learned first
     env_restarts: int = 0
+    team_returns: list[float] = field(default_factory=list)  # multi-agent: each episode's sum over agents
 
     @classmethod
     def of_checkpoint(cls, kind: str, parts: Mapping[str, Any], envs_restored: bool) -> StartPoint:
@@ -88,7 +89,8 @@ class StartPoint:
         return cls(update + at_swap, learn_first=at_swap, envs_restored=at_swap and envs_restored,
                    episodes=schedule["episodes"], episode_returns=list(schedule["episode_returns"]),
                    episode_lengths=list(schedule["episode_lengths"]), wall_time_s=schedule["wall_time_s"],
-                   behaviour_version=behaviour_version, env_restarts=schedule.get("env_restarts", 0))
+                   behaviour_version=behaviour_version, env_restarts=schedule.get("env_restarts", 0),
+                   team_returns=list(schedule.get("team_returns", [])))
 
 
 class RolloutScheduler:
@@ -96,9 +98,12 @@ class RolloutScheduler:
                  final_obs: Mapping[str, np.ndarray], inference: BatchedInference, learner: LearnerHandle,
                  on_update: Callable[[dict[str, Any]], None], start: StartPoint | None = None,
                  checkpoint: Callable[[int, bool], Awaitable[None]] | None = None,
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 0, agents: int = 1) -> None:
         """`checkpoint(g, stopping)` runs inside swap g (everything paused) every `checkpoint_every`
         updates, and in the swap a stop was requested before (`stopping`).
+
+        `agents`: the storage rows of each env (a multi-agent env's agents, row = env * agents +
+        agent); one collector per row.
 
         `final_obs` (key -> (N, ...)): where the backend leaves the final observation of an episode
         cut by a time limit, whose value becomes the step's bootstrap value.
@@ -113,6 +118,8 @@ class RolloutScheduler:
         self.sync = config.mode == "sync"
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
+        self.agents = agents
+        self.rows = config.num_envs * agents
         self._begin_at(start or StartPoint())
         self._rollout_episodes: list[tuple[int, int, float, int]] = []  # (step, env, return, length)
         self._rollout_restarts = 0
@@ -127,7 +134,7 @@ class RolloutScheduler:
 
     def _begin_at(self, start: StartPoint) -> None:
         self.start = start
-        n = self.cfg.num_envs
+        n = self.rows
         # Swap g closes rollout g; publish g follows update g. A resumed run already passed swap rollout-1.
         self.swap = SwapBarrier(n + 1, on_swap=self._on_swap, generation=start.rollout)
         self.step_barrier = SwapBarrier(n) if self.sync else None
@@ -140,6 +147,7 @@ class RolloutScheduler:
         self.episode_returns: deque[float] = deque(start.episode_returns, maxlen=EPISODE_WINDOW)
         self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
         self.episodes = start.episodes
+        self.team_returns: deque[float] = deque(start.team_returns, maxlen=EPISODE_WINDOW)
         # Env re-creations reported by the steps of the rollouts swapped so far (a step's
         # StepResult.restarted), not the backend's count, which moves while the next rollout runs.
         self.env_restarts = start.env_restarts
@@ -151,7 +159,8 @@ class RolloutScheduler:
         parts: dict[str, Any] = {"schedule": {
             "episodes": self.episodes, "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths), "wall_time_s": wall,
-            "behaviour_version": self.behaviour_version, "env_restarts": self.env_restarts}}
+            "behaviour_version": self.behaviour_version, "env_restarts": self.env_restarts,
+            "team_returns": list(self.team_returns)}}
         if generation is not None:
             storage = self.storages[generation % 2]
             parts["rollout"] = {name: torch.from_numpy(a.copy()) for name, a in storage.arrays.items()}
@@ -192,12 +201,12 @@ class RolloutScheduler:
         first.begin(self.start.rollout)
         if not self.start.envs_restored:
             await asyncio.gather(*(self.pool.reset(StepTicket(self.start.rollout, i, 0))
-                                   for i in range(self.cfg.num_envs)))
-            for env in range(self.cfg.num_envs):
+                                   for i in range(self.rows)))
+            for env in range(self.rows):
                 first.start_episode(env)
         if not (self.sync and self.start.learn_first):  # sync: collection waits for the next publish
             self._begin_collection()
-        tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.cfg.num_envs)]
+        tasks = [asyncio.ensure_future(self._collect(i)) for i in range(self.rows)]
         tasks.append(asyncio.ensure_future(self._learn()))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -268,10 +277,13 @@ class RolloutScheduler:
 
     def _on_swap(self, generation: int) -> Awaitable[None] | None:
         finished = self.storages[generation % 2]
-        for _, _, ret, length in sorted(self._rollout_episodes):  # ticket order, not arrival order
+        episodes = sorted(self._rollout_episodes)  # ticket order, not arrival order
+        for _, _, ret, length in episodes:
             self.episode_returns.append(ret)
             self.episode_lengths.append(length)
             self.episodes += 1
+        if self.agents > 1:
+            self.team_returns.extend(_team_returns(episodes, self.agents))
         self._rollout_episodes.clear()
         self.env_restarts += self._rollout_restarts
         self._rollout_restarts = 0
@@ -296,7 +308,7 @@ class RolloutScheduler:
             self._begin_collection()
 
     def _begin_collection(self) -> None:
-        self._envs_collecting = self.cfg.num_envs
+        self._envs_collecting = self.rows
         self.collector_clock.start()
 
     def _metrics(self, update: int, storage: RolloutStorage, lag: int,
@@ -323,8 +335,20 @@ class RolloutScheduler:
             "env_restarts": self.env_restarts,
             "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
         }
+        if self.agents > 1:  # episodes and their returns above are each agent's
+            metrics["agent_steps"] = (update + 1) * self.rows * cfg.rollout
+            metrics["team_return_mean"] = _mean(self.team_returns)
         metrics.update(stats)
         return metrics
+
+
+def _team_returns(episodes: list[tuple[int, int, float, int]], agents: int) -> list[float]:
+    """Each env episode's return summed over its agents, from the agents' episodes in ticket order (the
+    agents of an env end their episode at the same step)."""
+    teams: dict[tuple[int, int], float] = {}
+    for step, row, ret, _ in episodes:
+        teams[step, row // agents] = teams.get((step, row // agents), 0.0) + ret
+    return list(teams.values())
 
 
 def _mean(values: deque) -> float | None:

@@ -1,0 +1,194 @@
+"""AgentGroup: the A agents of one PettingZoo ParallelEnv as A rows, each a `Replica` of its own.
+
+As an `EngineGroup` steps several envs in lockstep while each env's Replica awaits an `EngineSlot`, an
+AgentGroup steps one ParallelEnv once every one of its agents has its action, while each agent's row
+keeps its own Replica awaiting an `AgentSlot`. So seeds, checks, episode accounting and the final
+observation of a truncation are the single-agent code, row by row, and which agent's action arrived
+first changes nothing: the env steps with all of them, by agent name.
+
+Row = env_index * A + agent_index. Every row of an env resets together (the episode ends for all its
+agents at once), with the reset seed of the env's first row. The waiter a slot returns is whatever
+the host awaits: an asyncio future on the event loop, a `Parked` result in a worker process, which
+has no event loop and resumes the replicas whose results arrived (worker.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, Protocol
+
+from htsrl_aio.backends import env_state
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.parallel import MultiAgentError
+
+
+class Waiter(Protocol):
+    """What a slot returns and its Replica awaits: asyncio.Future, or Parked."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
+class Parked:
+    """A result that arrives once the other agents of the env have asked too, for a host without an
+    event loop: awaiting it yields the Parked itself until it is done, and the host resumes the
+    coroutine then."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Any = None
+        self._exception: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._result, self._done = result, True
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._exception, self._done = exception, True
+
+    def __await__(self) -> Generator[Parked, None, Any]:
+        while not self._done:
+            yield self
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+
+class AgentGroup:
+    """One ParallelEnv whose agents' resets and steps are gathered, then made in one call."""
+
+    def __init__(self, factory: EnvFactory, spec: EnvSpec, new_waiter: Callable[[], Waiter]) -> None:
+        self.spec = spec
+        self.agents = spec.agents
+        self._new_waiter = new_waiter
+        self._resets: dict[int, tuple[int, Waiter]] = {}
+        self._steps: dict[int, tuple[Any, Waiter]] = {}
+        self._closed = False
+        self.env = factory()
+
+    def reset(self, index: int, seed: int) -> Waiter:
+        waiter = self._ask(self._resets, index, seed)
+        if len(self._resets) == len(self.agents):
+            requests, self._resets = self._resets, {}
+            self._answer(requests, functools.partial(self._reset_all, requests[0][0]))
+        return waiter
+
+    def step(self, index: int, action: Any) -> Waiter:
+        waiter = self._ask(self._steps, index, action)
+        if len(self._steps) == len(self.agents):
+            requests, self._steps = self._steps, {}
+            actions = {self.agents[i]: action for i, (action, _) in sorted(requests.items())}
+            self._answer(requests, functools.partial(self._step_all, actions))
+        return waiter
+
+    def _ask(self, requests: dict[int, tuple[Any, Waiter]], index: int, value: Any) -> Waiter:
+        assert index not in requests, f"agent {self.agents[index]!r} asked twice in one step"
+        waiter = self._new_waiter()
+        requests[index] = (value, waiter)
+        return waiter
+
+    def _answer(self, requests: dict[int, tuple[Any, Waiter]], call: Callable[[], list[Any]]) -> None:
+        try:
+            results = call()
+        except Exception as exc:  # every agent's row fails with it
+            for _, waiter in requests.values():
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for index, (_, waiter) in requests.items():
+            if not waiter.done():  # a collector cancelled meanwhile has cancelled its future
+                waiter.set_result(results[index])
+
+    def _reset_all(self, seed: int) -> list[tuple[Any, dict]]:
+        obs, infos = self.env.reset(seed=seed)
+        if set(self.env.agents) != set(self.agents):
+            raise MultiAgentError(f"reset() started an episode with agents {list(self.env.agents)}, not "
+                                  f"possible_agents {list(self.agents)}; htsrl-aio trains envs whose agents "
+                                  "all take part in every episode (agents that join are not supported yet).")
+        return [(agent_observation(self.spec, obs, agent), _info(infos, agent)) for agent in self.agents]
+
+    def _step_all(self, actions: dict[str, Any]) -> list[tuple[Any, Any, bool, bool, dict]]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        ended = not self.env.agents
+        if not ended and any(terminations.get(a) or truncations.get(a) for a in self.agents):
+            left = next(a for a in self.agents if terminations.get(a) or truncations.get(a))
+            raise MultiAgentError(f"agent {left!r} left the episode while others went on; htsrl-aio does not "
+                                  "train envs whose agents leave mid-episode yet (every agent must end its "
+                                  "episode at the same step).")
+        results = []
+        for agent in self.agents:
+            terminated = bool(terminations.get(agent, False))
+            # An episode that ends for the env ends for every agent: cut, if it did not end it itself.
+            truncated = bool(truncations.get(agent, False)) or (ended and not terminated)
+            results.append((agent_observation(self.spec, obs, agent), rewards[agent], terminated, truncated,
+                            _info(infos, agent)))
+        return results
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.env.close()
+
+
+class AgentSlot:
+    """Agent `index` of an AgentGroup, as the env its Replica awaits."""
+
+    def __init__(self, group: AgentGroup, index: int) -> None:
+        self.group = group
+        self.index = index
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> Waiter:
+        assert seed is not None, "the runtime seeds every reset"
+        return self.group.reset(self.index, seed)
+
+    def step(self, action: Any) -> Waiter:
+        return self.group.step(self.index, action)
+
+    def close(self) -> None:
+        self.group.close()
+
+    def get_state(self) -> bytes | None:
+        """The first agent's row carries the env's state, captured as any env's is (None where it
+        cannot be saved); the other rows carry none."""
+        return env_state.capture(self.group.env) if self.index == 0 else None
+
+    def set_state(self, state: bytes | None) -> None:
+        if self.index != 0:
+            return
+        if state is None:
+            raise env_state.NotRestored("the multi-agent env's state could not be saved")
+        env = env_state.restore(state, self.group.env)
+        if env is not self.group.env:
+            with contextlib.suppress(Exception):
+                self.group.env.close()
+            self.group.env = env
+
+
+def row_factories(factory: EnvFactory, spec: EnvSpec, rows: Iterable[int],
+                  new_waiter: Callable[[], Waiter]) -> dict[int, Callable[[], Any]]:
+    """What builds the env of each storage row in `rows`: the factory itself for a single-agent env;
+    for a ParallelEnv, the row's slot of its env's group (each group built once, by its first row)."""
+    if not spec.agents:
+        return dict.fromkeys(rows, factory)
+    per_env = spec.rows_per_env
+    groups: dict[int, AgentGroup] = {}
+
+    def slot(row: int) -> AgentSlot:
+        env = row // per_env
+        if env not in groups:
+            groups[env] = AgentGroup(factory, spec, new_waiter)
+        return AgentSlot(groups[env], row % per_env)
+
+    return {row: functools.partial(slot, row) for row in rows}
+
+
+def _info(infos: Any, agent: str) -> dict:
+    info = infos.get(agent) if isinstance(infos, dict) else None
+    return info if isinstance(info, dict) else {}

@@ -1,0 +1,79 @@
+"""Multi-agent envs: PettingZoo's Parallel API (`possible_agents`, `observation_space(agent)`,
+`action_space(agent)`, `reset(seed=)`, `step(actions)` returning five dicts by agent).
+
+A ParallelEnv with A agents is A rows of the storage (row = env_index * A + agent_index): one shared
+policy acts for every agent (parameter sharing), so the agents must have the same spaces. How its rows
+are stepped together is `backends/agent_group.py`'s. AEC envs are converted with PettingZoo's own
+`aec_to_parallel` where PettingZoo says that applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+AGENT_ID_KEY = "agent_id"  # --agent-id: the one-hot agent index, an observation key of its own
+AGENT_OBS_KEY = "obs"  # --agent-id: the agent's own observation beside it, when it is not a Dict
+
+
+class MultiAgentError(ValueError):
+    """A multi-agent env htsrl-aio cannot train as it is; the message names the fix."""
+
+
+def is_parallel_env(env: Any) -> bool:
+    """PettingZoo's Parallel API: agents, per-agent spaces as methods, and no AEC turn order."""
+    return (hasattr(env, "possible_agents") and callable(getattr(env, "observation_space", None))
+            and not is_aec_env(env))
+
+
+def is_aec_env(env: Any) -> bool:
+    return hasattr(env, "possible_agents") and hasattr(env, "agent_iter")
+
+
+def as_parallel(env: Any) -> Any:
+    """An AEC env as a ParallelEnv (PettingZoo's `aec_to_parallel`); raise MultiAgentError when
+    PettingZoo says its agents do not act at the same time."""
+    if not env.metadata.get("is_parallelizable", False):
+        raise MultiAgentError(
+            f"{env.metadata.get('name', type(env).__name__)} is a PettingZoo AEC env whose agents take "
+            "turns (its metadata does not say is_parallelizable), so it cannot be stepped as a "
+            "ParallelEnv; give a factory of its parallel_env, or of an env whose agents act at the same "
+            "time.")
+    from pettingzoo.utils.conversions import aec_to_parallel
+
+    return aec_to_parallel(env)
+
+
+def agent_spaces(env: Any) -> tuple[tuple[str, ...], gym.Space, gym.Space]:
+    """(agents, the observation space, the action space) every agent shares; raise MultiAgentError
+    when there are no agents or their spaces differ."""
+    agents = tuple(env.possible_agents)
+    if not agents:
+        raise MultiAgentError(f"{type(env).__name__} has no possible_agents; a ParallelEnv lists them.")
+    obs, act = env.observation_space(agents[0]), env.action_space(agents[0])
+    for agent in agents[1:]:
+        if env.observation_space(agent) != obs or env.action_space(agent) != act:
+            raise MultiAgentError(
+                f"agents {agents[0]!r} and {agent!r} have different observation or action spaces, and "
+                "htsrl-aio trains one policy shared by every agent; pad them to one space with "
+                "SuperSuit's pad_observations_v0 and pad_action_space_v0.")
+    return agents, obs, act
+
+
+def with_agent_id(space: gym.Space, agents: int) -> gym.spaces.Dict:
+    """The observation space of one agent with its one-hot index (--agent-id) as a key of its own."""
+    one_hot = gym.spaces.Box(0.0, 1.0, (agents,), np.float32)
+    if isinstance(space, gym.spaces.Dict):
+        return gym.spaces.Dict({**space.spaces, AGENT_ID_KEY: one_hot})
+    return gym.spaces.Dict({AGENT_OBS_KEY: space, AGENT_ID_KEY: one_hot})
+
+
+def add_agent_id(obs: Any, index: int, agents: int) -> dict[str, Any]:
+    """`obs` of agent `index` as `with_agent_id`'s space has it."""
+    one_hot = np.zeros(agents, np.float32)
+    one_hot[index] = 1.0
+    if isinstance(obs, dict):
+        return {**obs, AGENT_ID_KEY: one_hot}
+    return {AGENT_OBS_KEY: obs, AGENT_ID_KEY: one_hot}

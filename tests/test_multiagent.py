@@ -1,0 +1,242 @@
+"""Multi-agent envs (PettingZoo's Parallel API): each agent a row of the storage, one shared policy,
+the same bits whatever the workers, batching or backend."""
+
+import functools
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from harness import (
+    HANG_S,
+    actions_trace,
+    as_if_crashed_after,
+    metrics_rows,
+    same_bits_in_every_placement,
+    signalled,
+)
+
+from htsrl_aio import ConfigError, EnvError, TrainConfig, Trainer, resume, train
+from htsrl_aio.backends.agent_group import AgentGroup, Parked
+from htsrl_aio.backends.hosted import HostedBackend
+from htsrl_aio.cli import main as cli_main
+from htsrl_aio.envs import check_env, resolve_env
+from htsrl_aio.evaluate import evaluate
+
+pytest.importorskip("pettingzoo")
+
+ROOT = Path(__file__).parent.parent
+NUM_ENVS, ROLLOUT, UPDATES = 4, 16, 3
+MEETING = "envs_for_tests:meeting_agents"
+SIMPLE_SPREAD = "mpe2.simple_spread_v3:parallel_env"
+
+
+def config(run_dir: Path, env: str = MEETING, **overrides) -> TrainConfig:
+    base = {"env": env, "num_envs": NUM_ENVS, "rollout": ROLLOUT, "total_steps": NUM_ENVS * ROLLOUT * UPDATES,
+            "minibatches": 2, "logdir": str(run_dir), "progress": False}
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [MEETING, SIMPLE_SPREAD])
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_same_bits_across_workers_batching_and_backends(tmp_path, no_leaks, env, mode):
+    """Rows of one env step together (on one worker), and which agent's action arrived first changes
+    nothing: the meeting env's steps take a random time."""
+    if env == SIMPLE_SPREAD:
+        pytest.importorskip("mpe2")
+    same_bits_in_every_placement(functools.partial(config, env=env, mode=mode), tmp_path, UPDATES)
+
+
+def test_agents_are_rows_and_metrics_count_env_steps(tmp_path, no_leaks):
+    summary = train(config(tmp_path / "run", workers=2, agent_id=True))
+    rows = metrics_rows(tmp_path / "run")
+    assert [row["global_step"] for row in rows] == [NUM_ENVS * ROLLOUT * u for u in range(1, UPDATES + 1)]
+    assert [row["agent_steps"] for row in rows] == [3 * NUM_ENVS * ROLLOUT * u for u in range(1, UPDATES + 1)]
+    last = rows[-1]
+    # The meeting env's episodes end for its 3 agents at once: a team's return sums its agents'.
+    assert last["team_return_mean"] == pytest.approx(3 * last["episode_return_mean"], rel=0.2)
+    assert summary["final_params_sha256"]
+
+
+def test_team_return_is_the_sum_over_an_envs_agents():
+    from htsrl_aio.runtime.scheduler import _team_returns
+
+    # (step, row, return, length): env 0 is rows 0-1, env 1 rows 2-3 (2 agents each).
+    episodes = [(3, 0, 1.0, 4), (3, 1, 2.0, 4), (3, 2, 10.0, 4), (3, 3, 20.0, 4),
+                (7, 0, 5.0, 4), (7, 1, 6.0, 4)]
+    assert _team_returns(episodes, 2) == [3.0, 30.0, 11.0]
+
+
+def test_rows_of_one_env_stay_on_one_host():
+    spec = _spec(MEETING)
+    args = type("Args", (), {"spec": spec, "num_envs": 5 * 3})()
+    host = HostedBackend.__new__(HostedBackend)
+    host.args = args
+    host._split(3)
+    assert host._slices == [tuple(range(0, 6)), tuple(range(6, 12)), tuple(range(12, 15))]
+
+
+def test_the_group_steps_once_every_agent_has_acted_whatever_the_order():
+    factory = resolve_env(MEETING)
+    spec = _spec(MEETING)
+    results = {}
+    for order in ([0, 1, 2], [2, 0, 1]):
+        group = AgentGroup(factory, spec, Parked)
+        resets = [group.reset(i, seed=7) for i in range(3)]
+        assert all(r.done() for r in resets)
+        waiters = {}
+        for i in order:
+            waiters[i] = group.step(i, np.int64(i))
+            assert all(w.done() for w in waiters.values()) == (len(waiters) == 3)
+        results[tuple(order)] = [(w._result[0].tolist(), w._result[1]) for _, w in sorted(waiters.items())]
+    first, second = results.values()
+    assert first == second
+
+
+async def test_check_env_checks_a_parallel_env_in_full():
+    report = await check_env(resolve_env(SIMPLE_SPREAD), steps=50, isolated=True)
+    assert report.ok, report.problems
+    assert report.spec is not None and report.spec.agents == ("agent_0", "agent_1", "agent_2")
+    assert report.spec.describe() == "3 agents, each with observations (18,) float32, 5 actions"
+
+
+def test_agent_id_is_an_observation_key_of_its_own():
+    spec = _spec(MEETING, agent_id=True)
+    assert spec.obs.keys == ("agent_id", "obs")
+    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, agent_id=True)), spec, Parked)
+    obs, _ = [group.reset(i, seed=1) for i in range(3)][2]._result
+    assert obs["agent_id"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_an_env_that_pickles_as_its_constructor_is_not_saved():
+    """MPE's raw env is an EzPickle, under PettingZoo's wrappers: a pickled copy would be a fresh env."""
+    pytest.importorskip("mpe2")
+    from htsrl_aio.backends import env_state
+
+    assert env_state.capture(resolve_env(SIMPLE_SPREAD)()) is None
+    assert env_state.capture(resolve_env(MEETING)()) is not None
+
+
+async def test_an_aec_env_is_converted_where_pettingzoo_says_it_can_be():
+    pytest.importorskip("mpe2")
+    report = await check_env(resolve_env("mpe2.simple_spread_v3:env"), steps=20)
+    assert report.ok and report.spec is not None and len(report.spec.agents) == 3
+
+
+@pytest.mark.parametrize(("env", "kwargs", "sentence"), [
+    (MEETING, {"fault": "different_spaces"},
+     "agents 'agent_0' and 'agent_2' have different observation or action spaces, and htsrl-aio trains one "
+     "policy shared by every agent; pad them to one space with SuperSuit's pad_observations_v0 and "
+     "pad_action_space_v0."),
+    (MEETING, {"fault": "leaves"},
+     "agents ['agent_0'] left the episode at step 3 while others went on; htsrl-aio does not train envs "
+     "whose agents leave mid-episode yet."),
+    ("pettingzoo.classic.tictactoe_v3:env", {},
+     "tictactoe_v3 is a PettingZoo AEC env whose agents take turns (its metadata does not say "
+     "is_parallelizable), so it cannot be stepped as a ParallelEnv; give a factory of its parallel_env, or "
+     "of an env whose agents act at the same time."),
+])
+async def test_what_this_cut_cannot_train_is_one_sentence(env, kwargs, sentence):
+    report = await check_env(resolve_env(env, TrainConfig(env=env, env_kwargs=kwargs)), steps=20)
+    assert report.problems[0].endswith(sentence), report.problems
+
+
+async def test_frame_options_are_refused_for_a_multi_agent_env():
+    report = await check_env(resolve_env(MEETING, TrainConfig(env=MEETING, frame_stack=2)), steps=1)
+    assert report.problems == [
+        "--frame-size, --grayscale and --frame-stack do not apply to multi-agent envs yet; drop them "
+        "(SuperSuit's resize_v1, color_reduction_v0 and frame_stack_v1 do the same inside your factory)."]
+
+
+def test_a_run_refuses_what_it_does_not_do_yet(tmp_path):
+    with pytest.raises(ConfigError, match="does not re-create multi-agent envs yet"):
+        train(config(tmp_path / "restart", on_env_error="restart"))
+    with pytest.raises(ConfigError, match="--agent-id applies to multi-agent envs"):
+        train(config(tmp_path / "single", env="CartPole-v1", agent_id=True))
+
+
+def test_an_agent_that_leaves_mid_run_stops_it_in_one_sentence(tmp_path, no_leaks):
+    """The probe takes one step; the agent leaves at step 3, inside the run."""
+    with pytest.raises(EnvError, match="left the episode while others went on"):
+        train(config(tmp_path / "leaves", env_kwargs={"fault": "leaves"}, workers=1))
+
+
+@pytest.mark.slow
+def test_the_cli_trains_simple_spread(tmp_path):
+    pytest.importorskip("mpe2")
+    done = subprocess.run([sys.executable, "-m", "htsrl_aio", "train", "--env", SIMPLE_SPREAD,
+                           "--num-envs", "2", "--rollout", "8", "--total-steps", "32", "--minibatches", "2",
+                           "--workers", "1",
+                           "--logdir", str(tmp_path / "run"), "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert metrics_rows(tmp_path / "run")[-1]["agent_steps"] == 3 * 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, mode):
+    """The env's state travels with its first agent's row; every row's tracker with its own."""
+    settings = {"mode": mode, "checkpoint_every": 2, "total_steps": NUM_ENVS * ROLLOUT * 5, "workers": 2}
+    full = train(config(tmp_path / "full", **settings))
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    resumed = resume(crashed / "checkpoints" / "update-0000002.pt", workers=1, learner="thread")
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert actions_trace(crashed) == actions_trace(tmp_path / "full")
+    rows, full_rows = metrics_rows(crashed), metrics_rows(tmp_path / "full")
+    assert rows[2]["resume_envs"] == "restored"
+    assert rows[-1]["team_return_mean"] == full_rows[-1]["team_return_mean"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_a_swap_and_the_resumed_run_is_bit_identical(tmp_path):
+    settings = {"env": MEETING, "num_envs": NUM_ENVS, "rollout": ROLLOUT,
+                "total_steps": NUM_ENVS * ROLLOUT * 30, "minibatches": 2, "workers": 2,
+                "stop_timeout": HANG_S}
+    full = train(TrainConfig(**settings, logdir=str(tmp_path / "full"), progress=False))
+    run = tmp_path / "stopped"
+    argv = [sys.executable, "-m", "htsrl_aio.cli", "train", "--env", MEETING, "--num-envs", str(NUM_ENVS),
+            "--rollout", str(ROLLOUT), "--total-steps", str(settings["total_steps"]), "--minibatches", "2",
+            "--workers", "2", "--stop-timeout", str(HANG_S), "--logdir", str(run), "--no-progress"]
+    code, stderr = signalled(argv, run, signal.SIGTERM)
+    assert code == 143, stderr
+    stopped = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert stopped["kind"] == "swap" and 0 < stopped["update"] < full["updates"], "the signal came too late"
+    assert cli_main(["train", "--resume", str(run), "--no-progress"]) == 0
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert actions_trace(run) == actions_trace(tmp_path / "full")
+
+
+@pytest.mark.slow
+async def test_act_takes_agents_observations_and_eval_reports_the_mean_agent_return(tmp_path, no_leaks):
+    env = MEETING.replace("meeting_agents", "MeetingAgents")
+    observations, _ = resolve_env(env)().reset(seed=3)
+    async with Trainer(config(tmp_path / "run", agent_id=True, workers=1)) as trainer:
+        async for _ in trainer.updates():
+            actions = await trainer.act(observations, deterministic=True)
+            assert set(actions) == set(observations) and all(a in (0, 1, 2) for a in actions.values())
+            assert await trainer.act({"agent_1": observations["agent_1"]}, deterministic=True) == \
+                {"agent_1": actions["agent_1"]}
+            with pytest.raises(ValueError, match="takes a dict of observations by agent"):
+                await trainer.act(observations["agent_0"])
+            with pytest.raises(ValueError, match="takes memory as a dict by agent"):
+                await trainer.act(observations, memory=trainer.new_memory())
+    first = await evaluate(tmp_path / "run", episodes=3, deterministic=True)
+    assert first.returns == (await evaluate(tmp_path / "run", episodes=3, deterministic=True)).returns
+    assert all(8 <= length <= 14 for length in first.lengths)  # the meeting env's episodes
+    sampled = await evaluate(tmp_path / "run", episodes=3)
+    assert len(sampled.returns) == 3
+    with pytest.raises(ConfigError, match="does not render multi-agent envs yet"):
+        await evaluate(tmp_path / "run", episodes=1, video=tmp_path / "video.mp4")
+
+
+def _spec(env: str, **config):
+    from htsrl_aio.envs.factory import EnvSpec
+
+    return EnvSpec.of_parallel_env(resolve_env(env)(), **config)
