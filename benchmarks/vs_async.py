@@ -70,7 +70,8 @@ def run_one(args: argparse.Namespace, python: str, learner: str, task: str, seed
     cmd = [python, str(RUNS), learner, "--task", task, "--logdir", str(logdir), "--seed", str(seed),
            "--num-envs", str(args.num_envs), "--workers", str(args.workers),
            "--latency-ms", str(args.latency_ms), *budget]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    path = [str(HERE), str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     logdir.mkdir(parents=True, exist_ok=True)
     with open(logdir / "output.log", "w") as out:
         rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
