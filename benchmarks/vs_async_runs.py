@@ -81,10 +81,9 @@ def state_sha256(state: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- htsrl-aio
 
 def run_htsrl(args: argparse.Namespace) -> dict[str, Any]:
-    import asyncio
-
     from htsrl_aio import TrainConfig, Trainer
     from htsrl_aio.trainer import RunStopped
+    from htsrl_aio.training import run_event_loop  # uvloop when installed, as `htsrl-aio train` runs
 
     p = PPO_SETTINGS[args.task]
     if args.task == "pong":
@@ -112,7 +111,7 @@ def run_htsrl(args: argparse.Namespace) -> dict[str, Any]:
             return {"final_params_sha256": trainer.summary["final_params_sha256"]}
 
     with open(args.logdir / "metrics.jsonl", "w", buffering=1) as file:
-        out = asyncio.run(train(file))
+        out = run_event_loop(train(file))
     return {**out, "policy_lag_updates": {"min": min(lags), "avg": sum(lags) / len(lags), "max": max(lags)},
             "lag_note": "hts acts with the parameters one update behind the learner's, by construction; "
                         "sync with the learner's own"}
