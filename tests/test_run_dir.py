@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from harness import as_if_crashed_after
 from htsrl_aio import ConfigError, TrainConfig, Trainer, train
 from htsrl_aio.checkpoint import FORMAT
 from htsrl_aio.cli import main as cli_main
+from htsrl_aio.outputs.run_dir import atomic_write
 from htsrl_aio.training import train_async
 
 UPDATES = 10
@@ -237,3 +239,13 @@ def test_an_existing_run_directory_on_a_read_only_file_system_is_one_sentence(tm
                                        "Read-only file system; pass a writable --logdir.\n")
 
 
+
+
+def test_files_written_whole_get_the_mode_of_any_other_file_the_user_writes(tmp_path):
+    """config.json, checkpoints and exported policies were private (mkstemp's 0600): TensorBoard or a
+    server running as another user could not read them."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    written = tmp_path / "written"
+    atomic_write(written, lambda f: f.write(b"x"))
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)

@@ -40,6 +40,10 @@ TRACKERS = "trackers.json"  # which W&B and MLflow runs the run logs to (outputs
 WRITTEN = ".written.json"
 LEFTOVERS = (checkpoint.FINAL, ERROR_LOG, TRACKERS)
 _TEMPORARY = ".*.tmp"  # what _atomic_write names its temporary files
+# The process's umask, read once at import (os.umask can only be read by setting it, which is not
+# thread-safe later, when the run's threads exist).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _ROOM = 1 << 20  # bytes a run must be able to write at start (config, first rows, events file)
 
 
@@ -250,6 +254,10 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], Any]) -> None:
     renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); the file it becomes gets the mode any other file the
+        # user writes would (0644 under the usual umask), so TensorBoard or a server running as another
+        # user can read config.json, checkpoints and exported policies.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
