@@ -116,7 +116,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     inference = BatchedInference(copy.deepcopy(model), distribution, noise, cfg.max_batch, obs_arrays,
                                  block=cfg.inference_block if cfg.deterministic else None, device=device)
     memory = RunMemory(rows, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype,
-                       model.state_size)
+                       model.state_size, agents=bool(spec.agents))
     stack.callback(memory.close)
     learner = _make_learner(cfg, model, distribution, memory, device)
     backend = make_backend(backend_kind, BackendArgs(

@@ -151,14 +151,16 @@ async def _play_agents(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.
     totals = dict.fromkeys(spec.agents, 0.0)
     memories = {agent: PolicyMemory(policy.model.state_size) for agent in spec.agents}
     length = 0
+    live = list(spec.agents)  # an agent leaves at the step that terminates or truncates it
     while True:
         actions = {agent: policy.act(agent_observation(spec, obs, agent), memories[agent], rng)
-                   for agent in spec.agents}
+                   for agent in live}
         obs, rewards, terminations, truncations, _ = await env.call("step", actions)
-        for agent in spec.agents:
+        for agent in live:
             totals[agent] += float(rewards.get(agent, 0.0))
         length += 1
-        if all(terminations.get(agent) or truncations.get(agent) for agent in spec.agents):
+        live = [agent for agent in live if not (terminations.get(agent) or truncations.get(agent))]
+        if not live:
             return float(np.mean(list(totals.values()))), length
 
 

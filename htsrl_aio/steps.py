@@ -29,3 +29,6 @@ class StepResult(NamedTuple):
     episode: tuple[float, int] | None  # (return, length) when an episode ended at this step
     # --on-env-error restart: (message, traceback) of the failure that re-created the env at this step.
     restarted: tuple[str, str] | None = None
+    # False: the row's agent left its env's episode earlier, so this step is no transition of it (a
+    # multi-agent env's row waiting for the others' episode to end); the learner masks it out.
+    active: bool = True

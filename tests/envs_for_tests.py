@@ -582,15 +582,20 @@ def masked_env(kind: str) -> gym.Env:
 class MeetingAgents:
     """A PettingZoo ParallelEnv of `agents` agents on a line: each sees its position, the mean of the
     others' and a seeded noise, moves -1/0/+1, and all share a reward for standing close together.
-    Episodes of 8-14 steps end for every agent at once; steps take a random 0-1 ms, drawn outside every
-    seed, so which agent's row answers first varies from run to run. `fault` gets one thing wrong:
-    "different_spaces" (the last agent has 4 actions), "leaves" (agent_0 leaves at step 3)."""
+    Episodes of 8-14 steps end for every agent still in them at once; steps take a random 0-1 ms, drawn
+    outside every seed, so which agent's row answers first varies from run to run. `fault` gets one
+    thing wrong:
+    "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
+    step 4), "vanishes" (agent_0 leaves at step 2 without terminating). `leaving`: each step, each
+    agent but the last one in the episode leaves (terminates) with
+    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die."""
 
     metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
     render_mode = None
 
-    def __init__(self, agents: int = 3, fault: str = "") -> None:
+    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0) -> None:
         self.fault = fault
+        self.leaving = leaving
         self.possible_agents = [f"agent_{i}" for i in range(agents)]
         self.agents: list[str] = []
         self._obs_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
@@ -622,23 +627,42 @@ class MeetingAgents:
 
     def step(self, actions):
         time.sleep(_UNSEEDED.uniform(0.0, 0.001))
+        live = list(self.agents)
+        if set(actions) != set(live):
+            raise ValueError(f"actions for {sorted(actions)}, but the agents in the episode are {live}")
         for i, agent in enumerate(self.possible_agents):
+            if agent not in live:
+                continue
             if not self._action_space.contains(actions[agent]):
                 raise ValueError(f"action {actions[agent]!r} of {agent} is not in {self._action_space}")
             self._pos[i] = np.clip(self._pos[i] + int(actions[agent]) - 1, -9, 9)
         self._t += 1
         spread = float(self._pos.max() - self._pos.min())
-        rewards = {agent: -spread / 10 + float(self._rng.normal()) * 0.01 for agent in self.possible_agents}
+        noise = {agent: float(self._rng.normal()) for agent in self.possible_agents}
+        rewards = {agent: -spread / 10 + noise[agent] * 0.01 for agent in live}
         ended = self._t >= self._limit
-        terminations = dict.fromkeys(self.possible_agents, ended and spread == 0)
-        truncations = dict.fromkeys(self.possible_agents, ended and spread != 0)
-        obs, infos = self._observations(), {agent: {} for agent in self.possible_agents}
+        terminations = dict.fromkeys(live, ended and spread == 0)
+        truncations = dict.fromkeys(live, ended and spread != 0)
+        obs = {agent: o for agent, o in self._observations().items() if agent in live}
+        infos = {agent: {} for agent in live}
         if ended:
             self.agents = []
-        elif self.fault == "leaves" and self._t == 3:
-            terminations["agent_0"] = True
-            self.agents.remove("agent_0")
+        else:
+            for agent in self._leavers(live):
+                terminations[agent] = True
+                self.agents.remove(agent)
+        if self.fault == "joins" and self._t == 4 and "agent_0" not in self.agents:
+            self.agents.insert(0, "agent_0")
         return obs, rewards, terminations, truncations, infos
+
+    def _leavers(self, live: list[str]) -> list[str]:
+        if self.fault == "joins" and self._t == 2:
+            return ["agent_0"]
+        if self.fault == "vanishes" and self._t == 2:
+            self.agents.remove("agent_0")
+        draws = self._rng.random(len(live)) if self.leaving else np.ones(len(live))
+        leavers = [agent for agent, draw in zip(live, draws) if draw < self.leaving]
+        return leavers[:len(live) - 1]  # the episode goes on with one agent at least
 
     def close(self) -> None:
         pass
@@ -648,5 +672,5 @@ class MeetingAgents:
         return self
 
 
-def meeting_agents(agents: int = 3, fault: str = "") -> MeetingAgents:
-    return MeetingAgents(agents, fault)
+def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving)

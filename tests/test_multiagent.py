@@ -1,6 +1,8 @@
 """Multi-agent envs (PettingZoo's Parallel API): each agent a row of the storage, one shared policy,
 the same bits whatever the workers, batching or backend."""
 
+import asyncio
+import copy
 import functools
 import json
 import signal
@@ -8,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -18,14 +21,21 @@ from harness import (
     metrics_rows,
     same_bits_in_every_placement,
     signalled,
+    vector_spec,
 )
 
 from htsrl_aio import ConfigError, EnvError, TrainConfig, Trainer, resume, train
-from htsrl_aio.backends.agent_group import AgentGroup, Parked
+from htsrl_aio.backends.agent_group import Absent, AgentGroup, Left, Parked
 from htsrl_aio.backends.hosted import HostedBackend
 from htsrl_aio.cli import main as cli_main
+from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import check_env, resolve_env
+from htsrl_aio.envs.parallel import MultiAgentError
 from htsrl_aio.evaluate import evaluate
+from htsrl_aio.models import ActorCritic
+from htsrl_aio.models.normalize import ReturnScaler
+from htsrl_aio.runtime.learner import Learner
+from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
 
 pytest.importorskip("pettingzoo")
 
@@ -33,6 +43,7 @@ ROOT = Path(__file__).parent.parent
 NUM_ENVS, ROLLOUT, UPDATES = 4, 16, 3
 MEETING = "envs_for_tests:meeting_agents"
 SIMPLE_SPREAD = "mpe2.simple_spread_v3:parallel_env"
+LEAVING = {"leaving": 0.15}  # the meeting env's agents leave at seeded random steps
 
 
 def config(run_dir: Path, env: str = MEETING, **overrides) -> TrainConfig:
@@ -64,12 +75,22 @@ def test_agents_are_rows_and_metrics_count_env_steps(tmp_path, no_leaks):
 
 
 def test_team_return_is_the_sum_over_an_envs_agents():
-    from htsrl_aio.runtime.scheduler import _team_returns
+    from htsrl_aio.runtime.scheduler import Teams
 
     # (step, row, return, length): env 0 is rows 0-1, env 1 rows 2-3 (2 agents each).
     episodes = [(3, 0, 1.0, 4), (3, 1, 2.0, 4), (3, 2, 10.0, 4), (3, 3, 20.0, 4),
                 (7, 0, 5.0, 4), (7, 1, 6.0, 4)]
-    assert _team_returns(episodes, 2) == [3.0, 30.0, 11.0]
+    assert Teams(2, []).add(episodes) == [3.0, 30.0, 11.0]
+
+
+def test_a_team_whose_agent_left_a_rollout_earlier_completes_in_the_next():
+    from htsrl_aio.runtime.scheduler import Teams
+
+    teams = Teams(2, [])
+    assert teams.add([(2, 3, 4.0, 3)]) == []  # env 1's agent 1 left at step 2
+    saved = teams.state()
+    assert saved == [(1, 4.0, 1)]
+    assert Teams(2, saved).add([(0, 2, 1.5, 9)]) == [5.5]  # ... as a checkpoint restores it
 
 
 def test_rows_of_one_env_stay_on_one_host():
@@ -133,9 +154,9 @@ async def test_an_aec_env_is_converted_where_pettingzoo_says_it_can_be():
      "agents 'agent_0' and 'agent_2' have different observation or action spaces, and htsrl-aio trains one "
      "policy shared by every agent; pad them to one space with SuperSuit's pad_observations_v0 and "
      "pad_action_space_v0."),
-    (MEETING, {"fault": "leaves"},
-     "agents ['agent_0'] left the episode at step 3 while others went on; htsrl-aio does not train envs "
-     "whose agents leave mid-episode yet."),
+    (MEETING, {"fault": "joins"},
+     "agents ['agent_0'] joined the episode after it started; htsrl-aio trains envs whose agents all start "
+     "the episode (agents that join mid-episode are not supported yet)."),
     ("pettingzoo.classic.tictactoe_v3:env", {},
      "tictactoe_v3 is a PettingZoo AEC env whose agents take turns (its metadata does not say "
      "is_parallelizable), so it cannot be stepped as a ParallelEnv; give a factory of its parallel_env, or "
@@ -160,10 +181,122 @@ def test_a_run_refuses_what_it_does_not_do_yet(tmp_path):
         train(config(tmp_path / "single", env="CartPole-v1", agent_id=True))
 
 
-def test_an_agent_that_leaves_mid_run_stops_it_in_one_sentence(tmp_path, no_leaks):
-    """The probe takes one step; the agent leaves at step 3, inside the run."""
-    with pytest.raises(EnvError, match="left the episode while others went on"):
-        train(config(tmp_path / "leaves", env_kwargs={"fault": "leaves"}, workers=1))
+async def test_check_env_passes_an_env_whose_agents_leave():
+    report = await check_env(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs=LEAVING)), steps=60)
+    assert report.ok, report.problems
+
+
+def test_an_agent_that_joins_mid_run_stops_it_in_one_sentence(tmp_path, no_leaks):
+    """The probe takes one step; agent_0 leaves at step 2 and joins again at step 4, inside the run."""
+    with pytest.raises(EnvError, match="joined the episode after it started"):
+        train(config(tmp_path / "joins", env_kwargs={"fault": "joins"}, workers=1))
+
+
+def test_memory_with_agents_that_leave_is_refused_in_one_sentence(tmp_path, no_leaks):
+    with pytest.raises(ConfigError, match="an agent left its episode while others went on, and --memory"):
+        train(config(tmp_path / "memory", env_kwargs=LEAVING, workers=1, memory="gru", memory_size=8))
+
+
+def test_the_row_of_an_agent_that_left_steps_nothing_until_the_episode_ends():
+    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"fault": "joins"})),
+                       _spec(MEETING), Parked)
+    [group.reset(i, seed=5) for i in range(3)]
+    for _ in range(2):
+        steps = [group.step(i, np.int64(1)) for i in range(3)]
+    first, *others = (w._result for w in steps)
+    assert isinstance(first, Left) and first.step[2]  # agent_0 terminated at step 2 and left
+    assert not any(isinstance(r, (Left, Absent)) for r in others)
+    steps = [group.step(i, np.int64(1)) for i in range(3)]  # step 3: the env is not asked for agent_0
+    assert steps[0]._result == Absent(ended=False) and not isinstance(steps[1]._result, Absent)
+
+
+def test_an_agent_that_leaves_without_ending_its_episode_is_one_sentence():
+    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"fault": "vanishes"})),
+                       _spec(MEETING), Parked)
+    [group.reset(i, seed=5) for i in range(3)]
+    [group.step(i, np.int64(1)) for i in range(3)]
+    steps = [group.step(i, np.int64(1)) for i in range(3)]
+    with pytest.raises(MultiAgentError, match="without terminating or truncating; a ParallelEnv sets "):
+        steps[0].__await__().send(None)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_an_inactive_row_contributes_nothing_to_the_update(algo):
+    """Whatever an inactive step holds, the update (with both normalisations on) is the same, bit for bit."""
+    cfg = TrainConfig(algo=algo, num_envs=3, rollout=6, total_steps=18, minibatches=2, normalize_obs=True,
+                      normalize_reward=True).resolved()
+    spec = vector_spec(gym.spaces.Discrete(2))
+    torch.manual_seed(0)
+    model = ActorCritic(spec.obs, make_distribution(spec.action), (8,), normalize_obs=True,
+                        return_scaler=ReturnScaler(3, cfg.gamma))
+    results = []
+    for wild in (False, True):
+        learner = Learner(cfg.learner_settings(), copy.deepcopy(model), copy.deepcopy(model),
+                          make_distribution(spec.action))
+        stats = learner.update(_leaving_storage(spec, wild))
+        results.append(([p.detach().clone() for p in learner.model.state_dict().values()], stats))
+    (first, first_stats), (second, second_stats) = results
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert first_stats == second_stats
+
+
+def _leaving_storage(spec, wild: bool):
+    """3 rows, 6 steps: row 1's agent terminates at step 2 and is absent from step 3 on; `wild` puts
+    huge, different numbers in every slot of its absent steps."""
+    rng = np.random.default_rng(0)
+    storage = RolloutStorage.zeros(0, storage_layout(3, 6, spec.obs.arrays(), spec.action.shape,
+                                                     spec.action.dtype, agents=True))
+    storage.obs["obs"][:] = rng.standard_normal((7, 3, 4))
+    storage.actions[:] = rng.integers(0, 2, (6, 3))
+    storage.logprobs[:] = -rng.random((6, 3))
+    storage.values[:] = rng.standard_normal((6, 3))
+    storage.rewards[:] = rng.standard_normal((6, 3))
+    storage.terminated[2, 1] = True
+    storage.row_active[:] = True
+    storage.row_active[3:, 1] = False
+    if wild:
+        absent = (slice(3, 6), 1)
+        storage.obs["obs"][3:6, 1] = 1e6 * rng.standard_normal((3, 4))
+        storage.actions[absent] = 1 - storage.actions[absent]
+        storage.logprobs[absent] = -50.0
+        storage.values[absent] = 1e6
+        storage.rewards[absent] = -1e6
+        storage.truncated[absent] = True
+        storage.bootstrap_values[absent] = 1e6
+    return storage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_agents_that_leave_train_the_same_bits_everywhere(tmp_path, no_leaks, mode):
+    """Agents leave at seeded random steps of steps that take a random time: the same bits whatever the
+    workers, batching or backend, and the metrics count only the agents' own transitions."""
+    summary = same_bits_in_every_placement(
+        functools.partial(config, env_kwargs=LEAVING, mode=mode, normalize_obs=True, normalize_reward=True),
+        tmp_path, UPDATES)
+    assert summary["final_params_sha256"]
+    rows = metrics_rows(tmp_path / "one_worker")
+    assert 0 < rows[-1]["agent_steps"] < 3 * NUM_ENVS * ROLLOUT * UPDATES  # agents left
+    assert rows[-1]["team_return_mean"] is not None
+
+
+@pytest.mark.slow
+def test_resume_with_agents_that_leave_is_bit_identical_and_evaluates(tmp_path, no_leaks):
+    """The env's state says which agents are in its episode; a team still playing is checkpointed."""
+    settings = {"env_kwargs": LEAVING, "checkpoint_every": 2, "total_steps": NUM_ENVS * ROLLOUT * 5,
+                "workers": 2}
+    full = train(config(tmp_path / "full", **settings))
+    crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
+    resumed = resume(crashed / "checkpoints" / "update-0000002.pt", workers=1, learner="thread")
+    assert resumed["final_params_sha256"] == full["final_params_sha256"]
+    assert actions_trace(crashed) == actions_trace(tmp_path / "full")
+    rows, full_rows = metrics_rows(crashed), metrics_rows(tmp_path / "full")
+    assert rows[2]["resume_envs"] == "restored"
+    for key in ("agent_steps", "team_return_mean", "episode_return_mean"):
+        assert rows[-1][key] == full_rows[-1][key], key
+    # Eval plays each agent until it leaves.
+    played = asyncio.run(evaluate(tmp_path / "full", episodes=3, deterministic=True))
+    assert all(1 <= length <= 14 for length in played.lengths)
 
 
 @pytest.mark.slow

@@ -52,7 +52,6 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
     it by more than the clip range.
     """
     units = batch.units  # samples, or whole sequences for a policy with memory
-    mb_size = units // minibatches
     old_logprobs, lag_weights = batch.logprobs, None
     if batch.proximal_logprobs is not None:
         old_logprobs = batch.proximal_logprobs
@@ -60,7 +59,9 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
     totals: dict[str, float] = {}
     for _ in range(epochs):
         perm = torch.randperm(units, generator=order).to(batch.actions.device)
-        for chosen in perm.split(mb_size):
+        # Sizes differ by one at most where `minibatches` does not divide the units (a multi-agent
+        # batch without the steps of agents that had left); where it divides, as perm.split would.
+        for chosen in perm.tensor_split(minibatches):
             mb, part = batch.select(chosen)
             params, value = policy_outputs(model, part)
             advantages = part.advantages

@@ -6,10 +6,13 @@ keeps its own Replica awaiting an `AgentSlot`. So seeds, checks, episode account
 observation of a truncation are the single-agent code, row by row, and which agent's action arrived
 first changes nothing: the env steps with all of them, by agent name.
 
-Row = env_index * A + agent_index. Every row of an env resets together (the episode ends for all its
-agents at once), with the reset seed of the env's first row. The waiter a slot returns is whatever
-the host awaits: an asyncio future on the event loop, a `Parked` result in a worker process, which
-has no event loop and resumes the replicas whose results arrived (worker.py).
+Row = env_index * A + agent_index. Every row of an env resets together, once the env's episode ends,
+with the reset seed of the env's first row. An agent that leaves the episode before it ends (absent
+from `env.agents` after its last step, as in Knights-Archers-Zombies) gets that last step as a `Left`;
+its row then still asks to step with the others, which steps nothing of the env for it, and gets
+`Absent` (masked out by the learner) until the episode ends and every row resets. The waiter a slot
+returns is whatever the host awaits: an asyncio future on the event loop, a `Parked` result in a worker
+process, which has no event loop and resumes the replicas whose results arrived (worker.py).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from htsrl_aio.backends import env_state
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
-from htsrl_aio.envs.parallel import MultiAgentError
+from htsrl_aio.envs.parallel import MultiAgentError, joined_sentence
 
 
 class Waiter(Protocol):
@@ -59,6 +62,20 @@ class Parked:
         if self._exception is not None:
             raise self._exception
         return self._result
+
+
+class Left(NamedTuple):
+    """The last step of an agent that left an episode which goes on for others: the 5-tuple as a
+    single-agent env returns it, after which the row waits for the episode's end without resetting."""
+
+    step: tuple[Any, Any, bool, bool, dict]
+
+
+class Absent(NamedTuple):
+    """A step of a row whose agent has left: nothing of it happened in the env. `ended`: the env's
+    episode ended at this step, so the row resets with the others."""
+
+    ended: bool
 
 
 class AgentGroup:
@@ -114,22 +131,34 @@ class AgentGroup:
                                   "all take part in every episode (agents that join are not supported yet).")
         return [(agent_observation(self.spec, obs, agent), _info(infos, agent)) for agent in self.agents]
 
-    def _step_all(self, actions: dict[str, Any]) -> list[tuple[Any, Any, bool, bool, dict]]:
-        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+    def _step_all(self, actions: dict[str, Any]) -> list[Any]:
+        """Step the env with the actions of the agents still in its episode (which of them are is the
+        env's own `agents`, so it travels with a checkpointed env); each row's result, by row."""
+        live = set(self.env.agents)
+        obs, rewards, terminations, truncations, infos = self.env.step(
+            {agent: action for agent, action in actions.items() if agent in live})
         ended = not self.env.agents
-        if not ended and any(terminations.get(a) or truncations.get(a) for a in self.agents):
-            left = next(a for a in self.agents if terminations.get(a) or truncations.get(a))
-            raise MultiAgentError(f"agent {left!r} left the episode while others went on; htsrl-aio does not "
-                                  "train envs whose agents leave mid-episode yet (every agent must end its "
-                                  "episode at the same step).")
-        results = []
+        if joined := sorted(set(self.env.agents) - live):
+            raise MultiAgentError(joined_sentence(joined))
+        results: list[Any] = []
         for agent in self.agents:
+            if agent not in live:
+                results.append(Absent(ended))
+                continue
             terminated = bool(terminations.get(agent, False))
             # An episode that ends for the env ends for every agent: cut, if it did not end it itself.
             truncated = bool(truncations.get(agent, False)) or (ended and not terminated)
-            results.append((agent_observation(self.spec, obs, agent), rewards[agent], terminated, truncated,
-                            _info(infos, agent)))
+            step = (agent_observation(self.spec, obs, agent), rewards[agent], terminated, truncated,
+                    _info(infos, agent))
+            results.append(step if ended or agent in self.env.agents else self._left(agent, step))
         return results
+
+    def _left(self, agent: str, step: tuple[Any, Any, bool, bool, dict]) -> Left:
+        if not (step[2] or step[3]):
+            raise MultiAgentError(f"agent {agent!r} left env.agents without terminating or truncating; "
+                                  "a ParallelEnv sets terminations[agent] or truncations[agent] at the step "
+                                  "its agent leaves.")
+        return Left(step)
 
     def close(self) -> None:
         if not self._closed:

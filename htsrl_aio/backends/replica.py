@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from htsrl_aio.backends import env_state
+from htsrl_aio.backends.agent_group import Absent, Left
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.spaces import ActionSpec, EnvOutputError, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError, EnvTimeout
@@ -185,17 +186,32 @@ class Replica:
     async def _step(self, action: Any, into: ObsSlot, final: ObsSlot) -> StepResult:
         step, episode = self.tracker.episode_length + 1, self.tracker.episodes - 1
         try:
-            result, obs = self.tracker.on_step(await self._call(self.env.step(self.action.to_env(action)),
-                                                                "step()"))
+            returned = await self._call(self.env.step(self.action.to_env(action)), "step()")
+            if isinstance(returned, Absent):
+                return await self._absent(returned, into)
+            left = isinstance(returned, Left)
+            result, obs = self.tracker.on_step(returned.step if left else returned)
             if result.episode is not None:
                 if result.truncated and not result.terminated:  # its value is the bootstrap target
                     self.layout.write(obs, final, "step()")
-                await self._reset(into)
+                if left:  # the env's episode goes on without this row's agent: no reset yet
+                    _clear(into)
+                else:
+                    await self._reset(into)
             else:
                 self.layout.write(obs, into, "step()")
         except EnvOutputError as exc:
             raise exc.at(f"step {step} of episode {episode}") from None
         return result
+
+    async def _absent(self, absent: Absent, into: ObsSlot) -> StepResult:
+        """A step of a row whose agent left the episode: no transition, and no observation to store (the
+        slot is zeroed, so its bits do not depend on what was there) until the env's episode ends."""
+        if absent.ended:
+            await self._reset(into)
+        else:
+            _clear(into)
+        return StepResult(0.0, False, False, None, active=False)
 
     async def _call(self, value: Any, what: str) -> Any:
         """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine), within the
@@ -267,6 +283,11 @@ def env_error(message: str, details: str) -> EnvError:
     error = EnvError(message)
     error.details = details
     return error
+
+
+def _clear(slot: ObsSlot) -> None:
+    for array in slot.values():
+        array[...] = 0
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

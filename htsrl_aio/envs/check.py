@@ -15,7 +15,7 @@ import io
 import math
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
-from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env
+from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env, joined_sentence
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -313,51 +313,52 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
             if needs_reset:
                 on_call(what, report.steps)
                 reset = _by_agent(spec, env.reset(seed=env_reset_seed(0, 0, episode)), 2, report.problems)
-                if reset is None or not _each_agent(spec, reset, _check_reset, report.problems):
+                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems):
                     break
             what = "step()"
             on_call(what, report.steps)
-            result = env.step({agent: spec.action.to_env(spec.action.random(actions))
-                               for agent in spec.agents})
+            live = [agent for agent in spec.agents if agent in env.agents]  # agents that left are not asked
+            result = env.step({agent: spec.action.to_env(spec.action.random(actions)) for agent in live})
         except Exception as exc:
             report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
             break
         report.steps += 1
-        step = _by_agent(spec, result, 5, report.problems)
-        if step is None or not _each_agent(spec, step, _check_step, report.problems):
+        step = _by_agent(spec, result, 5, report.problems, live)
+        if step is None or not _each_agent(spec, live, step, _check_step, report.problems):
             break
         needs_reset = not env.agents
-        if not needs_reset and len(env.agents) < len(spec.agents):
-            report.problems.append(f"agents {sorted(set(spec.agents) - set(env.agents))} left the episode at "
-                                   f"step {report.steps} while others went on; htsrl-aio does not train envs "
-                                   "whose agents leave mid-episode yet.")
+        if joined := sorted(set(env.agents) - set(live)):
+            report.problems.append(joined_sentence(joined))
             break
 
 
-def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str]) -> list[tuple] | None:
-    """A ParallelEnv's reset (size 2) or step (size 5) result as one single-agent tuple per agent
-    (the observation as the agent's row stores it), or None with the problem."""
+def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str],
+              agents: Sequence[str] | None = None) -> list[tuple] | None:
+    """A ParallelEnv's reset (size 2) or step (size 5) result as one single-agent tuple per agent of
+    `agents` (those in the episode; every agent by default), the observation as the agent's row stores
+    it, or None with the problem."""
+    agents = spec.agents if agents is None else agents
     what = "reset() of a ParallelEnv must return (observations, infos)" if size == 2 else \
         "step() of a ParallelEnv must return (observations, rewards, terminations, truncations, infos)"
     if not (isinstance(result, tuple) and len(result) == size and all(isinstance(r, dict) for r in result)):
         problems.append(f"{what}, dicts by agent; it returned {_describe(result)}.")
         return None
-    if missing := [agent for agent in spec.agents if agent not in result[0]]:
+    if missing := [agent for agent in agents if agent not in result[0]]:
         problems.append(f"{what.split(' of ')[0]} returned no observation for agents {missing}; every agent "
                         "of the episode needs one.")
         return None
     rows = []
-    for agent in spec.agents:
+    for agent in agents:
         obs = agent_observation(spec, result[0], agent)
         flags = tuple(bool(part.get(agent, False)) for part in result[2:4])
         rows.append((obs, {}) if size == 2 else (obs, result[1].get(agent), *flags, {}))
     return rows
 
 
-def _each_agent(spec: EnvSpec, results: list[tuple], check: Callable[[Any, EnvSpec, list[str]], bool],
-                problems: list[str]) -> bool:
+def _each_agent(spec: EnvSpec, agents: Sequence[str], results: list[tuple],
+                check: Callable[[Any, EnvSpec, list[str]], bool], problems: list[str]) -> bool:
     """`check` each agent's result as a single-agent env's; a problem it finds names the agent."""
-    for agent, result in zip(spec.agents, results):
+    for agent, result in zip(agents, results):
         found = len(problems)
         if not check(result, spec, problems):
             problems[found:] = [f"agent {agent!r}: {problem}" for problem in problems[found:]]

@@ -4,7 +4,8 @@
 A ParallelEnv with A agents is A rows of the storage (row = env_index * A + agent_index): one shared
 policy acts for every agent (parameter sharing), so the agents must have the same spaces. How its rows
 are stepped together is `backends/agent_group.py`'s. AEC envs are converted with PettingZoo's own
-`aec_to_parallel` where PettingZoo says that applies.
+`aec_to_parallel` where PettingZoo says that applies. Agents may leave an episode before it ends
+(their rows are then masked out of learning); agents that join one under way are refused.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def agent_spaces(env: Any) -> tuple[tuple[str, ...], gym.Space, gym.Space]:
                 "htsrl-aio trains one policy shared by every agent; pad them to one space with "
                 "SuperSuit's pad_observations_v0 and pad_action_space_v0.")
     return agents, obs, act
+
+
+def joined_sentence(joined: list[str]) -> str:
+    """The problem of an env whose agents `joined` an episode under way."""
+    return (f"agents {joined} joined the episode after it started; htsrl-aio trains envs whose agents all "
+            "start the episode (agents that join mid-episode are not supported yet).")
 
 
 def with_agent_id(space: gym.Space, agents: int) -> gym.spaces.Dict:

@@ -34,6 +34,7 @@ def build_model(spec: EnvSpec, cfg: TrainConfig) -> ActorCritic:
     keys = cnn_keys(spec, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
-        scaler = ReturnScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+        # One return per storage row: a multi-agent env has a row per agent.
+        scaler = ReturnScaler(cfg.num_envs * spec.rows_per_env, cfg.gamma) if cfg.normalize_reward else None
         return ActorCritic(spec.obs, make_distribution(spec.action), cfg.hidden, keys, cfg.precision,
                            cfg.normalize_obs, scaler, cfg.memory, cfg.memory_size)

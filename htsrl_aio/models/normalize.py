@@ -56,11 +56,16 @@ class ReturnScaler(nn.Module):
         self.register_buffer("returns", torch.zeros(num_envs, dtype=torch.float64))
 
     @torch.no_grad()
-    def update_and_scale(self, rewards: torch.Tensor, episode_end: torch.Tensor) -> torch.Tensor:
-        """Fold in one (T, N) rollout of rewards, then return them scaled and clipped."""
+    def update_and_scale(self, rewards: torch.Tensor, episode_end: torch.Tensor,
+                         active: torch.Tensor | None = None) -> torch.Tensor:
+        """Fold in one (T, N) rollout of rewards, then return them scaled and clipped; where `active`
+        (T, N) is given, only the returns of active steps are statistics."""
         for t in range(rewards.shape[0]):
             self.returns.mul_(self.gamma).add_(rewards[t].double())
-            self.stats.update(self.returns)
+            if active is None:
+                self.stats.update(self.returns)
+            elif active[t].any():
+                self.stats.update(self.returns[active[t]])
             self.returns.masked_fill_(episode_end[t], 0.0)
         scaled = rewards / torch.sqrt(self.stats.var.to(rewards.dtype) + EPS)
         return scaled.clamp(-CLIP, CLIP)

@@ -136,13 +136,18 @@ class Learner:
 
         With --normalize-obs/--normalize-reward the model's running statistics first take in this
         rollout (in (step, env) order, so timing cannot change them).
+
+        In a multi-agent run, the steps of rows whose agent had left the episode (`row_active` False)
+        take no part: not in the statistics, not bootstrapped from, not in the batch.
         """
         cfg = self.config
         dev = self.device
         obs = {key: torch.from_numpy(array).to(dev) for key, array in storage.obs.items()}  # (T + 1, N, ...)
         flat_obs = {key: array[:-1].flatten(0, 1) for key, array in obs.items()}
         last_obs = {key: array[-1] for key, array in obs.items()}
-        self.model.encoder.update_stats(flat_obs)
+        active = None if storage.row_active is None else torch.from_numpy(storage.row_active).to(dev)
+        self.model.encoder.update_stats(
+            flat_obs if active is None else {key: array[active.flatten()] for key, array in flat_obs.items()})
         sequences = self._sequences(storage)
         order = (lambda x: x.flatten(0, 1)) if sequences is None else sequences.order
         batch_obs = flat_obs if sequences is None else {key: order(array[:-1]) for key, array in obs.items()}
@@ -164,19 +169,28 @@ class Learner:
         terminated = torch.from_numpy(storage.terminated).to(dev)
         truncated = torch.from_numpy(storage.truncated).to(dev)
         episode_end = terminated | truncated
+        next_values = torch.cat([values[1:], bootstrap[None]])
+        # No bootstrap from, and no return or trace through, a step that is no transition.
+        if active is not None:
+            next_active = torch.cat([active[1:], active.new_ones(1, active.shape[1])])
+            next_values = torch.where(next_active, next_values, torch.zeros_like(next_values))
+            episode_end = episode_end | ~active
         rewards = torch.from_numpy(storage.rewards).to(dev)
         if self.model.return_scaler is not None:
-            rewards = self.model.return_scaler.update_and_scale(rewards, episode_end)
-        next_values = torch.cat([values[1:], bootstrap[None]])
+            rewards = self.model.return_scaler.update_and_scale(rewards, episode_end, active)
         # An episode cut by a time limit bootstraps from its final observation's value (recorded at
         # collection by the behaviour parameters), not from the reset observation that follows.
         next_values = torch.where(truncated, torch.from_numpy(storage.bootstrap_values).to(dev), next_values)
         advantages, returns = gae(rewards, values, next_values, terminated, episode_end,
                                   cfg.gamma, cfg.gae_lambda)
-        return RolloutBatch(batch_obs, actions, order(torch.from_numpy(storage.logprobs).to(dev)),
-                            order(values), order(advantages), order(returns), proximal_logprobs,
-                            None if sequences is None else sequences.start_states,
-                            None if sequences is None else sequences.starts)
+        batch = RolloutBatch(batch_obs, actions, order(torch.from_numpy(storage.logprobs).to(dev)),
+                             order(values), order(advantages), order(returns), proximal_logprobs,
+                             None if sequences is None else sequences.start_states,
+                             None if sequences is None else sequences.starts)
+        # --memory with agents that leave is refused at collection (scheduler.LEAVING_WITH_MEMORY).
+        if active is None or sequences is not None:
+            return batch
+        return batch.rows(active.flatten().nonzero()[:, 0])
 
     def _sequences(self, storage: RolloutStorage) -> Sequences | None:
         """How a policy with memory replays the rollout: each env's rollout, or --bptt chunks of it."""

@@ -37,10 +37,11 @@ def _require_room(arrays: list[tuple[tuple[int, ...], np.dtype]]) -> None:
 
 class RunMemory:
     def __init__(self, num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
-                 action_dtype: np.dtype, state_size: int = 0) -> None:
+                 action_dtype: np.dtype, state_size: int = 0, agents: bool = False) -> None:
         self._blocks: list[SharedArray] = []
         self._closed = False
-        layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype, state_size)
+        layout = storage_layout(num_envs, rollout_len, obs_arrays, action_shape, action_dtype, state_size,
+                                agents)
         final = {key: ((num_envs, *shape), dtype) for key, (shape, dtype) in obs_arrays.items()}
         _require_room([*layout.values(), *layout.values(), *final.values()])
         try:

@@ -32,6 +32,7 @@ import torch
 
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.errors import ConfigError
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import LearnerHandle, wait_settled
@@ -39,6 +40,10 @@ from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.steps import StepTicket
 
 EPISODE_WINDOW = 100
+
+LEAVING_WITH_MEMORY = ("an agent left its episode while others went on, and --memory does not train such "
+                       "envs yet (its sequences would run through the steps the agent is absent from); "
+                       "drop --memory, or keep every agent in the episode until it ends.")
 
 
 class BusyClock:
@@ -78,6 +83,10 @@ class StartPoint:
     behaviour_version: int = 0  # learn_first: the parameters that collected the rollout learned first
     env_restarts: int = 0
     team_returns: list[float] = field(default_factory=list)  # multi-agent: each episode's sum over agents
+    # Multi-agent: the agent transitions swapped so far (a row whose agent left steps without one), and
+    # each env's team episode still under way, (env, return so far, agents whose episode ended).
+    agent_steps: int = 0
+    teams_open: list[tuple[int, float, int]] = field(default_factory=list)
 
     @classmethod
     def of_checkpoint(cls, kind: str, parts: Mapping[str, Any], envs_restored: bool) -> StartPoint:
@@ -90,7 +99,10 @@ class StartPoint:
                    episodes=schedule["episodes"], episode_returns=list(schedule["episode_returns"]),
                    episode_lengths=list(schedule["episode_lengths"]), wall_time_s=schedule["wall_time_s"],
                    behaviour_version=behaviour_version, env_restarts=schedule.get("env_restarts", 0),
-                   team_returns=list(schedule.get("team_returns", [])))
+                   team_returns=list(schedule.get("team_returns", [])),
+                   agent_steps=schedule.get("agent_steps", 0),
+                   # A team's episode goes on only in an env that continues from its saved state.
+                   teams_open=list(schedule.get("teams_open", [])) if at_swap and envs_restored else [])
 
 
 class RolloutScheduler:
@@ -148,6 +160,8 @@ class RolloutScheduler:
         self.episode_lengths: deque[int] = deque(start.episode_lengths, maxlen=EPISODE_WINDOW)
         self.episodes = start.episodes
         self.team_returns: deque[float] = deque(start.team_returns, maxlen=EPISODE_WINDOW)
+        self.agent_steps = start.agent_steps
+        self.teams_open = Teams(self.agents, start.teams_open)
         # Env re-creations reported by the steps of the rollouts swapped so far (a step's
         # StepResult.restarted), not the backend's count, which moves while the next rollout runs.
         self.env_restarts = start.env_restarts
@@ -160,7 +174,8 @@ class RolloutScheduler:
             "episodes": self.episodes, "episode_returns": list(self.episode_returns),
             "episode_lengths": list(self.episode_lengths), "wall_time_s": wall,
             "behaviour_version": self.behaviour_version, "env_restarts": self.env_restarts,
-            "team_returns": list(self.team_returns)}}
+            "team_returns": list(self.team_returns), "agent_steps": self.agent_steps,
+            "teams_open": self.teams_open.state()}}
         if generation is not None:
             storage = self.storages[generation % 2]
             parts["rollout"] = {name: torch.from_numpy(a.copy()) for name, a in storage.arrays.items()}
@@ -235,6 +250,8 @@ class RolloutScheduler:
                                                storage.memory_at(step, env))
                 storage.record_action(step, env, act.action, act.logprob, act.value, act.state)
                 result = await self.pool.step(ticket, act.action)
+                if not result.active and storage.memory is not None:
+                    raise ConfigError(LEAVING_WITH_MEMORY)
                 if storage.record_step(step, env, result):
                     final = {key: array[env] for key, array in self.final_obs.items()}
                     value = await self.inference.value(final, storage.memory_after(step, env))
@@ -283,7 +300,8 @@ class RolloutScheduler:
             self.episode_lengths.append(length)
             self.episodes += 1
         if self.agents > 1:
-            self.team_returns.extend(_team_returns(episodes, self.agents))
+            self.team_returns.extend(self.teams_open.add(episodes))
+            self.agent_steps += int(finished.row_active.sum())
         self._rollout_episodes.clear()
         self.env_restarts += self._rollout_restarts
         self._rollout_restarts = 0
@@ -336,19 +354,34 @@ class RolloutScheduler:
             "actions_sha256": hashlib.sha256(storage.actions.tobytes()).hexdigest(),
         }
         if self.agents > 1:  # episodes and their returns above are each agent's
-            metrics["agent_steps"] = (update + 1) * self.rows * cfg.rollout
+            metrics["agent_steps"] = self.agent_steps
             metrics["team_return_mean"] = _mean(self.team_returns)
         metrics.update(stats)
         return metrics
 
 
-def _team_returns(episodes: list[tuple[int, int, float, int]], agents: int) -> list[float]:
-    """Each env episode's return summed over its agents, from the agents' episodes in ticket order (the
-    agents of an env end their episode at the same step)."""
-    teams: dict[tuple[int, int], float] = {}
-    for step, row, ret, _ in episodes:
-        teams[step, row // agents] = teams.get((step, row // agents), 0.0) + ret
-    return list(teams.values())
+class Teams:
+    """Each env's team episode: the return summed over its agents, complete once every agent's episode
+    ended (an agent that left ends its own before the others, maybe a rollout earlier)."""
+
+    def __init__(self, agents: int, state: list[tuple[int, float, int]]) -> None:
+        self.agents = agents
+        self._open = {int(env): (float(ret), int(ended)) for env, ret, ended in state}
+
+    def add(self, episodes: list[tuple[int, int, float, int]]) -> list[float]:
+        """The team returns that the agents' episodes (step, row, return, length), in ticket order,
+        complete."""
+        done = []
+        for _, row, ret, _ in episodes:
+            total, ended = self._open.pop(row // self.agents, (0.0, 0))
+            if ended + 1 == self.agents:
+                done.append(total + ret)
+            else:
+                self._open[row // self.agents] = (total + ret, ended + 1)
+        return done
+
+    def state(self) -> list[tuple[int, float, int]]:
+        return [(env, ret, ended) for env, (ret, ended) in sorted(self._open.items())]
 
 
 def _mean(values: deque) -> float | None:

@@ -14,6 +14,10 @@ rollout): `memory[t, i]`, the recurrent state env i carried into step t (not yet
 `episode_starts[t, i]`, whether observation t began an episode (where the state is reset). The learner
 replays each env's sequence from `memory[0]` (or from the stored state at the start of each --bptt
 chunk), resetting where `episode_starts` says.
+
+A multi-agent run adds `row_active[t, i]`: whether step t of row i is a transition of its agent, False
+while the agent has left its env's episode (written by the step itself, from its StepResult). The
+learner leaves inactive steps out of the loss and the statistics.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
 def storage_layout(num_envs: int, rollout_len: int, obs_arrays: Layout, action_shape: tuple[int, ...],
-                   action_dtype: np.dtype, state_size: int = 0) -> Layout:
+                   action_dtype: np.dtype, state_size: int = 0, agents: bool = False) -> Layout:
     """Name -> (shape, dtype) of every array of one storage; all of them live in shared memory."""
     shape = (rollout_len, num_envs)
     layout: Layout = {OBS_PREFIX + key: ((rollout_len + 1, num_envs, *obs_shape), np.dtype(dtype))
@@ -48,6 +52,8 @@ def storage_layout(num_envs: int, rollout_len: int, obs_arrays: Layout, action_s
     if state_size:
         layout["memory"] = ((rollout_len + 1, num_envs, state_size), np.dtype(np.float32))
         layout["episode_starts"] = ((rollout_len + 1, num_envs), np.dtype(bool))
+    if agents:  # only multi-agent envs have rows whose agent can leave the episode
+        layout["row_active"] = (shape, np.dtype(bool))
     return layout
 
 
@@ -72,6 +78,7 @@ class RolloutStorage:
         self.bootstrap_values = arrays["bootstrap_values"]
         self.memory = arrays.get("memory")  # (T + 1, N, state_size) with --memory, else None
         self.episode_starts = arrays.get("episode_starts")  # (T + 1, N)
+        self.row_active = arrays.get("row_active")  # (T, N) in a multi-agent run, else None
         self.rollout = -1  # index of the rollout held, -1 before the first
 
     @classmethod
@@ -120,6 +127,8 @@ class RolloutStorage:
     def record_step(self, step: int, env: int, result: StepResult) -> bool:
         """Record the step's outcome; True when its bootstrap value must be recorded too."""
         self.rewards[step, env] = result.reward
+        if self.row_active is not None:
+            self.row_active[step, env] = result.active
         self.terminated[step, env] = result.terminated
         # A step that both terminates and truncates is a termination: nothing to bootstrap from.
         truncated = result.truncated and not result.terminated
