@@ -18,11 +18,11 @@ wall-clock and env steps go to `--plots`, everything to `--out` (JSON), and the 
 Sample Factory and RLlib pin other numpy/gymnasium versions than htsrl-aio, so each has a virtual
 environment of its own, made by this script when missing (`--sf-venv`, `--rllib-venv`):
 
-    python3 -m venv /work/venv-sf
-    /work/venv-sf/bin/pip install torch==2.13.0 "sample-factory==2.1.1" "gymnasium[atari]<1.0" \
+    python3 -m venv .venvs/sf
+    .venvs/sf/bin/pip install torch==2.13.0 "sample-factory==2.1.1" "gymnasium[atari]<1.0" \
         "numpy<2" "ale-py==0.9.*"
-    python3 -m venv /work/venv-rllib
-    /work/venv-rllib/bin/pip install torch==2.13.0 "ray[rllib]==2.60.0" "ale-py==0.12.*" \
+    python3 -m venv .venvs/rllib
+    .venvs/rllib/bin/pip install torch==2.13.0 "ray[rllib]==2.60.0" "ale-py==0.12.*" \
         opencv-python-headless
 
     python benchmarks/vs_async.py --smoke                      # every learner ~20 s on each task
@@ -193,8 +193,8 @@ def main() -> None:
                         help="env steps of the runs made twice (0: none)")
     parser.add_argument("--smoke", action="store_true",
                         help="20 s per run, seed 1, reproducibility on the first task only, 2,048 steps")
-    parser.add_argument("--sf-venv", type=Path, default=Path("/work/venv-sf"))
-    parser.add_argument("--rllib-venv", type=Path, default=Path("/work/venv-rllib"))
+    parser.add_argument("--sf-venv", type=Path, default=HERE.parent / ".venvs" / "sf")
+    parser.add_argument("--rllib-venv", type=Path, default=HERE.parent / ".venvs" / "rllib")
     parser.add_argument("--runs", type=Path, default=Path("runs/vs_async"), help="run directories")
     parser.add_argument("--out", type=Path, default=Path("runs/vs_async/results.json"))
     parser.add_argument("--plots", type=Path, default=Path("docs/img"), help="PNG folder")
