@@ -135,7 +135,7 @@ def inference_core_ms(args: argparse.Namespace) -> float:
 
     cfg = TrainConfig(env=args.env, preset="atari-ppo", device=args.device,
                       inference_block=args.inference_block).resolved()
-    spec = asyncio.run(probe_env(resolve_env(cfg.env, cfg)))
+    _, spec = asyncio.run(probe_env(resolve_env(cfg.env, cfg)))
     model = build_model(spec, cfg).to(args.device)
     obs = {k: torch.zeros((cfg.inference_block, *shape), dtype=getattr(torch, np.dtype(dtype).name),
                           device=args.device) for k, (shape, dtype) in spec.obs.arrays().items()}

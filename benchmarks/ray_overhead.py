@@ -75,7 +75,7 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> list[dict]:
 async def message_cost(k: int, calls: int) -> tuple[float, float]:
     """(wall ms, head CPU ms) per message of k CartPole steps to one actor."""
     factory = resolve_env("CartPole-v1", TrainConfig())
-    spec = await probe_env(factory)
+    factory, spec = await probe_env(factory)
     host = ray.remote(ReplicaHost).options(num_cpus=0)
     actor = host.remote(factory, spec, tuple(range(k)), 1, 64, False, ())
     await asyncio.wrap_future(actor.start.remote().future())

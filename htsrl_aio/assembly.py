@@ -95,7 +95,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     start_resource_tracker()
     ensure_open_files(cfg.workers or 1)
     factory = resolve_env(cfg.env, cfg)
-    spec = await probe_env(factory, cfg.env_timeout or None)
+    factory, spec = await probe_env(factory, cfg.env_timeout or None)
     backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
     _check_multi_agent(cfg, spec, backend_kind)
     rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage

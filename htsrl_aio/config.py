@@ -109,6 +109,11 @@ class TrainConfig:
         "multi-agent envs (PettingZoo ParallelEnv): each agent's observation carries its one-hot agent "
         "index as the observation key 'agent_id', so the shared policy can tell the agents apart",
         default=False)
+    action_mask: Literal["auto", "off"] = _opt(
+        "legal-action masks (Discrete and MultiDiscrete actions): auto applies the mask an env offers (an "
+        "'action_mask' observation key, an action_masks() method, or info['action_mask']), so a masked "
+        "action is never sampled; off ignores it (an 'action_mask' key is then an ordinary observation)",
+        default="auto")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)

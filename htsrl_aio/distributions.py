@@ -12,7 +12,9 @@ envs/spaces.py):
 
 Sampling is a deterministic function of the policy's parameters and noise drawn in advance for each
 step ticket (runtime/tickets.py), so which rows share an inference batch, or when they arrive,
-never changes an action. Categorical choices use inverse-CDF sampling in float64. A Gaussian sample is
+never changes an action. Categorical choices use inverse-CDF sampling in float64. Legal-action masks
+arrive as logits of MASKED_LOGIT (set by the model, models/actor_critic.py): their probability is
+exactly 0, so they are never sampled, never the mode, and add exactly 0 to the entropy. A Gaussian sample is
 stored and learned from unclipped; it is clipped to the bounds only when given to the env (as SB3 and
 CleanRL do).
 
@@ -34,6 +36,9 @@ from torch.nn import functional as F
 from htsrl_aio.envs.spaces import ActionSpec
 
 Noise = Literal["uniform", "normal"]
+# The logit of a masked action (sb3-contrib's MaskableCategorical uses the same): exp() of it minus any
+# real logit is exactly 0 in float32 and float64, and 0 x it is 0 where infinity would make NaN.
+MASKED_LOGIT = -1e8
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -105,13 +110,18 @@ class Categoricals(ActionDistribution):
         return columns[:, 0] if self.single else columns
 
     def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF: the first category whose cumulative weight exceeds u x the total. A category of
+        weight 0 (a masked action, whose logit is MASKED_LOGIT) never exceeds what the one before it
+        reached, so it is never chosen, u = 0 and u x total rounding up to the total included."""
         columns = []
         for k, logits in enumerate(params.split(self.sizes, dim=-1)):
             z = logits.double()
-            cdf = torch.exp(z - z.max(dim=-1, keepdim=True).values).cumsum(dim=-1)
+            weights = torch.exp(z - z.max(dim=-1, keepdim=True).values)
+            cdf = weights.cumsum(dim=-1)
             u = noise[:, k].double()
-            choice = (cdf < (u * cdf[:, -1])[:, None]).sum(dim=-1)
-            columns.append(choice.clamp(max=logits.shape[-1] - 1))
+            choice = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=-1)
+            last = logits.shape[-1] - 1 - (weights > 0).flip(-1).long().argmax(dim=-1)
+            columns.append(torch.minimum(choice, last))
         return self._shaped(torch.stack(columns, dim=1))
 
     def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

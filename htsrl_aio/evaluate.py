@@ -114,7 +114,7 @@ async def load_policy(path: str | Path, env_timeout: float | None = None) -> Tra
     state = checkpoint.load(file)
     cfg = _config(state.config, file, env_timeout)
     factory = resolve_env(cfg.env, cfg)
-    spec = await probe_env(factory, cfg.env_timeout or None, isolated=True)
+    factory, spec = await probe_env(factory, cfg.env_timeout or None, isolated=True)
     model = build_model(spec, cfg)
     load_params(model, state.model, str(file), f"env {factory.name!r} ({spec.describe()})")
     model.eval()

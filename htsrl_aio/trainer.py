@@ -30,7 +30,8 @@ from htsrl_aio.assembly import RunHooks, RunParts, assemble
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.checkpointing import RunCheckpoints, resume_point, stop_note, swap_stop_note
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.factory import agent_observation
+from htsrl_aio.envs.action_masks import ACTION_MASK_KEY, with_mask
+from htsrl_aio.envs.factory import EnvSpec, agent_observation
 from htsrl_aio.errors import HtsrlError, limit_error
 from htsrl_aio.models import PolicyMemory, params_sha256
 from htsrl_aio.outputs.metrics import END_OF_RUN
@@ -221,7 +222,8 @@ class Trainer:
         return PolicyMemory(self._parts.inference.model.state_size)
 
     async def act(self, obs: Any, deterministic: bool = False,
-                  memory: PolicyMemory | dict[str, PolicyMemory] | None = None) -> Any:
+                  memory: PolicyMemory | dict[str, PolicyMemory] | None = None,
+                  action_mask: Any = None) -> Any:
         """The current policy's action for one observation, as `env.step` takes it (an int for a
         Discrete space), for the host application; for a multi-agent env, the actions (a dict by
         agent) for a dict of agents' observations, as the ParallelEnv's `step` takes them.
@@ -229,6 +231,8 @@ class Trainer:
         A policy with memory (--memory) needs the env's state: pass `memory=trainer.new_memory()` for
         each env (a dict of them by agent for a multi-agent env), the same object at every step of it,
         and call its `reset()` when an episode ends.
+        A run whose env offers a legal-action mask through `action_masks()` or an info needs it here:
+        pass `action_mask=` (a mask in the observation, as its `action_mask` key, is already there).
         Uses the parameters collection currently acts with, and a random stream of its own, so
         calling it never changes the training run.
         """
@@ -238,7 +242,10 @@ class Trainer:
             if isinstance(memory, dict):
                 raise ValueError("memory is a dict, which act() takes for a multi-agent env's agents; pass "
                                  "this env's trainer.new_memory()")
-            return self._act(obs, deterministic, memory)
+            return self._act(_masked(spec, obs, action_mask), deterministic, memory)
+        if action_mask is not None:
+            raise ValueError("act() of a multi-agent run reads each agent's mask from its observation's "
+                             "'action_mask' key; drop action_mask=")
         if not (isinstance(obs, dict) and obs and set(obs) <= set(spec.agents)):
             raise ValueError(f"act() of a multi-agent run takes a dict of observations by agent (agents "
                              f"{list(spec.agents)}), got {type(obs).__name__}"
@@ -264,3 +271,22 @@ class Trainer:
         memory.advance(state.numpy())
         action = inference.distribution.choose(params, None if deterministic else self._act_rng)
         return spec.action.to_env(action[0].numpy())
+
+
+def _masked(spec: EnvSpec, obs: Any, action_mask: Any) -> Any:
+    """`obs` as a single-agent run's layout reads it: with `action_mask` as its mask key, where given."""
+    has_key = isinstance(obs, dict) and ACTION_MASK_KEY in obs
+    if spec.obs.mask_key is None:
+        if action_mask is not None:
+            raise ValueError("this run applies no action mask (its env offers none, or --action-mask off); "
+                             "drop action_mask=")
+        return obs
+    if action_mask is None:
+        if not has_key:
+            raise ValueError("this run's actions are masked (its env offers a legal-action mask): pass "
+                             "action_mask=, the env's mask for this step (env.action_masks() or "
+                             "info['action_mask'])")
+        return obs
+    if has_key:
+        raise ValueError("the observation already carries an 'action_mask' key; drop action_mask=")
+    return with_mask(obs, action_mask)

@@ -162,7 +162,7 @@ def _check_value(config: TrainConfig, knob: str, value: Any) -> None:
 def _backend_of(cfg: TrainConfig) -> str:
     """The backend a run of `cfg` uses; an env that cannot load is one sentence here."""
     factory = resolve_env(cfg.env, cfg)
-    spec = run_event_loop(probe_env(factory, cfg.env_timeout or None))
+    factory, spec = run_event_loop(probe_env(factory, cfg.env_timeout or None))
     return backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
 
 

@@ -566,17 +566,81 @@ class MaskedEnv(gym.Env):
         vector = np.zeros(4, np.float32)
         return {"obs": vector, "action_mask": np.array([1, 0], np.int8)} if self.kind == "key" else vector
 
+    def _info(self):
+        key = {"info": "action_mask", "legal": "legal_action_mask"}.get(self.kind)  # legal: EnvPool's name
+        return {key: np.array([1, 0], np.int8)} if key else {}
+
     def reset(self, *, seed=None, options=None):
-        return self._obs(), {}
+        return self._obs(), self._info()
 
     def step(self, action):
-        key = {"info": "action_mask", "legal": "legal_action_mask"}.get(self.kind)  # legal: EnvPool's name
-        info = {key: np.array([1, 0], np.int8)} if key else {}
-        return self._obs(), 0.0, False, False, info
+        return self._obs(), 0.0, False, False, self._info()
 
 
 def masked_env(kind: str) -> gym.Env:
     return MaskedEnv(kind)
+
+
+class RandomMaskEnv(gym.Env):
+    """An env whose legal actions change every step (each action legal with probability 1/2, at least one
+    per choice, drawn from the episode's seed), offered the way `source` says: a Dict observation `key`,
+    sb3-contrib's `method`, or the reset and step `info`. Taking an illegal action raises, so a run that
+    ends proves no masked action was sampled. `actions`: "discrete" (5) or "multi_discrete" ([3, 4]).
+    The reward prefers the highest legal action of each choice; steps take a random 0-1 ms (unseeded).
+    `fault`: "none_legal" offers a mask that allows nothing at the third step."""
+
+    def __init__(self, source: str = "key", actions: str = "discrete", fault: str = "") -> None:
+        self.source, self.fault = source, fault
+        self.sizes = (5,) if actions == "discrete" else (3, 4)
+        self.action_space = gym.spaces.Discrete(5) if actions == "discrete" \
+            else gym.spaces.MultiDiscrete([3, 4])
+        features = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        mask = gym.spaces.MultiBinary(sum(self.sizes))
+        self.observation_space = gym.spaces.Dict({"features": features, "action_mask": mask}) \
+            if source == "key" else features
+        self._rng = np.random.default_rng(0)
+        self._mask = np.ones(sum(self.sizes), np.int8)
+        self._t = 0
+        if source == "method":
+            self.action_masks = lambda: self._mask.astype(bool)
+
+    def _draw(self) -> None:
+        groups = []
+        for n in self.sizes:
+            group = (self._rng.random(n) < 0.5).astype(np.int8)
+            group[self._rng.integers(n)] = 1
+            groups.append(group)
+        self._mask = np.concatenate(groups)
+        if self.fault == "none_legal" and self._t == 2:
+            self._mask[:] = 0
+
+    def _out(self) -> tuple[object, dict]:
+        features = self._rng.uniform(-1, 1, 4).astype(np.float32)
+        obs = {"features": features, "action_mask": self._mask.copy()} if self.source == "key" else features
+        return obs, ({"action_mask": self._mask.copy()} if self.source == "info" else {})
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._t = 0
+        self._draw()
+        return self._out()
+
+    def step(self, action):
+        time.sleep(_UNSEEDED.uniform(0.0, 0.001))
+        choices = np.atleast_1d(np.asarray(action))
+        offsets = np.cumsum((0, *self.sizes[:-1]))
+        if not self._mask[offsets + choices].all():
+            raise ValueError(f"illegal action {action} under the mask {self._mask.tolist()}")
+        reward = float(sum(c / (n - 1) for c, n in zip(choices, self.sizes)))
+        self._t += 1
+        self._draw()
+        obs, info = self._out()
+        return obs, reward, False, self._t >= 20, info
+
+
+def random_mask_env(source: str = "key", actions: str = "discrete", fault: str = "") -> gym.Env:
+    return RandomMaskEnv(source, actions, fault)
 
 
 class MeetingAgents:

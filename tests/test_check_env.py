@@ -238,15 +238,20 @@ def test_check_env_refuses_a_step_count_below_one(capsys, steps):
     ("envs_for_tests:masked_env kind=legal", "info['legal_action_mask']"),
     ("Taxi-v4", "info['action_mask']"),
 ])
-def test_check_env_says_when_an_env_exposes_an_action_mask(capsys, env, where):
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_check_env_says_when_an_env_exposes_an_action_mask(capsys, env, where, mode):
     from htsrl_aio.cli import main as cli_main
 
     env_id, *kwargs = env.split()
     env_kwargs = ["--env-kwargs", *kwargs] if kwargs else []
-    assert cli_main(["check-env", env_id, "--steps", "5", *env_kwargs]) == 0
+    assert cli_main(["check-env", env_id, "--steps", "5", "--action-mask", mode, *env_kwargs]) == 0
     out = capsys.readouterr().out
-    assert (f"note: the env exposes an action mask ({where}), which htsrl-aio ignores today: every action "
-            "can be sampled (masks come with the multi-agent work).") in out
+    if mode == "auto":
+        assert (f"note: the env exposes an action mask ({where}), which runs apply: a masked action is never "
+                "sampled (--action-mask off ignores it).") in out
+    else:
+        assert (f"note: the env exposes an action mask ({where}), which --action-mask off ignores: every "
+                "action can be sampled.") in out
     assert ": ok (" in out
 
 

@@ -145,7 +145,7 @@ def _spec(cfg: TrainConfig):
 
     from htsrl_aio.envs import probe_env, resolve_env
     resolved = cfg.resolved()
-    return asyncio.run(probe_env(resolve_env(resolved.env, resolved), 60))
+    return asyncio.run(probe_env(resolve_env(resolved.env, resolved), 60))[1]
 
 
 @pytest.mark.slow

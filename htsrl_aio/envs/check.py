@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import math
 import pickle
@@ -23,6 +24,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from htsrl_aio.envs.action_masks import (
+    MaskedObservation,
+    MissingMask,
+    has_mask_key,
+    info_mask_key,
+    mask_method,
+)
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
 from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env, joined_sentence
@@ -30,7 +38,6 @@ from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
 
-MASK_INFO_KEYS = ("action_mask", "legal_action_mask")  # Taxi and other toy-text envs; EnvPool's games
 MAX_BLOCK_S = 0.05  # an AsyncEnv call that holds the loop longer than this stalls every other env
 CONSTRUCTOR = "the env's constructor"
 OnCall = Callable[[str, int], None]  # (the call about to be made, steps taken so far)
@@ -42,7 +49,9 @@ class CheckReport:
     spec: EnvSpec | None = None
     problems: list[str] = field(default_factory=list)
     steps: int = 0
-    action_masks: list[str] = field(default_factory=list)  # where the env exposes one (ignored today)
+    action_masks: list[str] = field(default_factory=list)  # where the env exposes one
+    masks_applied: bool = True  # --action-mask auto (not off)
+    info_mask: str | None = None  # the info key that held a mask at reset or step
 
     @property
     def ok(self) -> bool:
@@ -50,11 +59,15 @@ class CheckReport:
 
     @property
     def notes(self) -> list[str]:
-        """What the env offers that runs do not use (not problems: the env trains as it is)."""
+        """What the env offers and how runs use it (not problems: the env trains as it is)."""
         if not self.action_masks:
             return []
-        return [f"the env exposes an action mask ({', '.join(self.action_masks)}), which htsrl-aio ignores "
-                "today: every action can be sampled (masks come with the multi-agent work)."]
+        where = ", ".join(self.action_masks)
+        if self.masks_applied:
+            return [f"the env exposes an action mask ({where}), which runs apply: a masked action is never "
+                    "sampled (--action-mask off ignores it)."]
+        return [f"the env exposes an action mask ({where}), which --action-mask off ignores: every action "
+                "can be sampled."]
 
     def saw_mask(self, where: str) -> None:
         if where not in self.action_masks:
@@ -74,18 +87,25 @@ async def check_env(factory: EnvFactory, steps: int = 200, max_block_s: float = 
     return await _check_here(factory, steps, max_block_s, timeout)
 
 
-async def probe_env(factory: EnvFactory, timeout: float | None = None, isolated: bool = False) -> EnvSpec:
-    """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem."""
+async def probe_env(factory: EnvFactory, timeout: float | None = None,
+                    isolated: bool = False) -> tuple[EnvFactory, EnvSpec]:
+    """The cheap check every run makes: one reset and one step; raise ConfigError on the first problem.
+    Returns the factory the run builds its envs with (`factory`, or, when the probe found an action mask
+    in the env's infos, one that moves it into the observation) and their spec."""
     report = await check_env(factory, steps=1, timeout=timeout, isolated=isolated)
     if not report.ok:
         raise ConfigError(f"env {report.name!r}: {report.problems[0]}")
     assert report.spec is not None
-    return report.spec
+    if report.info_mask is not None and factory.action_mask == "auto" and factory.mask_info_key is None \
+            and report.spec.obs.mask_key is None:
+        masked = dataclasses.replace(factory, mask_info_key=report.info_mask)
+        return await probe_env(masked, timeout, isolated)
+    return factory, report.spec
 
 
 async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeout: float | None,
                       on_call: OnCall | None = None) -> CheckReport:
-    report = CheckReport(factory.name)
+    report = CheckReport(factory.name, masks_applied=factory.action_mask == "auto")
     on_call = on_call or (lambda what, step: None)
     on_call(CONSTRUCTOR, 0)
     try:
@@ -97,7 +117,7 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
         report.problems.append(f"could not create the env: {type(exc).__name__}: {exc}.")
         return report
     try:
-        report.spec = _check_interface(env, report.problems, factory.agent_id)
+        report.spec = _check_interface(env, report.problems, factory.agent_id, report.masks_applied)
         if report.spec is not None and report.spec.agents:
             _check_parallel_episodes(env, report, steps, on_call)
             if steps > 1 and report.ok:  # check-env: PettingZoo's own test too, on an env of its own
@@ -197,14 +217,15 @@ def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_blo
     conn.recv()  # ("close",): exit only once the parent has the report
 
 
-def _check_interface(env: Any, problems: list[str], agent_id: bool = False) -> EnvSpec | None:
+def _check_interface(env: Any, problems: list[str], agent_id: bool = False,
+                     masks: bool = True) -> EnvSpec | None:
     if isinstance(env, gym.vector.VectorEnv) or hasattr(env, "single_observation_space"):
         problems.append(f"the factory returned a vector env ({type(env).__name__}); return one env: "
                         "htsrl-aio makes --num-envs replicas of it itself.")
         return None
     if is_parallel_env(env):
         try:
-            return EnvSpec.of_parallel_env(env, agent_id)
+            return EnvSpec.of_parallel_env(env, agent_id, masks)
         except (MultiAgentError, UnsupportedSpace) as exc:
             problems.append(str(exc))
             return None
@@ -229,7 +250,7 @@ def _check_interface(env: Any, problems: list[str], agent_id: bool = False) -> E
     if problems:
         return None
     try:
-        return EnvSpec.from_spaces(obs_space, act_space, in_loop)
+        return EnvSpec.from_spaces(obs_space, act_space, in_loop, masks)
     except UnsupportedSpace as exc:
         problems.append(str(exc))
         return None
@@ -238,17 +259,16 @@ def _check_interface(env: Any, problems: list[str], agent_id: bool = False) -> E
 def _find_static_masks(env: Any, report: CheckReport) -> None:
     """Action masks the env declares: sb3-contrib's `action_masks()` method, an `action_mask` key of a
     Dict observation (those in an info are seen as the env steps)."""
-    if any(callable(getattr(e, "action_masks", None)) for e in (env, getattr(env, "unwrapped", None))):
+    if mask_method(env) is not None:
         report.saw_mask("an action_masks() method")
-    space = env.observation_space
-    if isinstance(space, gym.spaces.Dict) and "action_mask" in space.spaces:
+    if has_mask_key(env.observation_space) and not isinstance(env, MaskedObservation):  # not the env's own
         report.saw_mask("the observation key 'action_mask'")
 
 
 def _find_info_masks(info: Any, report: CheckReport) -> None:
-    for key in MASK_INFO_KEYS:
-        if isinstance(info, dict) and key in info:
-            report.saw_mask(f"info[{key!r}]")
+    if (key := info_mask_key(info)) is not None:
+        report.saw_mask(f"info[{key!r}]")
+        report.info_mask = report.info_mask or key
 
 
 def _foreign_space(name: str, space: Any) -> str:
@@ -282,10 +302,10 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _Asyn
                     break
                 _find_info_masks(result[1], report)
             what = "step()"
-            action = spec.action.to_env(spec.action.random(actions))
+            action = _random_action(spec, result[0], actions, result[-1])
             on_call(what, report.steps)
             result = await call.run(env.step(action), what) if in_loop else env.step(action)
-        except EnvTimeout as exc:
+        except (EnvTimeout, MissingMask) as exc:
             report.problems.append(f"{exc}.")
             break
         except Exception as exc:
@@ -315,10 +335,11 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
                 reset = _by_agent(spec, env.reset(seed=env_reset_seed(0, 0, episode)), 2, report.problems)
                 if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems):
                     break
+                latest = {agent: part[0] for agent, part in zip(spec.agents, reset)}
             what = "step()"
             on_call(what, report.steps)
             live = [agent for agent in spec.agents if agent in env.agents]  # agents that left are not asked
-            result = env.step({agent: spec.action.to_env(spec.action.random(actions)) for agent in live})
+            result = env.step({agent: _random_action(spec, latest[agent], actions) for agent in live})
         except Exception as exc:
             report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
             break
@@ -326,10 +347,33 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
         step = _by_agent(spec, result, 5, report.problems, live)
         if step is None or not _each_agent(spec, live, step, _check_step, report.problems):
             break
+        latest.update((agent, part[0]) for agent, part in zip(live, step))
         needs_reset = not env.agents
         if joined := sorted(set(env.agents) - set(live)):
             report.problems.append(joined_sentence(joined))
             break
+
+
+def _random_action(spec: EnvSpec, obs: Any, rng: np.random.Generator, info: Any = None) -> Any:
+    """A random action for `obs` as env.step takes it: among the legal ones when actions are masked (by
+    the observation's mask, or by one in `info` that the run will move into the observation)."""
+    if spec.obs.mask_key is not None:
+        mask = spec.obs.encode(obs)[spec.obs.mask_key]
+    else:
+        mask = _usable_mask(spec, info[key]) if (key := info_mask_key(info)) is not None else None
+    return spec.action.to_env(spec.action.random(rng, mask))
+
+
+def _usable_mask(spec: EnvSpec, mask: Any) -> np.ndarray | None:
+    """An info's mask as bits when it fits the actions with a legal one per choice, else None (the
+    probe with the mask in the observation names what is wrong with it)."""
+    bits = np.asarray(mask)
+    sizes = spec.action.sizes
+    if spec.action.kind not in ("discrete", "multi_discrete") or bits.shape != (sum(sizes),):
+        return None
+    if not all(group.any() for group in np.split(bits != 0, np.cumsum(sizes[:-1]))):
+        return None
+    return bits != 0
 
 
 def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str],

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from htsrl_aio.config import TrainConfig
+from htsrl_aio.envs.action_masks import MaskedObservation, MaskMode, has_mask_key, mask_method
 from htsrl_aio.envs.atari import RAM_ID, AtariOptions, ale_spec, is_atari_id
 from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
 from htsrl_aio.envs.envpool_engine import (
@@ -50,7 +52,7 @@ from htsrl_aio.envs.parallel import (
     is_parallel_env,
     with_agent_id,
 )
-from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
+from htsrl_aio.envs.spaces import ActionSpec, ObsLayout, UnsupportedSpace
 from htsrl_aio.errors import ConfigError
 
 # Packages that register their gymnasium ids when imported (or when asked), by id prefix.
@@ -76,6 +78,8 @@ class EnvFactory:
     engine: EngineSpec | None = None  # ALE and envpool: ids: envs of a C++ vector engine
     football: FootballSpec | None = None  # gfootball/<scenario> ids: scenario and options
     agent_id: bool = False  # --agent-id: a multi-agent env's observations carry the one-hot agent index
+    action_mask: MaskMode = "auto"  # --action-mask
+    mask_info_key: str | None = None  # the info key of the env's action mask, as the probe found it
 
     def __call__(self) -> gym.Env:
         if self.engine is not None:
@@ -85,13 +89,24 @@ class EnvFactory:
         env = self._make()
         if is_aec_env(env):
             env = as_parallel(env)
-        if self.frames is None:
+        if self.frames is not None:
+            if is_parallel_env(env):
+                raise MultiAgentError("--frame-size, --grayscale and --frame-stack do not apply to "
+                                      "multi-agent envs yet; drop them (SuperSuit's resize_v1, "
+                                      "color_reduction_v0 and frame_stack_v1 do the same inside your "
+                                      "factory).")
+            env = self.frames.wrap(env)
+        return self._with_mask(env)
+
+    def _with_mask(self, env: Any) -> Any:
+        """A gymnasium env whose mask comes from a method or an info, with it as the observation key
+        `action_mask` (a mask already in the observation, and a ParallelEnv's, need nothing)."""
+        if self.action_mask == "off" or is_parallel_env(env) or not hasattr(env, "observation_space") \
+                or has_mask_key(env.observation_space):
             return env
-        if is_parallel_env(env):
-            raise MultiAgentError("--frame-size, --grayscale and --frame-stack do not apply to multi-agent "
-                                  "envs yet; drop them (SuperSuit's resize_v1, color_reduction_v0 and "
-                                  "frame_stack_v1 do the same inside your factory).")
-        return self.frames.wrap(env)
+        if self.mask_info_key is None and mask_method(env) is None:
+            return env
+        return MaskedObservation(env, _mask_size(env.action_space), self.mask_info_key)
 
     def _make(self) -> gym.Env:
         kwargs = dict(self.kwargs)
@@ -112,6 +127,15 @@ class EnvFactory:
         if isinstance(self.factory, ImportedCallable):
             return f"{self.factory.module}:{self.factory.attr}"
         return f"{self.factory.__module__}:{getattr(self.factory, '__qualname__', self.factory)}"
+
+
+def _mask_size(space: gym.Space) -> int:
+    """Bits of a mask over `space`'s actions: one per category of each choice (sb3-contrib's layout)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return int(space.nvec.sum())
+    return int(np.prod(getattr(space, "shape", ()) or (1,)))  # refused by EnvSpec: not maskable
 
 
 @dataclass(frozen=True)
@@ -146,18 +170,21 @@ class EnvSpec:
     agent_id: bool = False  # --agent-id: each agent's observation carries its one-hot index
 
     @classmethod
-    def from_spaces(cls, obs_space: gym.Space, action_space: gym.Space, in_loop: bool = False) -> EnvSpec:
-        """Raise spaces.UnsupportedSpace (one sentence) for a space the runtime cannot handle."""
-        return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), in_loop)
+    def from_spaces(cls, obs_space: gym.Space, action_space: gym.Space, in_loop: bool = False,
+                    masks: bool = True) -> EnvSpec:
+        """Raise spaces.UnsupportedSpace (one sentence) for a space the runtime cannot handle. With
+        `masks`, an `action_mask` key of a Dict observation masks the actions."""
+        action = ActionSpec.from_space(action_space)
+        return cls(_layout(obs_space, action, masks), action, in_loop)
 
     @classmethod
-    def of_parallel_env(cls, env: Any, agent_id: bool = False) -> EnvSpec:
+    def of_parallel_env(cls, env: Any, agent_id: bool = False, masks: bool = True) -> EnvSpec:
         """The spec of a ParallelEnv's rows; raise parallel.MultiAgentError or spaces.UnsupportedSpace."""
         agents, obs_space, action_space = agent_spaces(env)
         if agent_id:
             obs_space = with_agent_id(obs_space, len(agents))
-        return cls(ObsLayout.from_space(obs_space), ActionSpec.from_space(action_space), False, agents,
-                   agent_id)
+        action = ActionSpec.from_space(action_space)
+        return cls(_layout(obs_space, action, masks), action, False, agents, agent_id)
 
     @property
     def rows_per_env(self) -> int:
@@ -168,6 +195,17 @@ class EnvSpec:
         """As a user reads it: "observations (4,) float32, 2 actions"."""
         agents = f"{len(self.agents)} agents, each with " if self.agents else ""
         return f"{agents}observations {self.obs.describe()}, {self.action.describe()}"
+
+
+def _layout(obs_space: gym.Space, action: ActionSpec, masks: bool) -> ObsLayout:
+    """The observation layout, its `action_mask` key a mask over `action` when `masks` and it has one."""
+    if not (masks and has_mask_key(obs_space)):
+        return ObsLayout.from_space(obs_space)
+    if action.kind not in ("discrete", "multi_discrete"):
+        raise UnsupportedSpace(f"the env offers an action mask, which restricts Discrete and MultiDiscrete "
+                               f"actions, and its actions are {action.describe()}; pass --action-mask off to "
+                               "train without the mask.")
+    return ObsLayout.from_space(obs_space, action.sizes)
 
 
 def agent_observation(spec: EnvSpec, obs: dict[str, Any], agent: str) -> Any:
@@ -190,7 +228,9 @@ def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None)
 
 def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:
     factory = _resolve_source(env, config)
-    return factory if config is None or not config.agent_id else dataclasses.replace(factory, agent_id=True)
+    if config is None:
+        return factory
+    return dataclasses.replace(factory, agent_id=config.agent_id, action_mask=config.action_mask)
 
 
 def _resolve_source(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:

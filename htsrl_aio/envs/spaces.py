@@ -24,6 +24,8 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from htsrl_aio.envs.action_masks import ACTION_MASK_KEY, mask_field_space
+
 SINGLE_KEY = "obs"  # the key of an observation that is not a Dict or Tuple
 SUPPORTED_OBS = "Box, Discrete, MultiDiscrete, MultiBinary, or Dict/Tuple of those"
 SUPPORTED_ACTIONS = "Discrete, MultiDiscrete, MultiBinary or Box"
@@ -81,7 +83,7 @@ class BadObservation(EnvOutputError):
         return f"{self.where} returned {self.what}{place} holding {self.problem}; {self.fix}"
 
 
-Transform = Literal["none", "hwc", "stack_hwc", "channel", "one_hot"]
+Transform = Literal["none", "hwc", "stack_hwc", "channel", "one_hot", "mask"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class ObsField:
     dtype: np.dtype  # as stored
     raw_dtype: np.dtype  # as the observation_space says
     transform: Transform = "none"
-    sizes: tuple[int, ...] = ()  # one_hot: the category count of each entry
+    sizes: tuple[int, ...] = ()  # one_hot: the category count of each entry; mask: of each action choice
     starts: tuple[int, ...] = ()  # one_hot: the lowest value of each entry
     binary: bool = False  # MultiBinary: every value is 0 or 1
     # What the model multiplies stored values by before anything else reads them: 1/255 for the bytes of
@@ -120,6 +122,8 @@ class ObsField:
         if array.shape != self.raw_shape:
             raise ValueError(f"{where} returned {self.named} of shape {array.shape} but its "
                              f"observation_space says {self.raw_shape}")
+        if self.transform == "mask":
+            return self._mask(array, where)
         self._refuse_unstorable(array, where)
         if self.transform == "hwc":
             return np.moveaxis(array, -1, 0)
@@ -133,6 +137,23 @@ class ObsField:
             hot[offsets + array.reshape(-1) - np.asarray(self.starts)] = 1
             return hot
         return array
+
+    def _mask(self, array: np.ndarray, where: str) -> np.ndarray:
+        """A legal-action mask as int8 bits; raise BadObservation for a value other than 0 or 1, or for a
+        choice with no legal action (sampling could only ignore such a mask)."""
+        bad = np.flatnonzero((array != 0) & (array != 1))
+        if bad.size:
+            first = int(bad[0])
+            raise BadObservation(where, "an action mask", f"{array.flat[first]}{_index(array, first)}, which "
+                                 "is not 0 or 1", "return 1 for a legal action and 0 for an illegal one")
+        bits = array.astype(np.int8)
+        for choice, group in enumerate(np.split(bits, np.cumsum(self.sizes[:-1]))):
+            if not group.any():
+                which = f" for choice {choice}" if len(self.sizes) > 1 else ""
+                raise BadObservation(where, "an action mask", f"no legal action{which}",
+                                     "allow at least one action at every step (end the episode when none "
+                                     "is left)")
+        return bits
 
     def _refuse_unstorable(self, array: np.ndarray, where: str) -> None:
         """Raise BadObservation for a value of an integer leaf that storing would change: numpy would
@@ -177,18 +198,36 @@ class ObsLayout:
     dropped: tuple[str, ...] = ()  # leaves that carry no numbers (Text), left out
 
     @classmethod
-    def from_space(cls, space: gym.Space) -> ObsLayout:
+    def from_space(cls, space: gym.Space, mask_sizes: tuple[int, ...] = ()) -> ObsLayout:
+        """The layout of `space`; with `mask_sizes` (the categories of each action choice) its top-level
+        `action_mask` key is a legal-action mask (raise UnsupportedSpace if it cannot be one)."""
         fields: list[ObsField] = []
         dropped: list[str] = []
+        mask = None
+        if mask_sizes:
+            assert isinstance(space, gym.spaces.Dict), "only a Dict observation has an action_mask key"
+            if (problem := mask_field_space(space[ACTION_MASK_KEY], ACTION_MASK_KEY, mask_sizes)) is not None:
+                raise UnsupportedSpace(problem + ".")
+            size = (sum(mask_sizes),)
+            mask = ObsField(ACTION_MASK_KEY, (ACTION_MASK_KEY,), size, size, np.dtype(np.int8),
+                            np.dtype(space[ACTION_MASK_KEY].dtype), "mask", mask_sizes, binary=True)
+            space = gym.spaces.Dict({k: v for k, v in space.spaces.items() if k != ACTION_MASK_KEY})
         _collect(space, (), fields, dropped)
         if not fields:
             raise UnsupportedSpace(f"observation_space is {space}, which holds no numeric array; "
                                    f"htsrl-aio learns from {SUPPORTED_OBS}.")
+        if mask is not None:
+            fields.append(mask)  # last: the keys of the rest keep the order of an unmasked run
         return cls(tuple(fields), tuple(dropped))
 
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(f.key for f in self.fields)
+
+    @property
+    def mask_key(self) -> str | None:
+        """The key of the legal-action mask, or None when actions are not masked."""
+        return next((f.key for f in self.fields if f.transform == "mask"), None)
 
     def describe(self) -> str:
         """As stored, e.g. "(4,) float32" or "image (3, 7, 7) uint8 + direction (4,) float32"."""
@@ -370,10 +409,12 @@ class ActionSpec:
             return array.astype(self.env_dtype).reshape(self.env_shape)
         return np.clip(array, self.low, self.high).astype(self.env_dtype).reshape(self.env_shape)
 
-    def random(self, rng: np.random.Generator) -> np.ndarray:
-        """A uniformly random stored action row (for the env checker)."""
+    def random(self, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
+        """A uniformly random stored action row (for the env checker); with a legal-action `mask` (one bit
+        per category of each choice), uniform over the legal ones."""
         if self.kind in ("discrete", "multi_discrete"):
-            row = np.array([rng.integers(n) for n in self.sizes], dtype=self.dtype)
+            groups = np.split(np.ones(sum(self.sizes)) if mask is None else mask, np.cumsum(self.sizes[:-1]))
+            row = np.array([rng.choice(np.flatnonzero(group)) for group in groups], dtype=self.dtype)
             return row.reshape(self.shape)
         if self.kind == "multi_binary":
             return rng.integers(0, 2, self.shape).astype(self.dtype)

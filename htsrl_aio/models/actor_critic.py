@@ -9,6 +9,10 @@
 tanh MLPs over the features (CleanRL's layout), except over CNN features alone, where they are single
 linear layers on the shared trunk (the Nature DQN/PPO agent).
 
+A legal-action mask (the observation key `action_mask`, envs/action_masks.py) is not a feature: the
+encoder leaves it out and `_heads` sets the logits of masked actions to MASKED_LOGIT, so every path that
+reads the policy's parameters (inference, the learner, eval, Trainer.act, export) gets the masked ones.
+
 With --memory the features go through a `RecurrentCore` first and the heads read its output (CleanRL's
 ppo_atari_lstm.py and sb3-contrib's RecurrentPPO with a shared LSTM): `step` acts one step carrying
 each env's state, `unroll` replays whole sequences from their stored start states for the learner.
@@ -22,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from htsrl_aio.distributions import ActionDistribution
+from htsrl_aio.distributions import MASKED_LOGIT, ActionDistribution
 from htsrl_aio.envs.spaces import ObsLayout
 from htsrl_aio.models.cnn import FEATURES, NatureCNN, Precision
 from htsrl_aio.models.mlp import layer, mlp
@@ -37,7 +41,7 @@ class ObsEncoder(nn.Module):
                  normalize: bool) -> None:
         super().__init__()
         self.cnn_keys = cnn_keys
-        self.flat_keys = tuple(k for k in layout.keys if k not in cnn_keys)
+        self.flat_keys = tuple(k for k in layout.keys if k not in cnn_keys and k != layout.mask_key)
         shapes = {f.key: f.shape for f in layout.fields}
         self.cnns = nn.ModuleDict({k: NatureCNN(shapes[k], precision) for k in cnn_keys})
         self.flat_sizes = {k: math.prod(shapes[k]) for k in self.flat_keys}
@@ -74,6 +78,7 @@ class ActorCritic(nn.Module):
                  memory_size: int = 128) -> None:
         super().__init__()
         self.encoder = ObsEncoder(layout, cnn_keys, precision, normalize_obs)
+        self.mask_key = layout.mask_key
         self.core = None if memory == "none" else RecurrentCore(memory, self.encoder.size, memory_size)
         self.state_size = 0 if self.core is None else self.core.state_size
         trunk = self.encoder.size if self.core is None else memory_size
@@ -86,10 +91,13 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
         """(distribution parameters, value) for a batch of observations (a memoryless policy)."""
-        return self._heads(self.encoder(obs))
+        return self._heads(self.encoder(obs), obs)
 
-    def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.actor(features), self.critic(features).squeeze(-1)
+    def _heads(self, features: torch.Tensor, obs: Obs) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.actor(features)
+        if self.mask_key is not None:
+            params = params.masked_fill(obs[self.mask_key] == 0, MASKED_LOGIT)
+        return params, self.critic(features).squeeze(-1)
 
     def step(self, obs: Obs, state: torch.Tensor,
              start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,7 +106,7 @@ class ActorCritic(nn.Module):
         if self.core is None:
             return *self.forward(obs), state
         out, state = self.core.step(self.encoder(obs), state, start)
-        return *self._heads(out), state
+        return *self._heads(out, obs), state
 
     def unroll(self, obs: Obs, state: torch.Tensor,
                starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +118,7 @@ class ActorCritic(nn.Module):
         steps = features.shape[0] // sequences
         out = self.core.unroll(features.view(sequences, steps, -1).transpose(0, 1), state,
                                starts.view(sequences, steps).t())
-        return self._heads(out.transpose(0, 1).reshape(sequences * steps, -1))
+        return self._heads(out.transpose(0, 1).reshape(sequences * steps, -1), obs)
 
     def value(self, obs: Obs) -> torch.Tensor:
         """The value of a memoryless policy (without its actor head)."""
