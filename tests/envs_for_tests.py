@@ -590,6 +590,7 @@ class RandomMaskEnv(gym.Env):
     `fault`: "none_legal" offers a mask that allows nothing at the third step."""
 
     def __init__(self, source: str = "key", actions: str = "discrete", fault: str = "") -> None:
+        # fault "late_info": the info source's mask is missing from reset()'s info
         self.source, self.fault = source, fault
         self.sizes = (5,) if actions == "discrete" else (3, 4)
         self.action_space = gym.spaces.Discrete(5) if actions == "discrete" \
@@ -624,7 +625,8 @@ class RandomMaskEnv(gym.Env):
             self._rng = np.random.default_rng(seed)
         self._t = 0
         self._draw()
-        return self._out()
+        obs, info = self._out()
+        return obs, ({} if self.fault == "late_info" else info)
 
     def step(self, action):
         time.sleep(_UNSEEDED.uniform(0.0, 0.001))
@@ -652,14 +654,18 @@ class MeetingAgents:
     "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
     step 4), "vanishes" (agent_0 leaves at step 2 without terminating). `leaving`: each step, each
     agent but the last one in the episode leaves (terminates) with
-    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die."""
+    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die. `masked`:
+    each agent's observation is a Dict of its `position` and an `action_mask` drawn each step from the
+    episode's seed (at least one legal move), and an illegal move raises."""
 
     metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
     render_mode = None
 
-    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0) -> None:
+    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, masked: bool = False) -> None:
         self.fault = fault
         self.leaving = leaving
+        self.masked = masked
+        self._masks = np.ones((agents, 3), np.int8)
         self.possible_agents = [f"agent_{i}" for i in range(agents)]
         self.agents: list[str] = []
         self._obs_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
@@ -669,6 +675,8 @@ class MeetingAgents:
         self._t, self._limit = 0, 8
 
     def observation_space(self, agent: str) -> gym.Space:
+        if self.masked:
+            return gym.spaces.Dict({"position": self._obs_space, "action_mask": gym.spaces.MultiBinary(3)})
         return self._obs_space
 
     def action_space(self, agent: str) -> gym.Space:
@@ -679,8 +687,14 @@ class MeetingAgents:
     def _observations(self) -> dict[str, np.ndarray]:
         total = self._pos.sum()
         others = (total - self._pos) / max(len(self._pos) - 1, 1)
-        return {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
-                for i, agent in enumerate(self.possible_agents)}
+        obs = {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
+               for i, agent in enumerate(self.possible_agents)}
+        if not self.masked:
+            return obs
+        self._masks = (self._rng.random(self._masks.shape) < 0.6).astype(np.int8)
+        self._masks[np.arange(len(self._masks)), self._rng.integers(3, size=len(self._masks))] = 1
+        return {agent: {"position": o, "action_mask": self._masks[i].copy()}
+                for i, (agent, o) in enumerate(obs.items())}
 
     def reset(self, seed=None, options=None):
         self._rng = np.random.default_rng(seed)
@@ -699,6 +713,9 @@ class MeetingAgents:
                 continue
             if not self._action_space.contains(actions[agent]):
                 raise ValueError(f"action {actions[agent]!r} of {agent} is not in {self._action_space}")
+            if not self._masks[i, int(actions[agent])]:
+                raise ValueError(f"illegal action {actions[agent]} of {agent} under the mask "
+                                 f"{self._masks[i].tolist()}")
             self._pos[i] = np.clip(self._pos[i] + int(actions[agent]) - 1, -9, 9)
         self._t += 1
         spread = float(self._pos.max() - self._pos.min())
@@ -736,5 +753,6 @@ class MeetingAgents:
         return self
 
 
-def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0) -> MeetingAgents:
-    return MeetingAgents(agents, fault, leaving)
+def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0,
+                   masked: bool = False) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving, masked)

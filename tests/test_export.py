@@ -33,6 +33,9 @@ POLICIES = {
                        "lr": 1e-6},
     "gru_box_actions": {"env": "envs_for_tests:ManySpacesEnv", "env_kwargs": {"actions": "box"},
                         "memory": "gru", "normalize_obs": True},
+    # Legal-action masks from the env's infos (an `action_mask` input), MultiDiscrete([3, 4]) actions.
+    "masked": {"env": "envs_for_tests:random_mask_env", "env_kwargs": {"source": "info",
+                                                                       "actions": "multi_discrete"}},
 }
 
 
@@ -47,15 +50,25 @@ def one_thread():
 
 
 def observations(policy: TrainedPolicy, count: int) -> list:
-    """Half sampled from the observation space, half met by an env playing random actions (seeded)."""
+    """Half sampled from the observation space (but for masks that allow nothing, which the layout
+    refuses), half met by an env playing random legal actions (seeded)."""
     env = policy.factory()
     env.observation_space.seed(0)
-    env.action_space.seed(0)
-    found = [env.observation_space.sample() for _ in range(count // 2)]
+    rng = np.random.default_rng(0)
+    found = []
+    while len(found) < count // 2:
+        sample = env.observation_space.sample()
+        try:
+            policy.spec.obs.encode(sample)
+        except ValueError:
+            continue
+        found.append(sample)
     obs, _ = env.reset(seed=0)
     while len(found) < count:
         found.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        mask = policy.spec.obs.encode(obs).get("action_mask")
+        action = policy.spec.action.to_env(policy.spec.action.random(rng, mask))
+        obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             obs, _ = env.reset()
     env.close()
