@@ -24,7 +24,7 @@ from htsrl_aio.backends.child_env import GETATTR, MAKE, ChildEnv
 from htsrl_aio.config import TrainConfig
 from htsrl_aio.distributions import ActionDistribution, make_distribution
 from htsrl_aio.envs import probe_env, resolve_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, ImportedCallable, agent_observation
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.models import ActorCritic, PolicyMemory, build_model, load_params
 from htsrl_aio.seeding import ENV_SEED_BOUND, Stream, derive_seed, generator
@@ -59,8 +59,6 @@ async def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = F
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}.")
     policy = await load_policy(path, env_timeout)
-    if policy.spec.agents and video is not None:
-        raise ConfigError("--video does not render multi-agent envs yet; evaluate without --video.")
     cfg = policy.config
     timeout = cfg.env_timeout or None
     seed = cfg.seed if seed is None else seed
@@ -144,8 +142,8 @@ async def _play(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.random.
 async def _play_agents(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.random.Generator | None,
                        writer: Any, renders: bool) -> tuple[float, int]:
     """One episode of a multi-agent env, every agent acting with the shared policy; its return is the
-    mean over agents of each agent's return (as training's episode_return_mean). No video (`evaluate`
-    refuses it), so `writer` and `renders` are unused."""
+    mean over agents of each agent's return (as training's episode_return_mean); frames as `_play`'s,
+    from the env's own rendering of the whole scene."""
     spec = policy.spec
     obs, _ = await env.call("reset", seed=seed)
     totals = dict.fromkeys(spec.agents, 0.0)
@@ -153,6 +151,8 @@ async def _play_agents(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.
     length = 0
     live = list(spec.agents)  # an agent leaves at the step that terminates or truncates it
     while True:
+        if writer is not None:
+            writer.append_data(await _frame(env, obs, renders))
         actions = {agent: policy.act(agent_observation(spec, obs, agent), memories[agent], rng)
                    for agent in live}
         obs, rewards, terminations, truncations, _ = await env.call("step", actions)
@@ -183,7 +183,7 @@ async def _make_env(factory: EnvFactory, timeout: float | None, stack: contextli
     if "rgb_array" not in modes:
         raise ConfigError(f"--video needs frames, but env {factory.name!r} cannot render them (its "
                           f"render_modes are {modes}, without 'rgb_array'); evaluate it without --video.")
-    if factory.factory is not None and "render_mode" not in _parameters(factory.factory):
+    if factory.factory is not None and not _takes(factory.factory, "render_mode"):
         raise ConfigError(f"--video needs frames, but the factory {factory.name!r} takes no render_mode "
                           "argument; give it one and pass it to the env (or create the env with "
                           "render_mode='rgb_array').")
@@ -203,11 +203,16 @@ async def _render_mode(env: ChildEnv) -> Any:
     return await env.call(GETATTR, "render_mode", None)
 
 
-def _parameters(function: Any) -> set[str]:
+def _takes(function: Any, name: str) -> bool:
+    """Whether `function` takes the keyword argument `name` (by name, or as one of its **kwargs, as
+    PettingZoo's parallel_env does)."""
+    if isinstance(function, ImportedCallable):  # PettingZoo's parallel_env: the function it names
+        function = function.target()
     try:
-        return set(inspect.signature(function).parameters)
+        parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return set()
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 async def _frame(env: ChildEnv, obs: Any, renders: bool) -> np.ndarray:

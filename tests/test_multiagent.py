@@ -24,7 +24,7 @@ from harness import (
     vector_spec,
 )
 
-from htsrl_aio import ConfigError, EnvError, TrainConfig, Trainer, resume, train
+from htsrl_aio import ConfigError, EnvError, TrainConfig, Trainer, resume, train, train_async
 from htsrl_aio.backends.agent_group import Absent, AgentGroup, Left, Parked
 from htsrl_aio.backends.hosted import HostedBackend
 from htsrl_aio.cli import main as cli_main
@@ -363,8 +363,21 @@ async def test_act_takes_agents_observations_and_eval_reports_the_mean_agent_ret
     assert all(8 <= length <= 14 for length in first.lengths)  # the meeting env's episodes
     sampled = await evaluate(tmp_path / "run", episodes=3)
     assert len(sampled.returns) == 3
-    with pytest.raises(ConfigError, match="does not render multi-agent envs yet"):
+    with pytest.raises(ConfigError, match="cannot render them"):  # the meeting env has no render modes
         await evaluate(tmp_path / "run", episodes=1, video=tmp_path / "video.mp4")
+
+
+@pytest.mark.slow
+async def test_eval_writes_a_video_of_every_step_of_a_multi_agent_env(tmp_path, no_leaks):
+    """PettingZoo's render_mode="rgb_array", asked of the factory eval builds again: one frame per step."""
+    pytest.importorskip("mpe2")
+    imageio = pytest.importorskip("imageio.v2")
+    await train_async(config(tmp_path / "run", env=SIMPLE_SPREAD, workers=1))
+    video = tmp_path / "agents.mp4"
+    result = await evaluate(tmp_path / "run", episodes=2, video=video)
+    reader = imageio.get_reader(str(video))
+    assert sum(1 for _ in reader) == sum(result.lengths) == 2 * 25  # simple_spread's max_cycles
+    assert reader.get_meta_data()["size"] == (700, 700)  # simple_spread's rgb_array render
 
 
 def _spec(env: str, **config):

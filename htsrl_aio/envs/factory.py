@@ -147,7 +147,11 @@ class ImportedCallable:
     attr: str
 
     def __call__(self, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(self.module), self.attr)(**kwargs)
+        return self.target()(**kwargs)
+
+    def target(self) -> Callable[..., Any]:
+        """The callable 'module:attr' names."""
+        return getattr(importlib.import_module(self.module), self.attr)
 
 
 def _by_reference(module: str, attr: str, function: Callable[..., Any]) -> Callable[..., Any]:
