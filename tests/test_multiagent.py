@@ -384,3 +384,18 @@ def _spec(env: str, **config):
     from htsrl_aio.envs.factory import EnvSpec
 
     return EnvSpec.of_parallel_env(resolve_env(env)(), **config)
+
+
+@pytest.mark.slow
+def test_the_readmes_pistonball_example_trains(tmp_path, no_leaks, monkeypatch):
+    """PettingZoo's Pistonball through SuperSuit's wrappers (examples/pistonball.py): 20 agents of 84x84x3
+    frames, read by the shared CNN; a few updates, as the README's command does at length."""
+    pytest.importorskip("pymunk")
+    pytest.importorskip("supersuit")
+    monkeypatch.chdir(ROOT)  # the factory is examples.pistonball, found from the repository root
+    summary = train(TrainConfig(env="examples.pistonball:parallel_env", num_envs=2, rollout=16,
+                                total_steps=2 * 16 * 2, minibatches=2, logdir=str(tmp_path / "run"),
+                                progress=False, env_kwargs={"max_cycles": 20}))
+    assert summary["updates"] == 2
+    rows = metrics_rows(tmp_path / "run")
+    assert rows[-1]["agent_steps"] == 20 * 2 * 16 * 2
