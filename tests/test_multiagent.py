@@ -192,10 +192,24 @@ def test_an_agent_that_joins_mid_run_stops_it_in_one_sentence(tmp_path, no_leaks
         train(config(tmp_path / "joins", env_kwargs={"fault": "joins"}, workers=1))
 
 
-def test_memory_with_agents_that_leave_is_refused_in_one_sentence(tmp_path, no_leaks):
-    with pytest.raises(ConfigError, match="an agent left its episode while others went on, and --memory"):
-        train(config(tmp_path / "memory", env_kwargs=LEAVING, workers=1, memory="gru", memory_size=8))
+def test_a_rows_state_starts_empty_after_its_agents_absence():
+    """The step after an absent one may begin the env's next episode (every row resets with it): its
+    state is zeroed, whatever was carried through the absent steps."""
+    from htsrl_aio.steps import StepResult
 
+    spec = vector_spec(gym.spaces.Discrete(2))
+    storage = RolloutStorage.zeros(0, storage_layout(2, 4, spec.obs.arrays(), spec.action.shape,
+                                                     spec.action.dtype, state_size=3, agents=True))
+    storage.record_step(0, 0, StepResult(0.0, False, False, None))
+    storage.record_step(0, 1, StepResult(0.0, False, False, None, active=False))
+    assert storage.episode_starts[1].tolist() == [False, True]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_memory_with_agents_that_leave_trains_the_same_bits_everywhere(tmp_path, no_leaks, mode):
+    same_bits_in_every_placement(functools.partial(config, env_kwargs=LEAVING, mode=mode, memory="gru",
+                                                   memory_size=8, bptt=8), tmp_path, UPDATES)
 
 def test_the_row_of_an_agent_that_left_steps_nothing_until_the_episode_ends():
     group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"fault": "joins"})),
@@ -220,32 +234,40 @@ def test_an_agent_that_leaves_without_ending_its_episode_is_one_sentence():
         steps[0].__await__().send(None)
 
 
+@pytest.mark.parametrize("memory", ["none", "gru"])
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
-def test_an_inactive_row_contributes_nothing_to_the_update(algo):
-    """Whatever an inactive step holds, the update (with both normalisations on) is the same, bit for bit."""
+def test_an_inactive_row_contributes_nothing_to_the_update(algo, memory):
+    """Whatever an inactive step holds, the update (with both normalisations on) is the same, bit for bit;
+    with --memory the sequences run through the absent steps, and the losses leave them out."""
     cfg = TrainConfig(algo=algo, num_envs=3, rollout=6, total_steps=18, minibatches=2, normalize_obs=True,
-                      normalize_reward=True).resolved()
+                      normalize_reward=True, memory=memory, memory_size=4,
+                      bptt=3 if memory != "none" else 0).resolved()
     spec = vector_spec(gym.spaces.Discrete(2))
     torch.manual_seed(0)
     model = ActorCritic(spec.obs, make_distribution(spec.action), (8,), normalize_obs=True,
-                        return_scaler=ReturnScaler(3, cfg.gamma))
+                        return_scaler=ReturnScaler(3, cfg.gamma), memory=memory, memory_size=4)
     results = []
     for wild in (False, True):
         learner = Learner(cfg.learner_settings(), copy.deepcopy(model), copy.deepcopy(model),
                           make_distribution(spec.action))
-        stats = learner.update(_leaving_storage(spec, wild))
+        stats = learner.update(_leaving_storage(spec, wild, model.state_size))
         results.append(([p.detach().clone() for p in learner.model.state_dict().values()], stats))
     (first, first_stats), (second, second_stats) = results
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert first_stats == second_stats
 
 
-def _leaving_storage(spec, wild: bool):
+def _leaving_storage(spec, wild: bool, state_size: int = 0):
     """3 rows, 6 steps: row 1's agent terminates at step 2 and is absent from step 3 on; `wild` puts
-    huge, different numbers in every slot of its absent steps."""
+    huge, different numbers in every slot of its absent steps (the states carried through them too)."""
     rng = np.random.default_rng(0)
     storage = RolloutStorage.zeros(0, storage_layout(3, 6, spec.obs.arrays(), spec.action.shape,
-                                                     spec.action.dtype, agents=True))
+                                                     spec.action.dtype, state_size, agents=True))
+    if state_size:
+        storage.memory[:] = rng.standard_normal(storage.memory.shape)
+        storage.episode_starts[3:, 1] = True  # as collection writes them after each absent step
+        if wild:
+            storage.memory[3:, 1] = 1e6
     storage.obs["obs"][:] = rng.standard_normal((7, 3, 4))
     storage.actions[:] = rng.integers(0, 2, (6, 3))
     storage.logprobs[:] = -rng.random((6, 3))

@@ -61,6 +61,10 @@ class RolloutBatch:
     # samples are then in sequence order (`Sequences`).
     start_states: torch.Tensor | None = None
     episode_starts: torch.Tensor | None = None
+    # --memory in a multi-agent run: (B,) whether each sample is a transition of its agent. Sequences
+    # keep the steps of agents that had left (the replay runs through them; their data is zeroed) and
+    # the losses average over active samples only (`active_mean`).
+    active: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.actions.shape[0]
@@ -85,7 +89,39 @@ class RolloutBatch:
         return RolloutBatch({k: v[index] for k, v in self.obs.items()}, self.actions[index],
                             self.logprobs[index], self.values[index], self.advantages[index],
                             self.returns[index], pick(self.proximal_logprobs, index),
-                            pick(self.start_states, sequences), pick(self.episode_starts, index))
+                            pick(self.start_states, sequences), pick(self.episode_starts, index),
+                            pick(self.active, index))
+
+    def zero_inactive(self) -> RolloutBatch:
+        """The batch with the data of inactive samples zeroed: whatever absent steps stored, every loss
+        term of theirs is finite and masked to exactly nothing."""
+        if self.active is None:
+            return self
+
+        def zeroed(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else torch.where(self.active, x, torch.zeros_like(x))
+
+        return dataclasses.replace(self, logprobs=zeroed(self.logprobs), values=zeroed(self.values),
+                                   advantages=zeroed(self.advantages), returns=zeroed(self.returns),
+                                   proximal_logprobs=zeroed(self.proximal_logprobs))
+
+
+def active_mean(x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """The mean of `x` over the active samples (all of them when `active` is None)."""
+    if active is None:
+        return x.mean()
+    return torch.where(active, x, torch.zeros_like(x)).sum() / active.sum().clamp(min=1)
+
+
+def normalized_advantages(advantages: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """Advantages shifted and scaled by the mean and std of the active samples' (CleanRL's 1e-8)."""
+    if active is None:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    chosen = advantages[active]
+    if chosen.numel() < 2:  # no spread to scale by
+        return torch.where(active, advantages - active_mean(advantages, active), torch.zeros_like(advantages))
+    scaled = (advantages - chosen.mean()) / (chosen.std() + 1e-8)
+    return torch.where(active, scaled, torch.zeros_like(scaled))
 
 
 def policy_outputs(model: nn.Module, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,30 +7,31 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from htsrl_aio.algos.batch import RolloutBatch, policy_outputs
+from htsrl_aio.algos.batch import RolloutBatch, active_mean, normalized_advantages, policy_outputs
 from htsrl_aio.distributions import ActionDistribution
 
 
 def ppo_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
              new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
              entropy: torch.Tensor, clip_coef: float, clip_vloss: bool, vf_coef: float,
-             ent_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss to minimise, and diagnostics. `old_logprob` is the centre of the trust region."""
+             ent_coef: float, active: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss to minimise, and diagnostics. `old_logprob` is the centre of the trust region. Means are
+    over the `active` samples where given (`RolloutBatch.active`)."""
     logratio = new_logprob - old_logprob
     ratio = logratio.exp()
-    pg_loss = torch.max(-advantages * ratio,
-                        -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    pg_loss = active_mean(torch.max(-advantages * ratio,
+                                    -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), active)
     if clip_vloss:
         v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
-        v_loss = 0.5 * torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+        v_loss = 0.5 * active_mean(torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2), active)
     else:
-        v_loss = 0.5 * ((new_value - returns) ** 2).mean()
-    entropy_mean = entropy.mean()
+        v_loss = 0.5 * active_mean((new_value - returns) ** 2, active)
+    entropy_mean = active_mean(entropy, active)
     # The entropy term is a bonus: subtracting it from the loss rewards exploration.
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy_mean
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
+        approx_kl = active_mean((ratio - 1) - logratio, active)
+        clipfrac = active_mean(((ratio - 1).abs() > clip_coef).float(), active)
     return loss, {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy_mean.item(),
                   "approx_kl": approx_kl.item(), "clipfrac": clipfrac.item()}
 
@@ -52,6 +53,7 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
     it by more than the clip range.
     """
     units = batch.units  # samples, or whole sequences for a policy with memory
+    batch = batch.zero_inactive()
     old_logprobs, lag_weights = batch.logprobs, None
     if batch.proximal_logprobs is not None:
         old_logprobs = batch.proximal_logprobs
@@ -66,12 +68,12 @@ def ppo_update(*, model: nn.Module, optimizer: torch.optim.Optimizer, distributi
             params, value = policy_outputs(model, part)
             advantages = part.advantages
             if norm_adv:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = normalized_advantages(advantages, part.active)
             if lag_weights is not None:
                 advantages = advantages * lag_weights[mb]
             loss, stats = ppo_loss(distribution.log_prob(params, part.actions), old_logprobs[mb], advantages,
                                    value, part.values, part.returns, distribution.entropy(params),
-                                   clip_coef, clip_vloss, vf_coef, ent_coef)
+                                   clip_coef, clip_vloss, vf_coef, ent_coef, part.active)
             check_finite(stats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

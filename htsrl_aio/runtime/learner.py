@@ -23,6 +23,7 @@ from the critic the update starts from (`_batch`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping
@@ -138,7 +139,8 @@ class Learner:
         rollout (in (step, env) order, so timing cannot change them).
 
         In a multi-agent run, the steps of rows whose agent had left the episode (`row_active` False)
-        take no part: not in the statistics, not bootstrapped from, not in the batch.
+        take no part: not in the statistics, not bootstrapped from, not in the batch (with --memory the
+        sequences keep them, for the replay to run through, and the losses leave them out).
         """
         cfg = self.config
         dev = self.device
@@ -187,9 +189,10 @@ class Learner:
                              order(values), order(advantages), order(returns), proximal_logprobs,
                              None if sequences is None else sequences.start_states,
                              None if sequences is None else sequences.starts)
-        # --memory with agents that leave is refused at collection (scheduler.LEAVING_WITH_MEMORY).
-        if active is None or sequences is not None:
+        if active is None:
             return batch
+        if sequences is not None:  # the replay runs through absent steps; the losses leave them out
+            return dataclasses.replace(batch, active=order(active))
         return batch.rows(active.flatten().nonzero()[:, 0])
 
     def _sequences(self, storage: RolloutStorage) -> Sequences | None:

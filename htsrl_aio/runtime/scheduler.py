@@ -32,7 +32,6 @@ import torch
 
 from htsrl_aio.backends.protocol import EnvBackend
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.errors import ConfigError
 from htsrl_aio.runtime.barrier import BarrierAborted, SwapBarrier
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.learner import LearnerHandle, wait_settled
@@ -40,11 +39,6 @@ from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.steps import StepTicket
 
 EPISODE_WINDOW = 100
-
-LEAVING_WITH_MEMORY = ("an agent left its episode while others went on, and --memory does not train such "
-                       "envs yet (its sequences would run through the steps the agent is absent from); "
-                       "drop --memory, or keep every agent in the episode until it ends.")
-
 
 class BusyClock:
     """Accumulates the seconds a component spends working, to report busy fractions."""
@@ -250,8 +244,6 @@ class RolloutScheduler:
                                                storage.memory_at(step, env))
                 storage.record_action(step, env, act.action, act.logprob, act.value, act.state)
                 result = await self.pool.step(ticket, act.action)
-                if not result.active and storage.memory is not None:
-                    raise ConfigError(LEAVING_WITH_MEMORY)
                 if storage.record_step(step, env, result):
                     final = {key: array[env] for key, array in self.final_obs.items()}
                     value = await self.inference.value(final, storage.memory_after(step, env))

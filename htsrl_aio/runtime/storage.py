@@ -134,7 +134,10 @@ class RolloutStorage:
         truncated = result.truncated and not result.terminated
         self.truncated[step, env] = truncated
         if self.episode_starts is not None:
-            ended = result.terminated or result.truncated or result.restarted is not None
+            # After a step of an agent that had left, the row's next step may begin its next episode
+            # (every row resets with the env): its state starts empty. No loss reads the state carried
+            # through absent steps.
+            ended = result.terminated or result.truncated or result.restarted is not None or not result.active
             self.episode_starts[step + 1, env] = ended
         return truncated
 
