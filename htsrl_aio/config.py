@@ -109,6 +109,11 @@ class TrainConfig:
         "multi-agent envs (PettingZoo ParallelEnv): each agent's observation carries its one-hot agent "
         "index as the observation key 'agent_id', so the shared policy can tell the agents apart",
         default=False)
+    critic: Literal["local", "global"] = _opt(
+        "multi-agent envs: what the value head reads; local (IPPO) the agent's own observation, global "
+        "(MAPPO) the env's global state (its state(), else every agent's observation concatenated, plus "
+        "the agent's index with --agent-id) while the actor reads the agent's own observation",
+        default="local")
     preset: str | None = _opt("named hyperparameters for an env family (see PRESETS); flags given "
                               "explicitly override it", default=None)
     algo: Literal["ppo", "a2c"] | None = _opt("learning algorithm", default=None)

@@ -588,14 +588,20 @@ class MeetingAgents:
     "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
     step 4), "vanishes" (agent_0 leaves at step 2 without terminating). `leaving`: each step, each
     agent but the last one in the episode leaves (terminates) with
-    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die."""
+    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die.
+    `state`: the env has PettingZoo's state() and state_space, the agents' positions alone (so an
+    agent's own noise is not part of it). `dict_obs`: each observation is a Dict {"position": ...}."""
 
     metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
     render_mode = None
 
-    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0) -> None:
+    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
+                 dict_obs: bool = False) -> None:
         self.fault = fault
         self.leaving = leaving
+        self.dict_obs = dict_obs
+        if state:
+            self.state_space = gym.spaces.Box(-9.0, 9.0, (agents,), np.float32)
         self.possible_agents = [f"agent_{i}" for i in range(agents)]
         self.agents: list[str] = []
         self._obs_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
@@ -605,7 +611,10 @@ class MeetingAgents:
         self._t, self._limit = 0, 8
 
     def observation_space(self, agent: str) -> gym.Space:
-        return self._obs_space
+        return gym.spaces.Dict({"position": self._obs_space}) if self.dict_obs else self._obs_space
+
+    def state(self) -> np.ndarray:
+        return self._pos.astype(np.float32)
 
     def action_space(self, agent: str) -> gym.Space:
         if self.fault == "different_spaces" and agent == self.possible_agents[-1]:
@@ -615,8 +624,9 @@ class MeetingAgents:
     def _observations(self) -> dict[str, np.ndarray]:
         total = self._pos.sum()
         others = (total - self._pos) / max(len(self._pos) - 1, 1)
-        return {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
-                for i, agent in enumerate(self.possible_agents)}
+        obs = {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
+               for i, agent in enumerate(self.possible_agents)}
+        return {agent: {"position": o} for agent, o in obs.items()} if self.dict_obs else obs
 
     def reset(self, seed=None, options=None):
         self._rng = np.random.default_rng(seed)
@@ -672,5 +682,6 @@ class MeetingAgents:
         return self
 
 
-def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0) -> MeetingAgents:
-    return MeetingAgents(agents, fault, leaving)
+def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
+                   dict_obs: bool = False) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving, state, dict_obs)

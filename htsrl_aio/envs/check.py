@@ -97,7 +97,7 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
         report.problems.append(f"could not create the env: {type(exc).__name__}: {exc}.")
         return report
     try:
-        report.spec = _check_interface(env, report.problems, factory.agent_id)
+        report.spec = _check_interface(env, report.problems, factory.agent_id, factory.global_state)
         if report.spec is not None and report.spec.agents:
             _check_parallel_episodes(env, report, steps, on_call)
             if steps > 1 and report.ok:  # check-env: PettingZoo's own test too, on an env of its own
@@ -197,14 +197,15 @@ def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_blo
     conn.recv()  # ("close",): exit only once the parent has the report
 
 
-def _check_interface(env: Any, problems: list[str], agent_id: bool = False) -> EnvSpec | None:
+def _check_interface(env: Any, problems: list[str], agent_id: bool = False,
+                     global_state: bool = False) -> EnvSpec | None:
     if isinstance(env, gym.vector.VectorEnv) or hasattr(env, "single_observation_space"):
         problems.append(f"the factory returned a vector env ({type(env).__name__}); return one env: "
                         "htsrl-aio makes --num-envs replicas of it itself.")
         return None
     if is_parallel_env(env):
         try:
-            return EnvSpec.of_parallel_env(env, agent_id)
+            return EnvSpec.of_parallel_env(env, agent_id, global_state)
         except (MultiAgentError, UnsupportedSpace) as exc:
             problems.append(str(exc))
             return None
@@ -414,16 +415,17 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 
 
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
+    layout = spec.policy_obs  # with --critic global, the rows' state is checked by the run itself
     try:
-        spec.obs.encode(obs, where)
+        layout.encode(obs, where)
     except EnvOutputError as exc:  # NaN/Inf, or a value storing would change: a sentence with its fix
         problems.append(f"{exc}.")
         return False
     except ValueError as exc:
         problems.append(f"{exc}; make them agree.")
         return False
-    for f in spec.obs.fields:
-        dtype = np.asarray(spec.obs.leaf(obs, f, where)).dtype
+    for f in layout.fields:
+        dtype = np.asarray(layout.leaf(obs, f, where)).dtype
         if f.transform != "one_hot" and dtype != f.raw_dtype:
             problems.append(f"{where} returned {f.named} of dtype {dtype} but its observation_space says "
                             f"{f.raw_dtype}; cast it (e.g. obs.astype(np.{f.raw_dtype})).")
