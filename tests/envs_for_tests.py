@@ -586,7 +586,8 @@ class MeetingAgents:
     outside every seed, so which agent's row answers first varies from run to run. `fault` gets one
     thing wrong:
     "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
-    step 4), "vanishes" (agent_0 leaves at step 2 without terminating). `leaving`: each step, each
+    step 4), "vanishes" (agent_0 leaves at step 2 without terminating), "state_shape" (state() has one
+    number too many from step 2 on). `leaving`: each step, each
     agent but the last one in the episode leaves (terminates) with
     this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die.
     `state`: the env has PettingZoo's state() and state_space, the agents' positions alone (so an
@@ -614,6 +615,8 @@ class MeetingAgents:
         return gym.spaces.Dict({"position": self._obs_space}) if self.dict_obs else self._obs_space
 
     def state(self) -> np.ndarray:
+        if self.fault == "state_shape" and self._t >= 2:
+            return np.append(self._pos, 0.0).astype(np.float32)
         return self._pos.astype(np.float32)
 
     def action_space(self, agent: str) -> gym.Space:

@@ -440,6 +440,14 @@ async def test_a_global_critic_with_no_state_to_read_is_one_sentence():
         "state() and state_space (PettingZoo's), or use --critic local."]
 
 
+async def test_check_env_checks_the_state_a_global_critic_reads():
+    cfg = TrainConfig(env=MEETING, env_kwargs={**STATE, "fault": "state_shape"}, critic="global")
+    report = await check_env(resolve_env(MEETING, cfg), steps=20)
+    assert report.problems == [
+        "state() after step() returned shape (4,) but state_space says (3,); make them agree (--critic "
+        "global reads it)."]
+
+
 def test_a_global_critic_of_a_single_agent_env_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"--critic global gives the value head the global state of a "
                        r"multi-agent env .* drop --critic global\.$"):

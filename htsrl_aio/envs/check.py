@@ -25,7 +25,7 @@ import numpy as np
 
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
-from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env, joined_sentence
+from htsrl_aio.envs.parallel import STATE_METHOD, MultiAgentError, is_parallel_env, joined_sentence
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -313,8 +313,10 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
         try:
             if needs_reset:
                 on_call(what, report.steps)
-                reset = _by_agent(spec, env.reset(seed=env_reset_seed(0, 0, episode)), 2, report.problems)
-                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems):
+                started = env.reset(seed=env_reset_seed(0, 0, episode))
+                reset = _by_agent(spec, started, 2, report.problems)
+                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems) \
+                        or not _check_state(env, spec, what, report.problems):
                     break
             what = "step()"
             on_call(what, report.steps)
@@ -325,12 +327,34 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
             break
         report.steps += 1
         step = _by_agent(spec, result, 5, report.problems, live)
-        if step is None or not _each_agent(spec, live, step, _check_step, report.problems):
+        if step is None or not _each_agent(spec, live, step, _check_step, report.problems) \
+                or not _check_state(env, spec, what, report.problems):
             break
         needs_reset = not env.agents
         if joined := sorted(set(env.agents) - set(live)):
             report.problems.append(joined_sentence(joined))
             break
+
+
+def _check_state(env: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
+    """--critic global reading the env's state(): after `where`, it has state_space's shape and finite
+    values (a state of the agents' observations is theirs, checked with them)."""
+    if spec.state_source != STATE_METHOD:
+        return True
+    assert spec.state_space is not None
+    try:
+        state = np.asarray(env.state())
+    except Exception as exc:
+        problems.append(f"state() after {where} raised {type(exc).__name__}: {exc}.")
+        return False
+    if state.shape != spec.state_space.shape:
+        problems.append(f"state() after {where} returned shape {state.shape} but state_space says "
+                        f"{spec.state_space.shape}; make them agree (--critic global reads it).")
+        return False
+    if state.dtype.kind in "fc" and not np.isfinite(state).all():
+        problems.append(f"{NonFinite(f'state() after {where}', 'state')}.")
+        return False
+    return True
 
 
 def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str],
