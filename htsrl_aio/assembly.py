@@ -133,6 +133,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
         run_dir.clear_leftovers()
     if resume is None and (note := cfg.rounded_steps_note()) is not None:
         log.warning("%s", note)  # once the start is accepted, and not again on resume
+    if spec.state_source:
+        log.info("--critic global: %s.", spec.describe_state())
     placement = getattr(backend, "placement", None)
     if placement is not None:  # known once the backend has started (Ray: its actors and nodes)
         config_json = {**config_json, "env_runs": placement}
@@ -158,6 +160,10 @@ def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec, backend_kind: str) -> No
         if cfg.agent_id:
             raise ConfigError(f"--agent-id applies to multi-agent envs (PettingZoo ParallelEnv), and "
                               f"{cfg.env!r} has one agent; drop it.")
+        if cfg.critic == "global":
+            raise ConfigError(f"--critic global gives the value head the global state of a multi-agent env "
+                              f"(PettingZoo ParallelEnv), and {cfg.env!r} has one agent, whose observation "
+                              "is all the critic can read; drop --critic global.")
         return
     if backend_kind not in ("process", "loop"):
         raise ConfigError(f"--env-backend {backend_kind} does not host multi-agent envs yet; use "

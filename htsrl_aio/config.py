@@ -109,6 +109,11 @@ class TrainConfig:
         "multi-agent envs (PettingZoo ParallelEnv): each agent's observation carries its one-hot agent "
         "index as the observation key 'agent_id', so the shared policy can tell the agents apart",
         default=False)
+    critic: Literal["local", "global"] = _opt(
+        "multi-agent envs: what the value head reads; local (IPPO) the agent's own observation, global "
+        "(MAPPO) the env's global state (its state(), else every agent's observation concatenated, plus "
+        "the agent's index with --agent-id) while the actor reads the agent's own observation",
+        default="local")
     action_mask: Literal["auto", "off"] = _opt(
         "legal-action masks (Discrete and MultiDiscrete actions): auto applies the mask an env offers (an "
         "'action_mask' observation key, an action_masks() method, or info['action_mask']), so a masked "

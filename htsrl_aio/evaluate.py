@@ -96,9 +96,9 @@ class TrainedPolicy:
         """The action for one env observation, as `env.step` takes it: the mode when `rng` is None, else
         a sample whose noise comes from `rng`; `memory` carries the env's recurrent state and advances."""
         with torch.no_grad():
-            encoded = {key: torch.from_numpy(a)[None] for key, a in self.spec.obs.encode(obs).items()}
-            params, _, state = self.model.step(encoded, torch.from_numpy(memory.state),
-                                               torch.from_numpy(memory.start))
+            encoded = {key: torch.from_numpy(a)[None] for key, a in self.spec.policy_obs.encode(obs).items()}
+            params, state = self.model.act(encoded, torch.from_numpy(memory.state),
+                                           torch.from_numpy(memory.start))
             memory.advance(state.numpy())
             action = self.distribution.choose(params, rng)[0].numpy()
         return self.spec.action.to_env(action)

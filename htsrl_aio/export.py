@@ -62,7 +62,7 @@ class DeterministicPolicy(nn.Module):
     def __init__(self, policy: TrainedPolicy) -> None:
         super().__init__()
         self.model, self.distribution = policy.model, policy.distribution
-        self.fields = policy.spec.obs.fields
+        self.fields = policy.spec.policy_obs.fields
         self.action = policy.spec.action
         self.recurrent = policy.model.state_size > 0
         self.env_dtype = torch.from_numpy(np.zeros(0, self.action.env_dtype)).dtype
@@ -79,10 +79,11 @@ class DeterministicPolicy(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         obs = {f.key: self._stored(index, f, x) for index, (f, x) in enumerate(zip(self.fields, inputs))}
+        # The actor alone: a centralised critic's global state is no input of the exported policy.
         if not self.recurrent:
-            return self._to_env(self.distribution.mode(self.model(obs)[0]))
+            return self._to_env(self.distribution.mode(self.model.act(obs)[0]))
         state, start = inputs[len(self.fields):]
-        params, _, state = self.model.step(obs, state, start)
+        params, state = self.model.act(obs, state, start)
         return self._to_env(self.distribution.mode(params)), state
 
     def _stored(self, index: int, f: ObsField, x: torch.Tensor) -> torch.Tensor:
@@ -113,14 +114,14 @@ class DeterministicPolicy(nn.Module):
 def names(policy: TrainedPolicy) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(input names, output names) of a policy's exported module, in call order."""
     memory = policy.model.state_size > 0
-    inputs = policy.spec.obs.keys + ((MEMORY_IN, EPISODE_START) if memory else ())
+    inputs = policy.spec.policy_obs.keys + ((MEMORY_IN, EPISODE_START) if memory else ())
     return inputs, (ACTION, MEMORY_OUT) if memory else (ACTION,)
 
 
 def example_inputs(policy: TrainedPolicy, batch: int = _EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
     """Zeros of each input's shape and dtype (`batch` rows), the form a caller passes."""
     obs = tuple(torch.from_numpy(np.zeros((batch, *f.raw_shape), f.raw_dtype))
-                for f in policy.spec.obs.fields)
+                for f in policy.spec.policy_obs.fields)
     if policy.model.state_size == 0:
         return obs
     return (*obs, torch.zeros(batch, policy.model.state_size), torch.ones(batch, dtype=torch.bool))

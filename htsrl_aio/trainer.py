@@ -265,9 +265,9 @@ class Trainer:
                 raise ValueError("this policy has memory (--memory): pass memory=trainer.new_memory(), one "
                                  "for each env, and call its reset() when the env's episode ends")
             memory = self.new_memory()
-        encoded = spec.obs.encode(obs, "the observation given to act()")
-        params, _, state = inference.forward({key: array[None] for key, array in encoded.items()},
-                                             memory.state, memory.start)
+        encoded = spec.policy_obs.encode(obs, "the observation given to act()")
+        params, state = inference.act_alone({key: array[None] for key, array in encoded.items()},
+                                            memory.state, memory.start)
         memory.advance(state.numpy())
         action = inference.distribution.choose(params, None if deterministic else self._act_rng)
         return spec.action.to_env(action[0].numpy())

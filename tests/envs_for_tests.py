@@ -652,20 +652,27 @@ class MeetingAgents:
     outside every seed, so which agent's row answers first varies from run to run. `fault` gets one
     thing wrong:
     "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
-    step 4), "vanishes" (agent_0 leaves at step 2 without terminating). `leaving`: each step, each
+    step 4), "vanishes" (agent_0 leaves at step 2 without terminating), "state_shape" (state() has one
+    number too many from step 2 on). `leaving`: each step, each
     agent but the last one in the episode leaves (terminates) with
-    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die. `masked`:
-    each agent's observation is a Dict of its `position` and an `action_mask` drawn each step from the
-    episode's seed (at least one legal move), and an illegal move raises."""
+    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die.
+    `state`: the env has PettingZoo's state() and state_space, the agents' positions alone (so an
+    agent's own noise is not part of it). `dict_obs`: each observation is a Dict {"position": ...}.
+    `masked`: each agent's observation is a Dict of its `position` and an `action_mask` drawn each step
+    from the episode's seed (at least one legal move), and an illegal move raises."""
 
     metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
     render_mode = None
 
-    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, masked: bool = False) -> None:
+    def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
+                 dict_obs: bool = False, masked: bool = False) -> None:
         self.fault = fault
         self.leaving = leaving
+        self.dict_obs = dict_obs
         self.masked = masked
         self._masks = np.ones((agents, 3), np.int8)
+        if state:
+            self.state_space = gym.spaces.Box(-9.0, 9.0, (agents,), np.float32)
         self.possible_agents = [f"agent_{i}" for i in range(agents)]
         self.agents: list[str] = []
         self._obs_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
@@ -677,7 +684,12 @@ class MeetingAgents:
     def observation_space(self, agent: str) -> gym.Space:
         if self.masked:
             return gym.spaces.Dict({"position": self._obs_space, "action_mask": gym.spaces.MultiBinary(3)})
-        return self._obs_space
+        return gym.spaces.Dict({"position": self._obs_space}) if self.dict_obs else self._obs_space
+
+    def state(self) -> np.ndarray:
+        if self.fault == "state_shape" and self._t >= 2:
+            return np.append(self._pos, 0.0).astype(np.float32)
+        return self._pos.astype(np.float32)
 
     def action_space(self, agent: str) -> gym.Space:
         if self.fault == "different_spaces" and agent == self.possible_agents[-1]:
@@ -689,12 +701,12 @@ class MeetingAgents:
         others = (total - self._pos) / max(len(self._pos) - 1, 1)
         obs = {agent: np.array([self._pos[i], others[i], self._rng.normal()], np.float32).clip(-10, 10)
                for i, agent in enumerate(self.possible_agents)}
-        if not self.masked:
-            return obs
-        self._masks = (self._rng.random(self._masks.shape) < 0.6).astype(np.int8)
-        self._masks[np.arange(len(self._masks)), self._rng.integers(3, size=len(self._masks))] = 1
-        return {agent: {"position": o, "action_mask": self._masks[i].copy()}
-                for i, (agent, o) in enumerate(obs.items())}
+        if self.masked:
+            self._masks = (self._rng.random(self._masks.shape) < 0.6).astype(np.int8)
+            self._masks[np.arange(len(self._masks)), self._rng.integers(3, size=len(self._masks))] = 1
+            return {agent: {"position": o, "action_mask": self._masks[i].copy()}
+                    for i, (agent, o) in enumerate(obs.items())}
+        return {agent: {"position": o} for agent, o in obs.items()} if self.dict_obs else obs
 
     def reset(self, seed=None, options=None):
         self._rng = np.random.default_rng(seed)
@@ -753,6 +765,6 @@ class MeetingAgents:
         return self
 
 
-def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0,
-                   masked: bool = False) -> MeetingAgents:
-    return MeetingAgents(agents, fault, leaving, masked)
+def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
+                   dict_obs: bool = False, masked: bool = False) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving, state, dict_obs, masked)

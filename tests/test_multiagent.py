@@ -30,9 +30,11 @@ from htsrl_aio.backends.hosted import HostedBackend
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import check_env, resolve_env
+from htsrl_aio.envs.factory import EnvSpec
 from htsrl_aio.envs.parallel import MultiAgentError
-from htsrl_aio.evaluate import evaluate
-from htsrl_aio.models import ActorCritic
+from htsrl_aio.evaluate import evaluate, load_policy
+from htsrl_aio.export import export_policy
+from htsrl_aio.models import ActorCritic, build_model
 from htsrl_aio.models.normalize import ReturnScaler
 from htsrl_aio.runtime.learner import Learner
 from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
@@ -44,6 +46,7 @@ NUM_ENVS, ROLLOUT, UPDATES = 4, 16, 3
 MEETING = "envs_for_tests:meeting_agents"
 SIMPLE_SPREAD = "mpe2.simple_spread_v3:parallel_env"
 LEAVING = {"leaving": 0.15}  # the meeting env's agents leave at seeded random steps
+STATE = {"state": True}  # the meeting env has a state(): its agents' positions, not their observations' noise
 
 
 def config(run_dir: Path, env: str = MEETING, **overrides) -> TrainConfig:
@@ -402,9 +405,116 @@ async def test_eval_writes_a_video_of_every_step_of_a_multi_agent_env(tmp_path, 
     assert reader.get_meta_data()["size"] == (700, 700)  # simple_spread's rgb_array render
 
 
-def _spec(env: str, **config):
-    from htsrl_aio.envs.factory import EnvSpec
+# --critic global (MAPPO): the critic reads the env's global state, the actor the agent's own observation.
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("env", "settings"), [
+    (MEETING, {"env_kwargs": LEAVING, "normalize_obs": True, "agent_id": True}),  # observations concatenated
+    (MEETING, {"env_kwargs": STATE, "mode": "sync", "algo": "a2c", "memory": "gru", "memory_size": 8}),
+    (SIMPLE_SPREAD, {"normalize_obs": True}),  # MPE's state()
+])
+def test_a_global_critic_trains_the_same_bits_everywhere(tmp_path, no_leaks, env, settings):
+    if env == SIMPLE_SPREAD:
+        pytest.importorskip("mpe2")
+    same_bits_in_every_placement(functools.partial(config, env=env, critic="global", **settings), tmp_path,
+                                 UPDATES)
+
+
+def test_the_critic_reads_the_env_state_and_the_actor_never_does():
+    cfg = TrainConfig(env=MEETING, env_kwargs=STATE, critic="global", hidden=(16,)).resolved()
+    spec = EnvSpec.of_parallel_env(resolve_env(MEETING, cfg)(), global_state=True)
+    assert spec.obs.keys == ("obs", "global_state") and spec.policy_obs.keys == ("obs",)
+    model = build_model(spec, cfg)
+    generator = torch.Generator().manual_seed(0)
+    obs = {key: torch.randn(5, 3, generator=generator) for key in spec.obs.keys}
+    params, value = model(obs)
+    own_changed, state_changed = ({**obs, key: obs[key] + 1.0} for key in ("obs", "global_state"))
+    assert torch.equal(model(own_changed)[1], value) and not torch.equal(model(own_changed)[0], params)
+    assert torch.equal(model(state_changed)[0], params) and not torch.equal(model(state_changed)[1], value)
+    assert torch.equal(model.value(obs), value)
+    assert torch.equal(model.act({"obs": obs["obs"]})[0], params)  # acting needs no state
+
+
+@pytest.mark.parametrize("env_kwargs", [STATE, {}])
+def test_every_row_of_an_env_carries_its_state_at_that_step(env_kwargs):
+    """The env's state() where it has one, else its agents' observations concatenated; at the step that
+    ends an episode by its time limit too (the bootstrap value is taken from it)."""
+    cfg = TrainConfig(env=MEETING, env_kwargs=env_kwargs, critic="global")
+    factory = resolve_env(MEETING, cfg)
+    group = AgentGroup(factory, EnvSpec.of_parallel_env(factory(), global_state=True), Parked)
+    rows = [w._result[0] for w in [group.reset(i, seed=4) for i in range(3)]]
+    while True:
+        expected = group.env.state() if env_kwargs else np.concatenate([own for own, _ in rows])
+        assert all(np.array_equal(state, expected) for _, state in rows)
+        results = [w._result for w in [group.step(i, np.int64(i)) for i in range(3)]]  # they move apart
+        rows = [r[0] for r in results]
+        if not group.env.agents:
+            break
+    assert all(r[3] for r in results)  # the last step truncated every agent: its rows carry its state
+    expected = group.env.state() if env_kwargs else np.concatenate([own for own, _ in rows])
+    assert all(np.array_equal(state, expected) for _, state in rows)
+
+
+async def test_check_env_says_what_the_global_critic_reads():
+    pytest.importorskip("mpe2")
+    report = await check_env(resolve_env(SIMPLE_SPREAD, TrainConfig(env=SIMPLE_SPREAD, critic="global")),
+                             steps=20, isolated=True)
+    assert report.ok, report.problems
+    assert report.spec is not None and report.spec.describe() == (
+        "3 agents, each with observations (18,) float32, 5 actions; the critic reads the env's state(), "
+        "(54,) float32")
+
+
+async def test_a_global_critic_with_no_state_to_read_is_one_sentence():
+    cfg = TrainConfig(env=MEETING, env_kwargs={"dict_obs": True}, critic="global")
+    report = await check_env(resolve_env(MEETING, cfg), steps=5)
+    assert report.problems == [
+        "--critic global needs the env's global state, and MeetingAgents has no state_space while its "
+        "agents' observations are Dict, not Box, so they cannot be concatenated instead; give the env a "
+        "state() and state_space (PettingZoo's), or use --critic local."]
+
+
+async def test_check_env_checks_the_state_a_global_critic_reads():
+    cfg = TrainConfig(env=MEETING, env_kwargs={**STATE, "fault": "state_shape"}, critic="global")
+    report = await check_env(resolve_env(MEETING, cfg), steps=20)
+    assert report.problems == [
+        "state() after step() returned shape (4,) but state_space says (3,); make them agree (--critic "
+        "global reads it)."]
+
+
+def test_a_global_critic_of_a_single_agent_env_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"--critic global gives the value head the global state of a "
+                       r"multi-agent env .* drop --critic global\.$"):
+        train(config(tmp_path / "single", env="CartPole-v1", critic="global"))
+
+
+@pytest.mark.slow
+def test_a_global_critic_resumes_bit_identically(tmp_path, no_leaks):
+    """The state is an observation key of the storage: checkpointed and restored with the rollout."""
+    _resumed_run_matches(tmp_path, ("team_return_mean",), critic="global", env_kwargs=STATE,
+                         normalize_obs=True)
+
+
+@pytest.mark.slow
+async def test_a_global_critic_acts_evaluates_and_exports_without_the_state(tmp_path, no_leaks):
+    env = MEETING.replace("meeting_agents", "MeetingAgents")
+    observations, _ = resolve_env(env)().reset(seed=3)
+    async with Trainer(config(tmp_path / "run", critic="global", agent_id=True, workers=1)) as trainer:
+        async for _ in trainer.updates():
+            actions = await trainer.act(observations, deterministic=True)
+            assert set(actions) == set(observations)
+    played = await evaluate(tmp_path / "run", episodes=2, deterministic=True)
+    assert all(8 <= length <= 14 for length in played.lengths)
+    exported = await export_policy(tmp_path / "run", "torchscript")
+    assert exported.inputs == ("agent_id", "obs")
+    policy, module = await load_policy(tmp_path / "run"), torch.jit.load(str(exported.file))
+    one_hot = torch.eye(3)[:1]
+    assert module(one_hot, torch.from_numpy(observations["agent_0"])[None]).item() == actions["agent_0"]
+    assert policy.spec.critic_keys == ("global_state", "agent_id")
+
+
+def _spec(env: str, **config):
     return EnvSpec.of_parallel_env(resolve_env(env)(), **config)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, NamedTuple, Protocol
 
 from htsrl_aio.backends import env_state
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, row_observations
 from htsrl_aio.envs.parallel import MultiAgentError, joined_sentence
 
 
@@ -129,7 +129,8 @@ class AgentGroup:
             raise MultiAgentError(f"reset() started an episode with agents {list(self.env.agents)}, not "
                                   f"possible_agents {list(self.agents)}; htsrl-aio trains envs whose agents "
                                   "all take part in every episode (agents that join are not supported yet).")
-        return [(agent_observation(self.spec, obs, agent), _info(infos, agent)) for agent in self.agents]
+        rows = row_observations(self.spec, self.env, obs, self.agents)
+        return [(row, _info(infos, agent)) for row, agent in zip(rows, self.agents)]
 
     def _step_all(self, actions: dict[str, Any]) -> list[Any]:
         """Step the env with the actions of the agents still in its episode (which of them are is the
@@ -141,6 +142,10 @@ class AgentGroup:
         if joined := sorted(set(self.env.agents) - live):
             raise MultiAgentError(joined_sentence(joined))
         results: list[Any] = []
+        # With --critic global every row of the step carries the env's state at this step (a truncated
+        # episode's bootstrap value is taken from it).
+        stepped = tuple(agent for agent in self.agents if agent in live)
+        rows = dict(zip(stepped, row_observations(self.spec, self.env, obs, stepped)))
         for agent in self.agents:
             if agent not in live:
                 results.append(Absent(ended))
@@ -148,8 +153,7 @@ class AgentGroup:
             terminated = bool(terminations.get(agent, False))
             # An episode that ends for the env ends for every agent: cut, if it did not end it itself.
             truncated = bool(truncations.get(agent, False)) or (ended and not terminated)
-            step = (agent_observation(self.spec, obs, agent), rewards[agent], terminated, truncated,
-                    _info(infos, agent))
+            step = (rows[agent], rewards[agent], terminated, truncated, _info(infos, agent))
             results.append(step if ended or agent in self.env.agents else self._left(agent, step))
         return results
 

@@ -33,7 +33,7 @@ from htsrl_aio.envs.action_masks import (
 )
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
-from htsrl_aio.envs.parallel import MultiAgentError, is_parallel_env, joined_sentence
+from htsrl_aio.envs.parallel import STATE_METHOD, MultiAgentError, is_parallel_env, joined_sentence
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -117,7 +117,8 @@ async def _check_here(factory: EnvFactory, steps: int, max_block_s: float, timeo
         report.problems.append(f"could not create the env: {type(exc).__name__}: {exc}.")
         return report
     try:
-        report.spec = _check_interface(env, report.problems, factory.agent_id, report.masks_applied)
+        report.spec = _check_interface(env, report.problems, factory.agent_id, factory.global_state,
+                                       report.masks_applied)
         if report.spec is not None and report.spec.agents:
             _check_parallel_episodes(env, report, steps, on_call)
             if steps > 1 and report.ok:  # check-env: PettingZoo's own test too, on an env of its own
@@ -218,14 +219,14 @@ def _check_child_main(conn: Connection, factory: EnvFactory, steps: int, max_blo
 
 
 def _check_interface(env: Any, problems: list[str], agent_id: bool = False,
-                     masks: bool = True) -> EnvSpec | None:
+                     global_state: bool = False, masks: bool = True) -> EnvSpec | None:
     if isinstance(env, gym.vector.VectorEnv) or hasattr(env, "single_observation_space"):
         problems.append(f"the factory returned a vector env ({type(env).__name__}); return one env: "
                         "htsrl-aio makes --num-envs replicas of it itself.")
         return None
     if is_parallel_env(env):
         try:
-            return EnvSpec.of_parallel_env(env, agent_id, masks)
+            return EnvSpec.of_parallel_env(env, agent_id, global_state, masks)
         except (MultiAgentError, UnsupportedSpace) as exc:
             problems.append(str(exc))
             return None
@@ -332,8 +333,10 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
         try:
             if needs_reset:
                 on_call(what, report.steps)
-                reset = _by_agent(spec, env.reset(seed=env_reset_seed(0, 0, episode)), 2, report.problems)
-                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems):
+                started = env.reset(seed=env_reset_seed(0, 0, episode))
+                reset = _by_agent(spec, started, 2, report.problems)
+                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems) \
+                        or not _check_state(env, spec, what, report.problems):
                     break
                 latest = {agent: part[0] for agent, part in zip(spec.agents, reset)}
             what = "step()"
@@ -345,7 +348,8 @@ def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call:
             break
         report.steps += 1
         step = _by_agent(spec, result, 5, report.problems, live)
-        if step is None or not _each_agent(spec, live, step, _check_step, report.problems):
+        if step is None or not _each_agent(spec, live, step, _check_step, report.problems) \
+                or not _check_state(env, spec, what, report.problems):
             break
         latest.update((agent, part[0]) for agent, part in zip(live, step))
         needs_reset = not env.agents
@@ -374,6 +378,27 @@ def _usable_mask(spec: EnvSpec, mask: Any) -> np.ndarray | None:
     if not all(group.any() for group in np.split(bits != 0, np.cumsum(sizes[:-1]))):
         return None
     return bits != 0
+
+
+def _check_state(env: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
+    """--critic global reading the env's state(): after `where`, it has state_space's shape and finite
+    values (a state of the agents' observations is theirs, checked with them)."""
+    if spec.state_source != STATE_METHOD:
+        return True
+    assert spec.state_space is not None
+    try:
+        state = np.asarray(env.state())
+    except Exception as exc:
+        problems.append(f"state() after {where} raised {type(exc).__name__}: {exc}.")
+        return False
+    if state.shape != spec.state_space.shape:
+        problems.append(f"state() after {where} returned shape {state.shape} but state_space says "
+                        f"{spec.state_space.shape}; make them agree (--critic global reads it).")
+        return False
+    if state.dtype.kind in "fc" and not np.isfinite(state).all():
+        problems.append(f"{NonFinite(f'state() after {where}', 'state')}.")
+        return False
+    return True
 
 
 def _by_agent(spec: EnvSpec, result: Any, size: int, problems: list[str],
@@ -458,16 +483,17 @@ def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
 
 
 def _check_obs(obs: Any, spec: EnvSpec, where: str, problems: list[str]) -> bool:
+    layout = spec.policy_obs  # with --critic global, the rows' state is checked by the run itself
     try:
-        spec.obs.encode(obs, where)
+        layout.encode(obs, where)
     except EnvOutputError as exc:  # NaN/Inf, or a value storing would change: a sentence with its fix
         problems.append(f"{exc}.")
         return False
     except ValueError as exc:
         problems.append(f"{exc}; make them agree.")
         return False
-    for f in spec.obs.fields:
-        dtype = np.asarray(spec.obs.leaf(obs, f, where)).dtype
+    for f in layout.fields:
+        dtype = np.asarray(layout.leaf(obs, f, where)).dtype
         if f.transform != "one_hot" and dtype != f.raw_dtype:
             problems.append(f"{where} returned {f.named} of dtype {dtype} but its observation_space says "
                             f"{f.raw_dtype}; cast it (e.g. obs.astype(np.{f.raw_dtype})).")

@@ -44,10 +44,15 @@ from htsrl_aio.envs.football import (
 )
 from htsrl_aio.envs.frames import FrameOptions
 from htsrl_aio.envs.parallel import (
+    AGENT_ID_KEY,
+    GLOBAL_STATE_KEY,
+    STATE_METHOD,
     MultiAgentError,
     add_agent_id,
     agent_spaces,
     as_parallel,
+    global_state,
+    global_state_space,
     is_aec_env,
     is_parallel_env,
     with_agent_id,
@@ -80,6 +85,7 @@ class EnvFactory:
     agent_id: bool = False  # --agent-id: a multi-agent env's observations carry the one-hot agent index
     action_mask: MaskMode = "auto"  # --action-mask
     mask_info_key: str | None = None  # the info key of the env's action mask, as the probe found it
+    global_state: bool = False  # --critic global: a multi-agent env's rows carry its global state too
 
     def __call__(self) -> gym.Env:
         if self.engine is not None:
@@ -166,12 +172,17 @@ def _by_reference(module: str, attr: str, function: Callable[..., Any]) -> Calla
 class EnvSpec:
     """What the runtime needs to know about every replica: how its observations and actions are stored."""
 
-    obs: ObsLayout
+    obs: ObsLayout  # what each row stores (with --critic global, the agent's observation and the state)
     action: ActionSpec
     in_loop: bool = False  # an AsyncEnv, which only the event loop can step
     # A PettingZoo ParallelEnv's agents, each a row of the storage (empty: a single-agent env).
     agents: tuple[str, ...] = ()
     agent_id: bool = False  # --agent-id: each agent's observation carries its one-hot index
+    # --critic global: the global state's space and where it comes from (parallel.STATE_METHOD or
+    # STATE_OF_OBSERVATIONS), and the layout of the agent's own observation, which the actor reads.
+    state_space: gym.spaces.Box | None = None
+    state_source: str = ""
+    actor_obs: ObsLayout | None = None
 
     @classmethod
     def from_spaces(cls, obs_space: gym.Space, action_space: gym.Space, in_loop: bool = False,
@@ -182,13 +193,45 @@ class EnvSpec:
         return cls(_layout(obs_space, action, masks), action, in_loop)
 
     @classmethod
-    def of_parallel_env(cls, env: Any, agent_id: bool = False, masks: bool = True) -> EnvSpec:
+    def of_parallel_env(cls, env: Any, agent_id: bool = False, global_state: bool = False,
+                        masks: bool = True) -> EnvSpec:
         """The spec of a ParallelEnv's rows; raise parallel.MultiAgentError or spaces.UnsupportedSpace."""
         agents, obs_space, action_space = agent_spaces(env)
+        state = global_state_space(env, agents, obs_space) if global_state else None
         if agent_id:
             obs_space = with_agent_id(obs_space, len(agents))
         action = ActionSpec.from_space(action_space)
-        return cls(_layout(obs_space, action, masks), action, False, agents, agent_id)
+        spec = cls(_layout(obs_space, action, masks), action, False, agents, agent_id)
+        if state is None:
+            return spec
+        if GLOBAL_STATE_KEY in spec.obs.keys:
+            raise MultiAgentError(f"the agents' observations have a key {GLOBAL_STATE_KEY!r}, the name "
+                                  "--critic global stores the env's state under; rename it, or use --critic "
+                                  "local.")
+        return dataclasses.replace(spec, obs=spec.obs.paired_with(GLOBAL_STATE_KEY, state[0]),
+                                   state_space=state[0], state_source=state[1], actor_obs=spec.obs)
+
+    @property
+    def policy_obs(self) -> ObsLayout:
+        """What the actor reads, and `Trainer.act` and eval encode: the agent's own observation."""
+        return self.obs if self.actor_obs is None else self.actor_obs
+
+    @property
+    def critic_keys(self) -> tuple[str, ...]:
+        """The keys the critic reads with --critic global (with --agent-id, MAPPO's agent-specific global
+        state at its simplest: the state and the agent's index); empty when it reads the actor's."""
+        if not self.state_source:
+            return ()
+        return (GLOBAL_STATE_KEY, AGENT_ID_KEY) if self.agent_id else (GLOBAL_STATE_KEY,)
+
+    def describe_state(self) -> str:
+        """Where --critic global's state comes from, as a user reads it ("" with --critic local)."""
+        if not self.state_source:
+            return ""
+        what = "the env's state()" if self.state_source == STATE_METHOD else \
+            "the agents' observations concatenated (the env has no state())"
+        field = self.obs.fields[-1]
+        return f"the critic reads {what}, {field.shape} {field.dtype}"
 
     @property
     def rows_per_env(self) -> int:
@@ -198,7 +241,8 @@ class EnvSpec:
     def describe(self) -> str:
         """As a user reads it: "observations (4,) float32, 2 actions"."""
         agents = f"{len(self.agents)} agents, each with " if self.agents else ""
-        return f"{agents}observations {self.obs.describe()}, {self.action.describe()}"
+        state = f"; {self.describe_state()}" if self.state_source else ""
+        return f"{agents}observations {self.policy_obs.describe()}, {self.action.describe()}{state}"
 
 
 def _layout(obs_space: gym.Space, action: ActionSpec, masks: bool) -> ObsLayout:
@@ -218,6 +262,18 @@ def agent_observation(spec: EnvSpec, obs: dict[str, Any], agent: str) -> Any:
     return add_agent_id(obs[agent], index, len(spec.agents)) if spec.agent_id else obs[agent]
 
 
+def row_observations(spec: EnvSpec, env: Any, obs: dict[str, Any], agents: tuple[str, ...]) -> list[Any]:
+    """The observation each row of `agents` stores after a reset or step of ParallelEnv `env` that
+    returned `obs`: the agent's own, paired with the env's global state with --critic global (one state,
+    taken once, for every row)."""
+    own = [agent_observation(spec, obs, agent) for agent in agents]
+    if not spec.state_source:
+        return own
+    assert spec.state_space is not None
+    state = global_state(env, spec.state_source, obs, spec.agents, spec.state_space)
+    return [(mine, state) for mine in own]
+
+
 def resolve_env(env: str | Callable[[], Any], config: TrainConfig | None = None) -> EnvFactory:
     """Validate `env` and return the factory workers will use; raise ConfigError with a fix.
 
@@ -234,7 +290,8 @@ def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFac
     factory = _resolve_source(env, config)
     if config is None:
         return factory
-    return dataclasses.replace(factory, agent_id=config.agent_id, action_mask=config.action_mask)
+    return dataclasses.replace(factory, agent_id=config.agent_id, global_state=config.critic == "global",
+                               action_mask=config.action_mask)
 
 
 def _resolve_source(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFactory:

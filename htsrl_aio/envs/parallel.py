@@ -84,3 +84,39 @@ def add_agent_id(obs: Any, index: int, agents: int) -> dict[str, Any]:
     if isinstance(obs, dict):
         return {**obs, AGENT_ID_KEY: one_hot}
     return {AGENT_OBS_KEY: obs, AGENT_ID_KEY: one_hot}
+
+
+# --critic global (MAPPO): every agent row also stores its env's global state under this key, which
+# only the critic reads. The row's observation is then (agent's observation, global state).
+GLOBAL_STATE_KEY = "global_state"
+STATE_METHOD = "state()"  # the global state is the env's own state(), of its state_space
+STATE_OF_OBSERVATIONS = "observations"  # ... else every agent's observation, concatenated
+
+
+def global_state_space(env: Any, agents: tuple[str, ...], obs_space: gym.Space) -> tuple[gym.spaces.Box, str]:
+    """The global state's space and where it comes from: the env's `state_space` (PettingZoo's) when it
+    has one, else the concatenation of the agents' Box observations; raise MultiAgentError otherwise."""
+    state_space = getattr(env, "state_space", None)
+    if isinstance(state_space, gym.spaces.Box):
+        return state_space, STATE_METHOD
+    if state_space is not None:
+        raise MultiAgentError(f"--critic global reads the env's state(), whose state_space is {state_space}, "
+                              "not a Box; give the env a Box state_space, or use --critic local.")
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise MultiAgentError(f"--critic global needs the env's global state, and {type(env).__name__} has "
+                              "no state_space while its agents' observations are "
+                              f"{type(obs_space).__name__}, not Box, so they cannot be concatenated instead; "
+                              "give the env a state() and state_space (PettingZoo's), or use --critic local.")
+    low, high = (np.tile(bound.reshape(-1), len(agents)) for bound in (obs_space.low, obs_space.high))
+    return gym.spaces.Box(low, high, low.shape, obs_space.dtype), STATE_OF_OBSERVATIONS
+
+
+def global_state(env: Any, source: str, obs: dict[str, Any], agents: tuple[str, ...],
+                 space: gym.spaces.Box) -> np.ndarray:
+    """The env's global state after a reset or step that returned `obs`: its state(), or its agents'
+    observations in `agents` order (zeros for an agent that has left, which returns none)."""
+    if source == STATE_METHOD:
+        return np.asarray(env.state())
+    size = space.shape[0] // len(agents)
+    return np.concatenate([np.asarray(obs[agent], space.dtype).reshape(-1) if agent in obs
+                           else np.zeros(size, space.dtype) for agent in agents])

@@ -16,6 +16,7 @@ Numpy only: env worker processes import this module, never torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -228,6 +229,12 @@ class ObsLayout:
     def mask_key(self) -> str | None:
         """The key of the legal-action mask, or None when actions are not masked."""
         return next((f.key for f in self.fields if f.transform == "mask"), None)
+
+    def paired_with(self, key: str, space: gym.spaces.Box) -> ObsLayout:
+        """The layout of the pair (an observation of this layout, a value of `space`), the value stored
+        as key `key` and the observation under its own keys."""
+        fields = tuple(dataclasses.replace(f, path=(0, *f.path)) for f in self.fields)
+        return ObsLayout((*fields, _box_field(key, (1,), space)), self.dropped)
 
     def describe(self) -> str:
         """As stored, e.g. "(4,) float32" or "image (3, 7, 7) uint8 + direction (4,) float32"."""

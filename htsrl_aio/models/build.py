@@ -37,4 +37,4 @@ def build_model(spec: EnvSpec, cfg: TrainConfig) -> ActorCritic:
         # One return per storage row: a multi-agent env has a row per agent.
         scaler = ReturnScaler(cfg.num_envs * spec.rows_per_env, cfg.gamma) if cfg.normalize_reward else None
         return ActorCritic(spec.obs, make_distribution(spec.action), cfg.hidden, keys, cfg.precision,
-                           cfg.normalize_obs, scaler, cfg.memory, cfg.memory_size)
+                           cfg.normalize_obs, scaler, cfg.memory, cfg.memory_size, spec.critic_keys)

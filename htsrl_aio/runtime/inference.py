@@ -162,6 +162,16 @@ class BatchedInference:
                                                  torch.from_numpy(start).to(self.device))
         return params.float().cpu(), values.float().cpu(), states.float().cpu()
 
+    @torch.no_grad()
+    def act_alone(self, obs: Mapping[str, np.ndarray], state: np.ndarray,
+                  start: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution parameters, next states) of the actor alone, on the CPU (`Trainer.act`: acting
+        needs no value, so no global state of a centralised critic)."""
+        tensors = {key: torch.from_numpy(a).to(self.device) for key, a in obs.items()}
+        params, states = self.model.act(tensors, torch.from_numpy(state).to(self.device),
+                                        torch.from_numpy(start).to(self.device))
+        return params.float().cpu(), states.float().cpu()
+
     def publish(self, source: nn.Module) -> None:
         """Copy `source`'s parameters and statistics into the inference network (only at a swap)."""
         copy_params(self.model, source)

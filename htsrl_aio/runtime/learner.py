@@ -148,7 +148,7 @@ class Learner:
         flat_obs = {key: array[:-1].flatten(0, 1) for key, array in obs.items()}
         last_obs = {key: array[-1] for key, array in obs.items()}
         active = None if storage.row_active is None else torch.from_numpy(storage.row_active).to(dev)
-        self.model.encoder.update_stats(
+        self.model.update_stats(
             flat_obs if active is None else {key: array[active.flatten()] for key, array in flat_obs.items()})
         sequences = self._sequences(storage)
         order = (lambda x: x.flatten(0, 1)) if sequences is None else sequences.order
