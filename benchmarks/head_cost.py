@@ -1,0 +1,80 @@
+"""The head's own cost per env step: CPU time of the main process (event loop, scheduler, batched
+inference, storage bookkeeping) per env step, with an env that costs nothing (a constant observation,
+no dynamics), from 8 to 1,024 envs.
+
+    python benchmarks/head_cost.py --envs 8 32 128 512 1024
+
+Each point trains twice in this process, about `--steps` and 2 x `--steps` env steps (whole
+rollouts), and divides the difference of the main process's CPU time (`time.process_time`: its
+threads, not the env workers or the learner process) by the difference of env steps, so start-up and
+shut-down cancel out. The env runs in
+one worker process and the learner in its own, so neither is counted; the learner's updates are tiny
+(one epoch, 64x64 MLP) to keep the swap from waiting on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from htsrl_aio import TrainConfig, train
+
+
+class ZeroCostEnv(gym.Env):
+    """Observations only: the same 4 floats every step, reward 0, episodes of 1,000 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self._obs = np.zeros(4, np.float32)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        self._t = 0
+        return self._obs, {}
+
+    def step(self, action):
+        self._t += 1
+        return self._obs, 0.0, False, self._t >= 1000, {}
+
+
+def zero_cost_env() -> gym.Env:
+    return ZeroCostEnv()
+
+
+def head_seconds(envs: int, updates: int, rollout: int, root: Path) -> tuple[float, int]:
+    """(main-process CPU seconds, env steps) of one run of `updates` rollouts."""
+    cfg = TrainConfig(env="head_cost:zero_cost_env", num_envs=envs, rollout=rollout,
+                      total_steps=envs * rollout * updates, workers=1, epochs=1, minibatches=1,
+                      hidden=(64, 64), logdir=str(root / f"{envs}-{updates}"), progress=False)
+    start = time.process_time()
+    train(cfg)
+    return time.process_time() - start, envs * rollout * updates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 512, 1024])
+    parser.add_argument("--steps", type=int, default=65536, help="env steps of the shorter run")
+    parser.add_argument("--rollout", type=int, default=32)
+    args = parser.parse_args()
+    print("| envs | head core-µs per env step | env steps measured |")
+    print("| ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for envs in args.envs:
+            updates = max(2, args.steps // (envs * args.rollout))
+            short, short_steps = head_seconds(envs, updates, args.rollout, Path(tmp))
+            long, long_steps = head_seconds(envs, 2 * updates, args.rollout, Path(tmp))
+            steps = long_steps - short_steps
+            print(f"| {envs} | {(long - short) / steps * 1e6:.1f} | {steps} |", flush=True)
+
+
+if __name__ == "__main__":  # env workers are spawned processes: keep the entry point guarded
+    main()
