@@ -112,16 +112,16 @@ class Categoricals(ActionDistribution):
     def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF: the first category whose cumulative weight exceeds u x the total. A category of
         weight 0 (a masked action, whose logit is MASKED_LOGIT) never exceeds what the one before it
-        reached, so it is never chosen, u = 0 and u x total rounding up to the total included."""
+        reached, so it is never chosen: at u = 0 too, and at the top, where the threshold is kept just
+        below the total (u x total may round up to it), so the category that completes it is chosen."""
         columns = []
         for k, logits in enumerate(params.split(self.sizes, dim=-1)):
             z = logits.double()
-            weights = torch.exp(z - z.max(dim=-1, keepdim=True).values)
-            cdf = weights.cumsum(dim=-1)
-            u = noise[:, k].double()
-            choice = (cdf <= (u * cdf[:, -1])[:, None]).sum(dim=-1)
-            last = logits.shape[-1] - 1 - (weights > 0).flip(-1).long().argmax(dim=-1)
-            columns.append(torch.minimum(choice, last))
+            cdf = torch.exp(z - z.max(dim=-1, keepdim=True).values).cumsum(dim=-1)
+            total = cdf[:, -1]
+            below_total = torch.nextafter(total, torch.zeros_like(total))
+            threshold = torch.minimum(noise[:, k].double() * total, below_total)
+            columns.append((cdf <= threshold[:, None]).sum(dim=-1))
         return self._shaped(torch.stack(columns, dim=1))
 
     def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
