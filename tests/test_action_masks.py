@@ -28,11 +28,13 @@ def config(run_dir: Path, source: str = "key", actions: str = "discrete", **over
     return TrainConfig(**{**base, **overrides})
 
 
-def random_masks(rng: np.random.Generator, rows: int) -> np.ndarray:
-    """Masks over SIZES' choices, each legal with probability 1/3, at least one per choice."""
+def random_masks(rng: np.random.Generator, rows: int, sizes: tuple[int, ...] = SIZES,
+                 legal: float = 1 / 3) -> np.ndarray:
+    """Boolean masks over `sizes`' choices, each action legal with probability `legal`, at least one per
+    choice."""
     groups = []
-    for n in SIZES:
-        group = rng.random((rows, n)) < 1 / 3
+    for n in sizes:
+        group = rng.random((rows, n)) < legal
         group[np.arange(rows), rng.integers(n, size=rows)] = True
         groups.append(group)
     return np.concatenate(groups, axis=1)
@@ -124,7 +126,7 @@ async def test_trainer_act_takes_the_mask_an_env_offers_outside_its_observation(
     rng = np.random.default_rng(0)
     async with Trainer(config(tmp_path / "run", "method", "multi_discrete")) as trainer:
         async for _ in trainer.updates():
-            masks = random_masks_for((3, 4), rng, 50)
+            masks = random_masks(rng, 50, (3, 4), legal=0.5).astype(np.int8)
             for mask in masks:
                 action = await trainer.act(rng.uniform(-1, 1, 4).astype(np.float32), action_mask=mask)
                 assert mask[action[0]] and mask[3 + action[1]]
@@ -134,15 +136,6 @@ async def test_trainer_act_takes_the_mask_an_env_offers_outside_its_observation(
         with pytest.raises(ValueError, match="applies no action mask"):
             await trainer.act({"features": np.zeros(4, np.float32), "action_mask": np.ones(5, np.int8)},
                               action_mask=np.ones(5, np.int8))
-
-
-def random_masks_for(sizes: tuple[int, ...], rng: np.random.Generator, rows: int) -> np.ndarray:
-    groups = []
-    for n in sizes:
-        group = (rng.random((rows, n)) < 0.5).astype(np.int8)
-        group[np.arange(rows), rng.integers(n, size=rows)] = 1
-        groups.append(group)
-    return np.concatenate(groups, axis=1)
 
 
 def test_eval_plays_only_legal_actions(tmp_path, no_leaks, capsys):
