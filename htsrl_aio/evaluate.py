@@ -146,22 +146,34 @@ async def _play_agents(env: ChildEnv, policy: TrainedPolicy, seed: int, rng: np.
     from the env's own rendering of the whole scene."""
     spec = policy.spec
     obs, _ = await env.call("reset", seed=seed)
-    totals = dict.fromkeys(spec.agents, 0.0)
-    memories = {agent: PolicyMemory(policy.model.state_size) for agent in spec.agents}
+    totals: dict[str, float] = {}
+    memories: dict[str, PolicyMemory] = {}
     length = 0
-    live = list(spec.agents)  # an agent leaves at the step that terminates or truncates it
+    live: list[str] = []
     while True:
+        # The agents in the episode are the env's `agents`: one that joins (or comes back) starts with a
+        # fresh memory, as its row does in training.
+        present = await _agents_in_episode(env, spec)
+        if not present:
+            return float(np.mean(list(totals.values()))), length
+        for agent in present:
+            if agent not in live:
+                memories[agent] = PolicyMemory(policy.model.state_size)
+                totals.setdefault(agent, 0.0)
+        live = present
         if writer is not None:
             writer.append_data(await _frame(env, obs, renders))
         actions = {agent: policy.act(agent_observation(spec, obs, agent), memories[agent], rng)
                    for agent in live}
-        obs, rewards, terminations, truncations, _ = await env.call("step", actions)
+        obs, rewards, _, _, _ = await env.call("step", actions)
         for agent in live:
             totals[agent] += float(rewards.get(agent, 0.0))
         length += 1
-        live = [agent for agent in live if not (terminations.get(agent) or truncations.get(agent))]
-        if not live:
-            return float(np.mean(list(totals.values()))), length
+
+
+async def _agents_in_episode(env: ChildEnv, spec: EnvSpec) -> list[str]:
+    agents = await env.call(GETATTR, "agents", [])
+    return [agent for agent in spec.agents if agent in agents]
 
 
 def _config(values: dict[str, Any], file: Path, env_timeout: float | None) -> TrainConfig:

@@ -232,7 +232,8 @@ class Trainer:
         each env (a dict of them by agent for a multi-agent env), the same object at every step of it,
         and call its `reset()` when an episode ends.
         A run whose env offers a legal-action mask through `action_masks()` or an info needs it here:
-        pass `action_mask=` (a mask in the observation, as its `action_mask` key, is already there).
+        pass `action_mask=` (a dict of them by agent for a multi-agent env's `infos[agent]` masks; a
+        mask in the observation, as its `action_mask` key, is already there).
         Uses the parameters collection currently acts with, and a random stream of its own, so
         calling it never changes the training run.
         """
@@ -243,9 +244,9 @@ class Trainer:
                 raise ValueError("memory is a dict, which act() takes for a multi-agent env's agents; pass "
                                  "this env's trainer.new_memory()")
             return self._act(_masked(spec, obs, action_mask), deterministic, memory)
-        if action_mask is not None:
-            raise ValueError("act() of a multi-agent run reads each agent's mask from its observation's "
-                             "'action_mask' key; drop action_mask=")
+        if action_mask is not None and not isinstance(action_mask, dict):
+            raise ValueError("act() of a multi-agent run takes action_mask as a dict by agent, each agent's "
+                             "info['action_mask']")
         if not (isinstance(obs, dict) and obs and set(obs) <= set(spec.agents)):
             raise ValueError(f"act() of a multi-agent run takes a dict of observations by agent (agents "
                              f"{list(spec.agents)}), got {type(obs).__name__}"
@@ -253,8 +254,9 @@ class Trainer:
         if memory is not None and not isinstance(memory, dict):
             raise ValueError("act() of a multi-agent run takes memory as a dict by agent, each agent's "
                              "trainer.new_memory()")
-        memories = memory or {}
-        return {agent: self._act(agent_observation(spec, obs, agent), deterministic, memories.get(agent))
+        memories, masks = memory or {}, action_mask or {}
+        masked = {agent: _masked(spec, agent_obs, masks.get(agent)) for agent, agent_obs in obs.items()}
+        return {agent: self._act(agent_observation(spec, masked, agent), deterministic, memories.get(agent))
                 for agent in obs}
 
     def _act(self, obs: Any, deterministic: bool, memory: PolicyMemory | None) -> Any:

@@ -651,23 +651,32 @@ class MeetingAgents:
     Episodes of 8-14 steps end for every agent still in them at once; steps take a random 0-1 ms, drawn
     outside every seed, so which agent's row answers first varies from run to run. `fault` gets one
     thing wrong:
-    "different_spaces" (the last agent has 4 actions), "joins" (agent_0 leaves at step 2 and comes back at
-    step 4), "vanishes" (agent_0 leaves at step 2 without terminating), "state_shape" (state() has one
+    "different_spaces" (the last agent has 4 actions), "stranger" (an agent outside possible_agents joins
+    at step 2), "unseen" (agent_0 leaves at step 2 and comes back at step 4 without an observation),
+    "vanishes" (agent_0 leaves at step 2 without terminating), "state_shape" (state() has one
     number too many from step 2 on). `leaving`: each step, each
     agent but the last one in the episode leaves (terminates) with
-    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die.
+    this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die. `late`: the
+    last `late` agents are not in the episode at its reset and join it after a step drawn from the
+    episode's seed (1-5; an agent that left may come back, `returns`: agent_0 leaves after step 2 and
+    comes back after step 4).
     `state`: the env has PettingZoo's state() and state_space, the agents' positions alone (so an
     agent's own noise is not part of it). `dict_obs`: each observation is a Dict {"position": ...}.
     `masked`: each agent's observation is a Dict of its `position` and an `action_mask` drawn each step
-    from the episode's seed (at least one legal move), and an illegal move raises."""
+    from the episode's seed (at least one legal move), and an illegal move raises; `masked="info"`: the
+    same masks in each agent's info instead (`dict_obs` then gives the same observations without them)."""
 
     metadata: ClassVar[dict] = {"name": "meeting_agents_v0", "render_modes": []}
     render_mode = None
 
     def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
-                 dict_obs: bool = False, masked: bool = False) -> None:
+                 dict_obs: bool = False, masked: bool | str = False, late: int = 0,
+                 returns: bool = False) -> None:
         self.fault = fault
         self.leaving = leaving
+        self.late = late
+        self.returns = returns
+        self._joins: dict[str, int] = {}
         self.dict_obs = dict_obs
         self.masked = masked
         self._masks = np.ones((agents, 3), np.int8)
@@ -681,8 +690,15 @@ class MeetingAgents:
         self._pos = np.zeros(agents)
         self._t, self._limit = 0, 8
 
+    def _infos(self, agents: list[str]) -> dict[str, dict]:
+        """`masked="info"`: each agent's mask is its info's `action_mask`."""
+        if self.masked != "info":
+            return {agent: {} for agent in agents}
+        return {agent: {"action_mask": self._masks[self.possible_agents.index(agent)].copy()}
+                for agent in agents}
+
     def observation_space(self, agent: str) -> gym.Space:
-        if self.masked:
+        if self.masked is True:
             return gym.spaces.Dict({"position": self._obs_space, "action_mask": gym.spaces.MultiBinary(3)})
         return gym.spaces.Dict({"position": self._obs_space}) if self.dict_obs else self._obs_space
 
@@ -704,16 +720,22 @@ class MeetingAgents:
         if self.masked:
             self._masks = (self._rng.random(self._masks.shape) < 0.6).astype(np.int8)
             self._masks[np.arange(len(self._masks)), self._rng.integers(3, size=len(self._masks))] = 1
-            return {agent: {"position": o, "action_mask": self._masks[i].copy()}
-                    for i, (agent, o) in enumerate(obs.items())}
+            if self.masked != "info":
+                return {agent: {"position": o, "action_mask": self._masks[i].copy()}
+                        for i, (agent, o) in enumerate(obs.items())}
         return {agent: {"position": o} for agent, o in obs.items()} if self.dict_obs else obs
 
     def reset(self, seed=None, options=None):
         self._rng = np.random.default_rng(seed)
         self._pos = self._rng.integers(-3, 4, len(self.possible_agents)).astype(np.float64)
         self._t, self._limit = 0, int(self._rng.integers(8, 15))
-        self.agents = list(self.possible_agents)
-        return self._observations(), {agent: {} for agent in self.agents}
+        late = self.possible_agents[len(self.possible_agents) - self.late:] if self.late else []
+        self._joins = {agent: int(self._rng.integers(1, 6)) for agent in late}
+        if self.returns or self.fault == "unseen":
+            self._joins["agent_0"] = 4
+        self.agents = [agent for agent in self.possible_agents if agent not in late]
+        obs = {agent: o for agent, o in self._observations().items() if agent in self.agents}
+        return obs, self._infos(self.agents)
 
     def step(self, actions):
         time.sleep(_UNSEEDED.uniform(0.0, 0.001))
@@ -736,20 +758,34 @@ class MeetingAgents:
         ended = self._t >= self._limit
         terminations = dict.fromkeys(live, ended and spread == 0)
         truncations = dict.fromkeys(live, ended and spread != 0)
-        obs = {agent: o for agent, o in self._observations().items() if agent in live}
-        infos = {agent: {} for agent in live}
+        everyone = self._observations()
+        infos = self._infos(live)
         if ended:
             self.agents = []
         else:
             for agent in self._leavers(live):
                 terminations[agent] = True
                 self.agents.remove(agent)
-        if self.fault == "joins" and self._t == 4 and "agent_0" not in self.agents:
-            self.agents.insert(0, "agent_0")
+            self._join()
+        # An agent that joined at this step gets its first observation (PettingZoo's parallel_api_test).
+        # ... and its part of every other dict of the step (PettingZoo's parallel_api_test reads them).
+        joined = [agent for agent in self.agents if agent not in live]
+        for agent in joined:
+            rewards[agent], terminations[agent], truncations[agent] = 0.0, False, False
+        infos.update(self._infos(joined))
+        seen = live if self.fault == "unseen" else live + joined
+        obs = {agent: o for agent, o in everyone.items() if agent in seen}
         return obs, rewards, terminations, truncations, infos
 
+    def _join(self) -> None:
+        arriving = [agent for agent, t in self._joins.items() if t == self._t and agent not in self.agents]
+        if self.fault == "stranger" and self._t == 2:
+            self.agents.append("stranger_0")
+            return
+        self.agents = [agent for agent in self.possible_agents if agent in self.agents or agent in arriving]
+
     def _leavers(self, live: list[str]) -> list[str]:
-        if self.fault == "joins" and self._t == 2:
+        if (self.returns or self.fault == "unseen") and self._t == 2 and "agent_0" in live:
             return ["agent_0"]
         if self.fault == "vanishes" and self._t == 2:
             self.agents.remove("agent_0")
@@ -766,5 +802,6 @@ class MeetingAgents:
 
 
 def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
-                   dict_obs: bool = False, masked: bool = False) -> MeetingAgents:
-    return MeetingAgents(agents, fault, leaving, state, dict_obs, masked)
+                   dict_obs: bool = False, masked: bool | str = False, late: int = 0,
+                   returns: bool = False) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving, state, dict_obs, masked, late, returns)

@@ -13,6 +13,7 @@ from harness import actions_trace, same_bits_in_every_placement
 from htsrl_aio import EnvError, TrainConfig, Trainer, train
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.distributions import MASKED_LOGIT, make_distribution
+from htsrl_aio.envs import check_env, resolve_env
 from htsrl_aio.envs.spaces import ActionSpec, ObsLayout
 from htsrl_aio.models import ActorCritic
 
@@ -122,6 +123,28 @@ def test_masked_agents_train_the_same_bits_everywhere(tmp_path, no_leaks, mode):
         agent_id=True), tmp_path, UPDATES)
 
 
+def test_a_parallel_envs_info_masks_train_as_its_agents_observation_keys(tmp_path, no_leaks):
+    """Each agent's mask in its info (the meeting env raises on an illegal move) trains the same bits as
+    the same masks in its observation; without masks the env gets an illegal move."""
+    pytest.importorskip("pettingzoo")
+    meeting = functools.partial(config, env="envs_for_tests:meeting_agents")
+    in_obs = train(meeting(tmp_path / "obs", env_kwargs={"masked": True, "late": 1}))
+    in_info = train(meeting(tmp_path / "info", env_kwargs={"masked": "info", "dict_obs": True, "late": 1}))
+    assert in_obs["final_params_sha256"] == in_info["final_params_sha256"]
+    assert actions_trace(tmp_path / "obs") == actions_trace(tmp_path / "info")
+    with pytest.raises(EnvError, match="illegal action"):
+        train(meeting(tmp_path / "off", env_kwargs={"masked": "info"}, action_mask="off"))
+
+
+async def test_check_env_finds_a_parallel_envs_info_masks():
+    pytest.importorskip("pettingzoo")
+    env = "envs_for_tests:meeting_agents"
+    report = await check_env(resolve_env(env, TrainConfig(env=env, env_kwargs={"masked": "info"})), steps=40)
+    assert report.ok, report.problems
+    assert report.notes == ["the env exposes an action mask (info['action_mask']), which runs apply: a "
+                            "masked action is never sampled (--action-mask off ignores it)."]
+
+
 async def test_trainer_act_takes_the_mask_an_env_offers_outside_its_observation(tmp_path, no_leaks):
     rng = np.random.default_rng(0)
     async with Trainer(config(tmp_path / "run", "method", "multi_discrete")) as trainer:
@@ -136,6 +159,22 @@ async def test_trainer_act_takes_the_mask_an_env_offers_outside_its_observation(
         with pytest.raises(ValueError, match="applies no action mask"):
             await trainer.act({"features": np.zeros(4, np.float32), "action_mask": np.ones(5, np.int8)},
                               action_mask=np.ones(5, np.int8))
+
+
+async def test_trainer_act_takes_each_agents_info_mask(tmp_path, no_leaks):
+    pytest.importorskip("pettingzoo")
+    rng = np.random.default_rng(0)
+    env = "envs_for_tests:meeting_agents"
+    async with Trainer(config(tmp_path / "run", env=env, env_kwargs={"masked": "info"})) as trainer:
+        async for _ in trainer.updates():
+            for _ in range(30):
+                drawn = random_masks(rng, 3, (3,), legal=0.4).astype(np.int8)
+                masks = {f"agent_{i}": mask for i, mask in enumerate(drawn)}
+                obs = {agent: rng.uniform(-3, 3, 3).astype(np.float32) for agent in masks}
+                actions = await trainer.act(obs, action_mask=masks)
+                assert all(masks[agent][action] for agent, action in actions.items())
+        with pytest.raises(ValueError, match="pass action_mask="):
+            await trainer.act({"agent_0": np.zeros(3, np.float32)})
 
 
 def test_eval_plays_only_legal_actions(tmp_path, no_leaks, capsys):

@@ -24,9 +24,10 @@ from harness import (
     vector_spec,
 )
 
-from htsrl_aio import ConfigError, EnvError, TrainConfig, Trainer, resume, train, train_async
-from htsrl_aio.backends.agent_group import Absent, AgentGroup, Left, Parked
+from htsrl_aio import ConfigError, TrainConfig, Trainer, resume, train, train_async
+from htsrl_aio.backends.agent_group import Absent, AgentGroup, AgentSlot, Joined, Left, Parked
 from htsrl_aio.backends.hosted import HostedBackend
+from htsrl_aio.backends.replica import Replica
 from htsrl_aio.cli import main as cli_main
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.envs import check_env, resolve_env
@@ -38,6 +39,7 @@ from htsrl_aio.models import ActorCritic, build_model
 from htsrl_aio.models.normalize import ReturnScaler
 from htsrl_aio.runtime.learner import Learner
 from htsrl_aio.runtime.storage import RolloutStorage, storage_layout
+from htsrl_aio.steps import StepResult
 
 pytest.importorskip("pettingzoo")
 
@@ -46,6 +48,9 @@ NUM_ENVS, ROLLOUT, UPDATES = 4, 16, 3
 MEETING = "envs_for_tests:meeting_agents"
 SIMPLE_SPREAD = "mpe2.simple_spread_v3:parallel_env"
 LEAVING = {"leaving": 0.15}  # the meeting env's agents leave at seeded random steps
+# ... and agent_2 starts outside the episode and joins it at a seeded random step, and agent_0 leaves after
+# step 2 and comes back after step 4 (PettingZoo's parallel_api_test calls that a revival and refuses it).
+JOINING = {"leaving": 0.15, "late": 1, "returns": True}
 STATE = {"state": True}  # the meeting env has a state(): its agents' positions, not their observations' noise
 
 
@@ -157,9 +162,12 @@ async def test_an_aec_env_is_converted_where_pettingzoo_says_it_can_be():
      "agents 'agent_0' and 'agent_2' have different observation or action spaces, and htsrl-aio trains one "
      "policy shared by every agent; pad them to one space with SuperSuit's pad_observations_v0 and "
      "pad_action_space_v0."),
-    (MEETING, {"fault": "joins"},
-     "agents ['agent_0'] joined the episode after it started; htsrl-aio trains envs whose agents all start "
-     "the episode (agents that join mid-episode are not supported yet)."),
+    (MEETING, {"fault": "stranger"},
+     "env.agents holds ['stranger_0'], which are not in possible_agents ['agent_0', 'agent_1', 'agent_2']; "
+     "each agent has a fixed row, so possible_agents must list every agent that can ever take part."),
+    (MEETING, {"fault": "unseen"},
+     "agents ['agent_0'] are in env.agents after step() but it returned no observation for them; return "
+     "the first observation of an agent in the reset or step after which it takes part."),
     ("pettingzoo.classic.tictactoe_v3:env", {},
      "tictactoe_v3 is a PettingZoo AEC env whose agents take turns (its metadata does not say "
      "is_parallelizable), so it cannot be stepped as a ParallelEnv; give a factory of its parallel_env, or "
@@ -189,17 +197,74 @@ async def test_check_env_passes_an_env_whose_agents_leave():
     assert report.ok, report.problems
 
 
-def test_an_agent_that_joins_mid_run_stops_it_in_one_sentence(tmp_path, no_leaks):
-    """The probe takes one step; agent_0 leaves at step 2 and joins again at step 4, inside the run."""
-    with pytest.raises(EnvError, match="joined the episode after it started"):
-        train(config(tmp_path / "joins", env_kwargs={"fault": "joins"}, workers=1))
+async def test_check_env_passes_an_env_whose_agents_join_late():
+    """PettingZoo's own parallel_api_test included: an agent that first joins after the reset is valid."""
+    kwargs = {"leaving": 0.15, "late": 1}
+    report = await check_env(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs=kwargs)), steps=60)
+    assert report.ok, report.problems
+
+
+def test_an_agent_is_absent_until_the_step_it_joins_at_which_its_row_gets_its_first_observation():
+    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"late": 1})),
+                       _spec(MEETING), Parked)
+    resets = [group.reset(i, seed=5)._result for i in range(3)]
+    assert resets[2] == Absent(ended=False) and not isinstance(resets[0], Absent)
+    joins_after = group.env._joins["agent_2"]
+    for step in range(1, joins_after + 1):
+        results = [group.step(i, np.int64(1))._result for i in range(3)]
+        assert not any(isinstance(r, (Absent, Joined)) for r in results[:2])
+        if step < joins_after:
+            assert results[2] == Absent(ended=False)
+    assert isinstance(results[2], Joined) and results[2].obs.shape == (3,)
+    results = [group.step(i, np.int64(1))._result for i in range(3)]
+    assert isinstance(results[2], tuple) and len(results[2]) == 5  # its first transition
+
+
+def test_an_agent_that_comes_back_after_it_left_starts_a_new_episode_of_its_row():
+    spec = _spec(MEETING)
+    factory = resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"returns": True}))
+    group = AgentGroup(factory, spec, Parked)
+    replica = Replica(0, lambda: AgentSlot(group, 0), spec.obs, spec.action, run_seed=1)
+    others = [AgentSlot(group, i) for i in (1, 2)]
+    slots = [{"obs": np.full(3, 7.0, np.float32)} for _ in range(3)]
+
+    def step(action: int) -> StepResult:
+        work = replica.step(np.int64(action), *slots)
+        parked = work.send(None)
+        [slot.step(np.int64(1)) for slot in others]
+        assert parked.done()
+        with pytest.raises(StopIteration) as done:
+            work.send(None)
+        return done.value.value
+
+    reset_all(replica.reset(slots[0]), others)
+    first = [step(1) for _ in range(2)]
+    assert first[1].terminated and first[1].episode == (pytest.approx(first[0].reward + first[1].reward), 2)
+    assert not step(1).active  # step 3: agent_0 is out
+    back = step(1)  # step 4: it comes back with its first observation, which is no transition of it
+    assert not back.active and back.episode is None and not np.array_equal(slots[1]["obs"], np.full(3, 7.0))
+    again = step(1)
+    assert again.active and replica.tracker.episode_length == 1  # counted afresh
+
+
+def reset_all(reset, others) -> None:
+    parked = reset.send(None)
+    [slot.reset(seed=0) for slot in others]
+    assert parked.done()
+    with pytest.raises(StopIteration):
+        reset.send(None)
+
+
+def test_agents_that_join_and_leave_train_and_count_only_their_own_steps(tmp_path, no_leaks):
+    train(config(tmp_path / "run", env_kwargs=JOINING, workers=1))
+    rows = metrics_rows(tmp_path / "run")
+    assert 0 < rows[-1]["agent_steps"] < 3 * NUM_ENVS * ROLLOUT * UPDATES
+    assert rows[-1]["episode_return_mean"] is not None
 
 
 def test_a_rows_state_starts_empty_after_its_agents_absence():
     """The step after an absent one may begin the env's next episode (every row resets with it): its
     state is zeroed, whatever was carried through the absent steps."""
-    from htsrl_aio.steps import StepResult
-
     spec = vector_spec(gym.spaces.Discrete(2))
     storage = RolloutStorage.zeros(0, storage_layout(2, 4, spec.obs.arrays(), spec.action.shape,
                                                      spec.action.dtype, state_size=3, agents=True))
@@ -210,12 +275,12 @@ def test_a_rows_state_starts_empty_after_its_agents_absence():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hts", "sync"])
-def test_memory_with_agents_that_leave_trains_the_same_bits_everywhere(tmp_path, no_leaks, mode):
-    same_bits_in_every_placement(functools.partial(config, env_kwargs=LEAVING, mode=mode, memory="gru",
+def test_memory_with_agents_that_leave_and_join_trains_the_same_bits_everywhere(tmp_path, no_leaks, mode):
+    same_bits_in_every_placement(functools.partial(config, env_kwargs=JOINING, mode=mode, memory="gru",
                                                    memory_size=8, bptt=8), tmp_path, UPDATES)
 
 def test_the_row_of_an_agent_that_left_steps_nothing_until_the_episode_ends():
-    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"fault": "joins"})),
+    group = AgentGroup(resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"returns": True})),
                        _spec(MEETING), Parked)
     [group.reset(i, seed=5) for i in range(3)]
     for _ in range(2):
@@ -292,12 +357,14 @@ def _leaving_storage(spec, wild: bool, state_size: int = 0):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("env_kwargs", [LEAVING, JOINING], ids=["leaving", "joining"])
 @pytest.mark.parametrize("mode", ["hts", "sync"])
-def test_agents_that_leave_train_the_same_bits_everywhere(tmp_path, no_leaks, mode):
-    """Agents leave at seeded random steps of steps that take a random time: the same bits whatever the
-    workers, batching or backend, and the metrics count only the agents' own transitions."""
+def test_agents_that_leave_or_join_train_the_same_bits_everywhere(tmp_path, no_leaks, mode, env_kwargs):
+    """Agents leave (and join) at seeded random steps of steps that take a random time: the same bits
+    whatever the workers, batching or backend, and the metrics count only the agents' own transitions."""
     summary = same_bits_in_every_placement(
-        functools.partial(config, env_kwargs=LEAVING, mode=mode, normalize_obs=True, normalize_reward=True),
+        functools.partial(config, env_kwargs=env_kwargs, mode=mode, normalize_obs=True,
+                          normalize_reward=True),
         tmp_path, UPDATES)
     assert summary["final_params_sha256"]
     rows = metrics_rows(tmp_path / "one_worker")
@@ -306,11 +373,11 @@ def test_agents_that_leave_train_the_same_bits_everywhere(tmp_path, no_leaks, mo
 
 
 @pytest.mark.slow
-def test_resume_with_agents_that_leave_is_bit_identical_and_evaluates(tmp_path, no_leaks):
+def test_resume_with_agents_that_leave_and_join_is_bit_identical_and_evaluates(tmp_path, no_leaks):
     """The env's state says which agents are in its episode; a team still playing is checkpointed."""
     _resumed_run_matches(tmp_path, ("agent_steps", "team_return_mean", "episode_return_mean"),
-                         env_kwargs=LEAVING)
-    # Eval plays each agent until it leaves.
+                         env_kwargs=JOINING)
+    # Eval plays every agent in the episode, those that join included, until the episode ends.
     played = asyncio.run(evaluate(tmp_path / "full", episodes=3, deterministic=True))
     assert all(1 <= length <= 14 for length in played.lengths)
 

@@ -6,13 +6,17 @@ keeps its own Replica awaiting an `AgentSlot`. So seeds, checks, episode account
 observation of a truncation are the single-agent code, row by row, and which agent's action arrived
 first changes nothing: the env steps with all of them, by agent name.
 
-Row = env_index * A + agent_index. Every row of an env resets together, once the env's episode ends,
-with the reset seed of the env's first row. An agent that leaves the episode before it ends (absent
-from `env.agents` after its last step, as in Knights-Archers-Zombies) gets that last step as a `Left`;
-its row then still asks to step with the others, which steps nothing of the env for it, and gets
-`Absent` (masked out by the learner) until the episode ends and every row resets. The waiter a slot
-returns is whatever the host awaits: an asyncio future on the event loop, a `Parked` result in a worker
-process, which has no event loop and resumes the replicas whose results arrived (worker.py).
+Row = env_index * A + agent_index (A = len(possible_agents)). Every row of an env resets together, once
+the env's episode ends, with the reset seed of the env's first row. An agent that leaves the episode
+before it ends (absent from `env.agents` after its last step, as in Knights-Archers-Zombies) gets that
+last step as a `Left`; its row then still asks to step with the others, which steps nothing of the env
+for it, and gets `Absent` (masked out by the learner) until the episode ends and every row resets. An
+agent not in the episode yet (absent from `env.agents` after the reset) is `Absent` the same way until
+the step after which it is in `env.agents`: that step is its row's `Joined`, which stores the agent's
+first observation and no transition, and the row's next step is the first of the agent's episode.
+The waiter a slot returns is whatever the host awaits: an asyncio future on the event loop, a `Parked`
+result in a worker process, which has no event loop and resumes the replicas whose results arrived
+(worker.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from htsrl_aio.backends import env_state
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, row_observations
-from htsrl_aio.envs.parallel import MultiAgentError, joined_sentence
+from htsrl_aio.envs.parallel import MultiAgentError, stranger_sentence, unseen_sentence
 
 
 class Waiter(Protocol):
@@ -78,6 +82,14 @@ class Absent(NamedTuple):
     ended: bool
 
 
+class Joined(NamedTuple):
+    """The step of an episode under way after which the row's agent is in it (for the first time, or
+    again after it left): not a transition of the agent, which took no action, but its first observation.
+    Whatever reward the env gave it at that step belongs to no action, and is not counted."""
+
+    obs: Any
+
+
 class AgentGroup:
     """One ParallelEnv whose agents' resets and steps are gathered, then made in one call."""
 
@@ -125,12 +137,13 @@ class AgentGroup:
 
     def _reset_all(self, seed: int) -> list[tuple[Any, dict]]:
         obs, infos = self.env.reset(seed=seed)
-        if set(self.env.agents) != set(self.agents):
-            raise MultiAgentError(f"reset() started an episode with agents {list(self.env.agents)}, not "
-                                  f"possible_agents {list(self.agents)}; htsrl-aio trains envs whose agents "
-                                  "all take part in every episode (agents that join are not supported yet).")
-        rows = row_observations(self.spec, self.env, obs, self.agents)
-        return [(row, _info(infos, agent)) for row, agent in zip(rows, self.agents)]
+        if not self.env.agents:
+            raise MultiAgentError("reset() started an episode with no agents in env.agents; a ParallelEnv's "
+                                  "reset puts the agents that act first in env.agents.")
+        present = self._arrivals(set(), obs, "reset()")
+        rows = dict(zip(present, row_observations(self.spec, self.env, obs, present)))
+        return [(rows[agent], _info(infos, agent)) if agent in rows else Absent(False)
+                for agent in self.agents]
 
     def _step_all(self, actions: dict[str, Any]) -> list[Any]:
         """Step the env with the actions of the agents still in its episode (which of them are is the
@@ -139,14 +152,16 @@ class AgentGroup:
         obs, rewards, terminations, truncations, infos = self.env.step(
             {agent: action for agent, action in actions.items() if agent in live})
         ended = not self.env.agents
-        if joined := sorted(set(self.env.agents) - live):
-            raise MultiAgentError(joined_sentence(joined))
+        joined = set(self._arrivals(live, obs, "step()"))
         results: list[Any] = []
         # With --critic global every row of the step carries the env's state at this step (a truncated
         # episode's bootstrap value is taken from it).
-        stepped = tuple(agent for agent in self.agents if agent in live)
+        stepped = tuple(agent for agent in self.agents if agent in live or agent in joined)
         rows = dict(zip(stepped, row_observations(self.spec, self.env, obs, stepped)))
         for agent in self.agents:
+            if agent in joined:
+                results.append(Joined(rows[agent]))
+                continue
             if agent not in live:
                 results.append(Absent(ended))
                 continue
@@ -156,6 +171,16 @@ class AgentGroup:
             step = (rows[agent], rewards[agent], terminated, truncated, _info(infos, agent))
             results.append(step if ended or agent in self.env.agents else self._left(agent, step))
         return results
+
+    def _arrivals(self, before: set[str], obs: Any, call: str) -> tuple[str, ...]:
+        """The agents in `env.agents` after `call` that were not in `before`, in possible_agents order;
+        raise MultiAgentError for an agent that is not a possible agent or has no observation."""
+        arrived = set(self.env.agents) - before
+        if strangers := sorted(arrived - set(self.agents)):
+            raise MultiAgentError(stranger_sentence(strangers, self.agents))
+        if unseen := sorted(agent for agent in arrived if not (isinstance(obs, dict) and agent in obs)):
+            raise MultiAgentError(unseen_sentence(unseen, call))
+        return tuple(agent for agent in self.agents if agent in arrived)
 
     def _left(self, agent: str, step: tuple[Any, Any, bool, bool, dict]) -> Left:
         if not (step[2] or step[3]):

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from htsrl_aio.backends import env_state
-from htsrl_aio.backends.agent_group import Absent, Left
+from htsrl_aio.backends.agent_group import Absent, Joined, Left
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.spaces import ActionSpec, EnvOutputError, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError, EnvTimeout
@@ -114,6 +114,8 @@ class EpisodeTracker:
         # the env goes on without a reset, and the logged episode goes on with it.
         if (terminated or truncated) and info.get("game_over", True):
             episode = (self.episode_return, self.episode_length)
+            # Counted afresh from here: an agent that left a multi-agent episode may join it again.
+            self.episode_return, self.episode_length = 0.0, 0
         return StepResult(reward, bool(terminated), bool(truncated), episode), obs
 
 
@@ -177,7 +179,11 @@ class Replica:
         return StepResult(0.0, False, True, None)
 
     async def _reset(self, into: ObsSlot) -> None:
-        obs, _info = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
+        returned = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
+        if isinstance(returned, Absent):  # a multi-agent env's episode that starts without this row's agent
+            _clear(into)
+            return
+        obs, _info = returned
         try:
             self.layout.write(obs, into, "reset()")
         except EnvOutputError as exc:
@@ -189,6 +195,9 @@ class Replica:
             returned = await self._call(self.env.step(self.action.to_env(action)), "step()")
             if isinstance(returned, Absent):
                 return await self._absent(returned, into)
+            if isinstance(returned, Joined):
+                self.layout.write(returned.obs, into, "step()")
+                return StepResult(0.0, False, False, None, active=False)
             left = isinstance(returned, Left)
             result, obs = self.tracker.on_step(returned.step if left else returned)
             if result.episode is not None:

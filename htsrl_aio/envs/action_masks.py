@@ -8,7 +8,9 @@ Envs offer masks three ways, all read (with `--action-mask auto`, the default):
 | an `action_masks()` method                           | sb3-contrib's MaskablePPO convention |
 | `info["action_mask"]` (or `legal_action_mask`) at every step | gymnasium's Taxi, EnvPool's games |
 
-The last two are turned into the first by `MaskedObservation`, so from there on a mask is one more
+A ParallelEnv's agents offer theirs in their own observations or in `infos[agent]`. The method and
+info sources are turned into the observation key by `MaskedObservation` (`MaskedAgentObservations` for
+each agent of a ParallelEnv), so from there on a mask is one more
 observation key: stored per step, carried by tickets and inference blocks, checkpointed, exported, with
 no path of its own. The model keeps it away from its encoder and applies it to the logits
 (models/actor_critic.py), so sampling, log-probabilities, entropy, eval, `Trainer.act` and exported
@@ -32,6 +34,13 @@ MaskMode = Literal["auto", "off"]
 
 class MissingMask(ValueError):
     """An env that offered a mask in its infos returned an info without it."""
+
+
+def missing_mask(info_key: str, call: str, agent: str | None = None) -> MissingMask:
+    whose = "an info" if agent is None else f"agent {agent!r} an info"
+    return MissingMask(f"the env's {call} returned {whose} without {info_key!r}, which other infos carry as "
+                       "its action mask; return the mask in every info (reset()'s too), or pass "
+                       "--action-mask off to ignore it")
 
 
 def has_mask_key(space: gym.Space) -> bool:
@@ -69,19 +78,13 @@ class MaskedObservation(gym.Wrapper):
         super().__init__(env)
         self.info_key = info_key
         self._method = None if info_key is not None else mask_method(env)
-        mask_space = gym.spaces.MultiBinary(size)
-        space = env.observation_space
-        self.observation_space = (gym.spaces.Dict({**space.spaces, ACTION_MASK_KEY: mask_space})
-                                  if isinstance(space, gym.spaces.Dict)
-                                  else gym.spaces.Dict({OBS_KEY: space, ACTION_MASK_KEY: mask_space}))
+        self.observation_space = with_mask_space(env.observation_space, size)
 
     def _mask(self, info: Any, call: str) -> Any:
         if self._method is not None:
             return _as_bits(self._method())
         if not isinstance(info, dict) or self.info_key not in info:
-            raise MissingMask(f"the env's {call} returned an info without {self.info_key!r}, which other "
-                              "infos carry as its action mask; return the mask in every info (reset()'s "
-                              "too), or pass --action-mask off to ignore it")
+            raise missing_mask(str(self.info_key), call)
         return _as_bits(info[self.info_key])
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -91,6 +94,56 @@ class MaskedObservation(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return with_mask(obs, self._mask(info, "step()")), reward, terminated, truncated, info
+
+
+class MaskedAgentObservations:
+    """A PettingZoo ParallelEnv whose agents' masks come from `infos[agent][info_key]`, with each agent's
+    mask as the `action_mask` key of its observation (what `MaskedObservation` does for one env).
+    Everything else (`agents`, `possible_agents`, `state()`, `render()`, ...) is the env's own."""
+
+    def __init__(self, env: Any, size: int, info_key: str) -> None:
+        self.env = env
+        self.info_key = info_key
+        self._size = size
+        self._spaces: dict[str, gym.spaces.Dict] = {}  # one object per agent, as PettingZoo asks
+
+    def observation_space(self, agent: str) -> gym.spaces.Dict:
+        if agent not in self._spaces:
+            self._spaces[agent] = with_mask_space(self.env.observation_space(agent), self._size)
+        return self._spaces[agent]
+
+    def action_space(self, agent: str) -> gym.Space:
+        return self.env.action_space(agent)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._masked(obs, infos, "reset()"), infos
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        return self._masked(obs, infos, "step()"), rewards, terminations, truncations, infos
+
+    def _masked(self, obs: dict[str, Any], infos: Any, call: str) -> dict[str, Any]:
+        masked = {}
+        for agent, agent_obs in obs.items():
+            info = infos.get(agent) if isinstance(infos, dict) else None
+            if not isinstance(info, dict) or self.info_key not in info:
+                raise missing_mask(self.info_key, call, agent)
+            masked[agent] = with_mask(agent_obs, _as_bits(info[self.info_key]))
+        return masked
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "env":  # not yet set while unpickling
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+def with_mask_space(space: gym.Space, size: int) -> gym.spaces.Dict:
+    """`space` with a MultiBinary(`size`) mask as its `action_mask` key (beside `obs` if not a Dict)."""
+    mask_space = gym.spaces.MultiBinary(size)
+    if isinstance(space, gym.spaces.Dict):
+        return gym.spaces.Dict({**space.spaces, ACTION_MASK_KEY: mask_space})
+    return gym.spaces.Dict({OBS_KEY: space, ACTION_MASK_KEY: mask_space})
 
 
 def _as_bits(mask: Any) -> Any:

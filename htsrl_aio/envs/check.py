@@ -33,7 +33,13 @@ from htsrl_aio.envs.action_masks import (
 )
 from htsrl_aio.envs.async_env import close_env, is_async_env
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
-from htsrl_aio.envs.parallel import STATE_METHOD, MultiAgentError, is_parallel_env, joined_sentence
+from htsrl_aio.envs.parallel import (
+    STATE_METHOD,
+    MultiAgentError,
+    is_parallel_env,
+    stranger_sentence,
+    unseen_sentence,
+)
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
 from htsrl_aio.seeding import env_reset_seed
@@ -323,39 +329,82 @@ async def _check_episodes(env: Any, report: CheckReport, steps: int, call: _Asyn
 
 def _check_parallel_episodes(env: Any, report: CheckReport, steps: int, on_call: OnCall) -> None:
     """`_check_episodes` for a ParallelEnv: every agent's part of each reset and step is checked as a
-    single-agent env's would be."""
+    single-agent env's would be, and an agent that enters the episode must be a possible agent with an
+    observation."""
     spec = report.spec
     assert spec is not None
     actions = np.random.default_rng(0)
     needs_reset = True
+    latest: dict[str, Any] = {}
     for episode in range(max(steps, 1)):
         what = "reset()" if needs_reset else "step()"
         try:
             if needs_reset:
                 on_call(what, report.steps)
                 started = env.reset(seed=env_reset_seed(0, 0, episode))
-                reset = _by_agent(spec, started, 2, report.problems)
-                if reset is None or not _each_agent(spec, spec.agents, reset, _check_reset, report.problems) \
+                if not _check_arrivals(env, spec, set(), started, what, report.problems):
+                    break
+                present = [agent for agent in spec.agents if agent in env.agents]
+                reset = _by_agent(spec, started, 2, report.problems, present)
+                if reset is None or not _each_agent(spec, present, reset, _check_reset, report.problems) \
                         or not _check_state(env, spec, what, report.problems):
                     break
-                latest = {agent: part[0] for agent, part in zip(spec.agents, reset)}
+                latest = {agent: part[0] for agent, part in zip(present, reset)}
+                infos = _agent_infos(started[1], present, report)
             what = "step()"
             on_call(what, report.steps)
             live = [agent for agent in spec.agents if agent in env.agents]  # agents that left are not asked
-            result = env.step({agent: _random_action(spec, latest[agent], actions) for agent in live})
+            result = env.step({agent: _random_action(spec, latest[agent], actions, infos.get(agent))
+                               for agent in live})
+        except MissingMask as exc:
+            report.problems.append(f"{exc}.")
+            break
         except Exception as exc:
             report.problems.append(f"{what} raised {type(exc).__name__}: {exc}.")
             break
         report.steps += 1
+        if not _check_arrivals(env, spec, set(live), result, what, report.problems):
+            break
         step = _by_agent(spec, result, 5, report.problems, live)
         if step is None or not _each_agent(spec, live, step, _check_step, report.problems) \
                 or not _check_state(env, spec, what, report.problems):
             break
         latest.update((agent, part[0]) for agent, part in zip(live, step))
-        needs_reset = not env.agents
-        if joined := sorted(set(env.agents) - set(live)):
-            report.problems.append(joined_sentence(joined))
+        # An agent that joined took no action: its first observation is all of its part of the step.
+        joined = [agent for agent in spec.agents if agent in env.agents and agent not in live]
+        first = [(agent_observation(spec, result[0], agent),) for agent in joined]
+        if not _each_agent(spec, joined, first, _check_first_obs, report.problems):
             break
+        latest.update((agent, part[0]) for agent, part in zip(joined, first))
+        infos = _agent_infos(result[4], live + joined, report)
+        needs_reset = not env.agents
+
+
+def _agent_infos(infos: Any, agents: Sequence[str], report: CheckReport) -> dict[str, Any]:
+    """The info of each of `agents` in a ParallelEnv's `infos`, each searched for an action mask."""
+    found = {agent: infos.get(agent) if isinstance(infos, dict) else None for agent in agents}
+    for info in found.values():
+        _find_info_masks(info, report)
+    return found
+
+
+def _check_arrivals(env: Any, spec: EnvSpec, before: set[str], result: Any, call: str,
+                    problems: list[str]) -> bool:
+    """Agents in env.agents after `call` that were not in `before` are possible agents, and `call`
+    returned their observations (as agent_group.AgentGroup requires); False with the problem if not."""
+    if call == "reset()" and not env.agents:
+        problems.append("reset() started an episode with no agents in env.agents; a ParallelEnv's reset puts "
+                        "the agents that act first in env.agents.")
+        return False
+    arrived = set(env.agents) - before
+    if strangers := sorted(arrived - set(spec.agents)):
+        problems.append(stranger_sentence(strangers, spec.agents))
+        return False
+    obs = result[0] if isinstance(result, tuple) and result else None
+    if unseen := sorted(agent for agent in arrived if not (isinstance(obs, dict) and agent in obs)):
+        problems.append(unseen_sentence(unseen, call))
+        return False
+    return True
 
 
 def _random_action(spec: EnvSpec, obs: Any, rng: np.random.Generator, info: Any = None) -> Any:
@@ -440,6 +489,10 @@ def _check_parallel_api(factory: EnvFactory, report: CheckReport, on_call: OnCal
     from pettingzoo.test import parallel_api_test
 
     on_call("PettingZoo's parallel_api_test", report.steps)
+    # Its random actions follow a mask in the observation only: one found in the infos is put there, as
+    # runs put it.
+    if report.info_mask is not None and factory.action_mask == "auto":
+        factory = dataclasses.replace(factory, mask_info_key=report.info_mask)
     env = factory()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its verdict; the report says it
@@ -456,6 +509,11 @@ def _check_reset(result: Any, spec: EnvSpec, problems: list[str]) -> bool:
                         f"{_describe(result)}.")
         return False
     return _check_obs(result[0], spec, "reset()", problems)
+
+
+def _check_first_obs(result: tuple[Any], spec: EnvSpec, problems: list[str]) -> bool:
+    """The observation of an agent that joined an episode under way, at the step it joined."""
+    return _check_obs(result[0], spec, "step()", problems)
 
 
 def _check_step(result: Any, spec: EnvSpec, problems: list[str]) -> bool:

@@ -25,7 +25,13 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio.config import TrainConfig
-from htsrl_aio.envs.action_masks import MaskedObservation, MaskMode, has_mask_key, mask_method
+from htsrl_aio.envs.action_masks import (
+    MaskedAgentObservations,
+    MaskedObservation,
+    MaskMode,
+    has_mask_key,
+    mask_method,
+)
 from htsrl_aio.envs.atari import RAM_ID, AtariOptions, ale_spec, is_atari_id
 from htsrl_aio.envs.engines import EngineSpec, OneEngineEnv
 from htsrl_aio.envs.envpool_engine import (
@@ -105,10 +111,16 @@ class EnvFactory:
         return self._with_mask(env)
 
     def _with_mask(self, env: Any) -> Any:
-        """A gymnasium env whose mask comes from a method or an info, with it as the observation key
-        `action_mask` (a mask already in the observation, and a ParallelEnv's, need nothing)."""
-        if self.action_mask == "off" or is_parallel_env(env) or not hasattr(env, "observation_space") \
-                or has_mask_key(env.observation_space):
+        """An env whose mask comes from a method or an info, with it as the observation key `action_mask`
+        (a mask already in the observation needs nothing)."""
+        if self.action_mask == "off":
+            return env
+        if is_parallel_env(env):
+            first = env.possible_agents[0]
+            if self.mask_info_key is None or has_mask_key(env.observation_space(first)):
+                return env
+            return MaskedAgentObservations(env, _mask_size(env.action_space(first)), self.mask_info_key)
+        if not hasattr(env, "observation_space") or has_mask_key(env.observation_space):
             return env
         if self.mask_info_key is None and mask_method(env) is None:
             return env

@@ -4,8 +4,9 @@
 A ParallelEnv with A agents is A rows of the storage (row = env_index * A + agent_index): one shared
 policy acts for every agent (parameter sharing), so the agents must have the same spaces. How its rows
 are stepped together is `backends/agent_group.py`'s. AEC envs are converted with PettingZoo's own
-`aec_to_parallel` where PettingZoo says that applies. Agents may leave an episode before it ends
-(their rows are then masked out of learning); agents that join one under way are refused.
+`aec_to_parallel` where PettingZoo says that applies. Agents may leave an episode before it ends and
+join one under way, or start it later than the reset: a row's steps without its agent are masked out of
+learning.
 """
 
 from __future__ import annotations
@@ -63,10 +64,16 @@ def agent_spaces(env: Any) -> tuple[tuple[str, ...], gym.Space, gym.Space]:
     return agents, obs, act
 
 
-def joined_sentence(joined: list[str]) -> str:
-    """The problem of an env whose agents `joined` an episode under way."""
-    return (f"agents {joined} joined the episode after it started; htsrl-aio trains envs whose agents all "
-            "start the episode (agents that join mid-episode are not supported yet).")
+def stranger_sentence(strangers: list[str], possible: tuple[str, ...]) -> str:
+    """The problem of an env whose `env.agents` holds agents that are not possible agents."""
+    return (f"env.agents holds {strangers}, which are not in possible_agents {list(possible)}; each agent "
+            "has a fixed row, so possible_agents must list every agent that can ever take part.")
+
+
+def unseen_sentence(unseen: list[str], call: str) -> str:
+    """The problem of an env whose agents entered the episode at `call` without an observation."""
+    return (f"agents {unseen} are in env.agents after {call} but it returned no observation for them; "
+            "return the first observation of an agent in the reset or step after which it takes part.")
 
 
 def with_agent_id(space: gym.Space, agents: int) -> gym.spaces.Dict:
