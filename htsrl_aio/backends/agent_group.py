@@ -12,7 +12,8 @@ from `env.agents` after its last step, as in Knights-Archers-Zombies) gets that 
 its row then still asks to step with the others, which steps nothing of the env for it, and gets
 `Absent` (masked out by the learner) until the episode ends and every row resets. The waiter a slot
 returns is whatever the host awaits: an asyncio future on the event loop, a `Parked` result in a worker
-process, which has no event loop and resumes the replicas whose results arrived (worker.py).
+process or a Ray actor, which have no event loop and resume the replicas whose results arrived
+(`HostedReplicas`, worker.py).
 """
 
 from __future__ import annotations
