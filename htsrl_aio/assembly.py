@@ -97,7 +97,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     factory = resolve_env(cfg.env, cfg)
     factory, spec = await probe_env(factory, cfg.env_timeout or None)
     backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
-    _check_multi_agent(cfg, spec, backend_kind)
+    _check_multi_agent(cfg, spec)
     rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage
     device = resolve_device(cfg.device)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
@@ -154,8 +154,10 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     return RunParts(cfg, spec, run_dir, sinks, inference, learner, backend, replicas, scheduler, resume_note)
 
 
-def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec, backend_kind: str) -> None:
-    """What this first cut of multi-agent envs does not do yet, refused in one sentence."""
+def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec) -> None:
+    """What this first cut of multi-agent envs does not do yet, refused in one sentence. Every backend
+    that hosts a Python env hosts them (process, loop, ray); the engine backend hosts only ALE and
+    EnvPool ids, and `backend_name` refuses it for any other env."""
     if not spec.agents:
         if cfg.agent_id:
             raise ConfigError(f"--agent-id applies to multi-agent envs (PettingZoo ParallelEnv), and "
@@ -165,9 +167,6 @@ def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec, backend_kind: str) -> No
                               f"(PettingZoo ParallelEnv), and {cfg.env!r} has one agent, whose observation "
                               "is all the critic can read; drop --critic global.")
         return
-    if backend_kind not in ("process", "loop"):
-        raise ConfigError(f"--env-backend {backend_kind} does not host multi-agent envs yet; use "
-                          "--env-backend process or loop.")
     if cfg.on_env_error == "restart":
         raise ConfigError("--on-env-error restart does not re-create multi-agent envs yet; use "
                           "--on-env-error stop.")

@@ -129,19 +129,19 @@ PLACEMENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def same_bits_in_every_placement(make: Callable[..., TrainConfig], root: Path,
-                                 updates: int) -> dict[str, Any]:
-    """Train `make(run_dir, **placement)` in each of PLACEMENTS; assert the same final parameters and
+def same_bits_in_every_placement(make: Callable[..., TrainConfig], root: Path, updates: int,
+                                 placements: dict[str, dict[str, Any]] = PLACEMENTS) -> dict[str, Any]:
+    """Train `make(run_dir, **placement)` in each of `placements`; assert the same final parameters and
     actions trace, with different actions in every update; return the first run's summary."""
     from htsrl_aio import train
 
-    runs = {name: train(make(root / name, **placement)) for name, placement in PLACEMENTS.items()}
+    runs = {name: train(make(root / name, **placement)) for name, placement in placements.items()}
     hashes = {name: summary["final_params_sha256"] for name, summary in runs.items()}
     assert len(set(hashes.values())) == 1, hashes
     traces = [actions_trace(root / name) for name in runs]
-    assert len(traces[0]) == updates and traces[0] == traces[1] == traces[2]
+    assert len(traces[0]) == updates and all(trace == traces[0] for trace in traces)
     assert len(set(traces[0])) == updates  # the policy acted differently each rollout
-    return runs["one_worker"]
+    return next(iter(runs.values()))
 
 
 def signalled(argv: list[str], run: Path, sig: signal.Signals, *, group: bool = False,

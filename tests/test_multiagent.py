@@ -16,6 +16,7 @@ import pytest
 import torch
 from harness import (
     HANG_S,
+    PLACEMENTS,
     actions_trace,
     as_if_crashed_after,
     metrics_rows,
@@ -188,6 +189,8 @@ async def test_frame_options_are_refused_for_a_multi_agent_env():
 def test_a_run_refuses_what_it_does_not_do_yet(tmp_path):
     with pytest.raises(ConfigError, match="does not re-create multi-agent envs yet"):
         train(config(tmp_path / "restart", on_env_error="restart"))
+    with pytest.raises(ConfigError, match=r"runs envs in a C\+\+ vector engine, which .* is not"):
+        train(config(tmp_path / "engine", env_backend="engine"))
     with pytest.raises(ConfigError, match="--agent-id applies to multi-agent envs"):
         train(config(tmp_path / "single", env="CartPole-v1", agent_id=True))
 
@@ -401,13 +404,16 @@ def test_resume_from_a_periodic_checkpoint_is_bit_identical(tmp_path, no_leaks, 
     _resumed_run_matches(tmp_path, ("team_return_mean",), mode=mode)
 
 
-def _resumed_run_matches(tmp_path, metrics: tuple[str, ...], **settings) -> None:
-    """A run resumed from its update-2 checkpoint (in other placements) ends as the run never stopped:
-    parameters, actions, restored envs and the last row's `metrics`."""
+def _resumed_run_matches(tmp_path, metrics: tuple[str, ...], resumed_on: dict | None = None,
+                         **settings) -> None:
+    """A run resumed from its update-2 checkpoint (in other placements: `resumed_on`, one worker and the
+    learner thread by default) ends as the run never stopped: parameters, actions, restored envs and the
+    last row's `metrics`."""
     full = train(config(tmp_path / "full", checkpoint_every=2, total_steps=NUM_ENVS * ROLLOUT * 5, workers=2,
                         **settings))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
-    resumed = resume(crashed / "checkpoints" / "update-0000002.pt", workers=1, learner="thread")
+    resumed = resume(crashed / "checkpoints" / "update-0000002.pt",
+                     **(resumed_on or {"workers": 1, "learner": "thread"}))
     assert resumed["final_params_sha256"] == full["final_params_sha256"]
     assert actions_trace(crashed) == actions_trace(tmp_path / "full")
     rows, full_rows = metrics_rows(crashed), metrics_rows(tmp_path / "full")
@@ -579,6 +585,76 @@ async def test_a_global_critic_acts_evaluates_and_exports_without_the_state(tmp_
     one_hot = torch.eye(3)[:1]
     assert module(one_hot, torch.from_numpy(observations["agent_0"])[None]).item() == actions["agent_0"]
     assert policy.spec.critic_keys == ("global_state", "agent_id")
+
+
+# --env-backend ray: the rows of an env on one actor, where a row that waits for the env's other agents
+# answers in the message that steps the env.
+
+ON_RAY = {"env_backend": "ray", "ray_actors": 2}
+
+
+def test_a_ray_actors_rows_that_wait_answer_with_the_message_that_steps_their_env():
+    """The actor's body without Ray: rows 0 and 2 of an env ask in one message and wait; row 1's message
+    steps the env and answers all three (in the order they finished: at the end of an episode, a row
+    resets once every row has), each reply with the observation (and a time limit's final observation)
+    its own command wrote."""
+    from htsrl_aio.backends.ray_actors import ReplicaHost
+    from htsrl_aio.backends.worker import Command
+
+    host = ReplicaHost(resolve_env(MEETING), _spec(MEETING), (0, 1, 2), 0, ROLLOUT, False, ())
+    host.hosted.build()
+    truncated = 0
+    for row, kind in enumerate(["reset"] + ["step"] * (ROLLOUT - 1)):
+        commands = [Command(kind, env, 0, row, np.int64(env)) for env in (0, 1, 2)]  # the rows move apart
+        waiting = host.run([(commands[0], None), (commands[2], None)])
+        assert waiting.replies == [] and waiting.obs == {} and waiting.final == {}
+        answer = host.run([(commands[1], None)])
+        order = [reply.env_id for reply in answer.replies]
+        assert sorted(order) == [0, 1, 2]
+        wrote = row + (kind == "step")
+        assert [obs.tolist() for obs in answer.obs["obs"]] == \
+            [host.slots.slot(0, wrote, env)["obs"].tolist() for env in order]
+        cut = [reply.env_id for reply in answer.replies if kind == "step" and reply.value.truncated]
+        assert [obs.tolist() for obs in answer.final.get("obs", [])] == \
+            [host.slots.final_slot(env)["obs"].tolist() for env in cut]
+        truncated += len(cut)
+    assert len({obs.tobytes() for obs in answer.obs["obs"]}) == 3  # the agents see different things
+    assert truncated == 3  # the episode (8-14 steps) ended within the rollout, by its time limit
+    host.close()
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_instance")
+def test_ray_actors_host_a_multi_agent_env(tmp_path, no_leaks):
+    """Once refused ("--env-backend ray does not host multi-agent envs yet")."""
+    summary = train(config(tmp_path / "run", total_steps=NUM_ENVS * ROLLOUT, **ON_RAY))
+    assert summary["updates"] == 1
+    env_runs = json.loads((tmp_path / "run" / "config.json").read_text())["env_runs"]
+    assert env_runs == "on 2 Ray actors (1 node)"
+    assert metrics_rows(tmp_path / "run")[-1]["agent_steps"] == 3 * NUM_ENVS * ROLLOUT
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
+@pytest.mark.parametrize("critic", ["local", "global"])
+def test_on_ray_actors_the_same_bits_as_the_event_loop(tmp_path, no_leaks, critic):
+    """Agents leave at seeded random steps of steps that take a random time; with --max-batch 2 the 3 rows
+    of an env reach their actor in different messages and wait there for each other."""
+    placements = {"event_loop": PLACEMENTS["event_loop"],
+                  "ray_actors": {**ON_RAY, "max_batch": 2, "learner": "thread"}}
+    same_bits_in_every_placement(functools.partial(config, env_kwargs={**LEAVING, **STATE}, critic=critic),
+                                 tmp_path, UPDATES, placements)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
+def test_resume_on_ray_actors_with_agents_that_leave_is_bit_identical(tmp_path, no_leaks):
+    """The env's state travels to the first agent's row on its actor; the head sends each row the
+    observation it stands at."""
+    _resumed_run_matches(tmp_path, ("agent_steps", "team_return_mean"),
+                         {"ray_actors": 1, "learner": "thread"}, env_kwargs=LEAVING, **ON_RAY)
 
 
 def _spec(env: str, **config):

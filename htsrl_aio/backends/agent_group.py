@@ -15,8 +15,8 @@ agent not in the episode yet (absent from `env.agents` after the reset) is `Abse
 the step after which it is in `env.agents`: that step is its row's `Joined`, which stores the agent's
 first observation and no transition, and the row's next step is the first of the agent's episode.
 The waiter a slot returns is whatever the host awaits: an asyncio future on the event loop, a `Parked`
-result in a worker process, which has no event loop and resumes the replicas whose results arrived
-(worker.py).
+result in a worker process or a Ray actor, which have no event loop and resume the replicas whose
+results arrived (`HostedReplicas`, worker.py).
 """
 
 from __future__ import annotations

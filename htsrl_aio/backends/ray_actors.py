@@ -1,7 +1,8 @@
 """RayBackend: replicas on Ray actors, on this machine or spread over the nodes of a cluster.
 
 Each actor (`ReplicaHost`) hosts a contiguous group of replicas and runs the commands it is sent with
-the same `reply_to` and `Replica` life cycle as a worker process. Inference, the learner and the
+the same `HostedReplicas` and `Replica` life cycle as a worker process (a multi-agent env's rows, which
+`HostedBackend._split` keeps on one actor, included). Inference, the learner and the
 swap stay on the head node (this process). Only ids, actions, rewards, flags and observations travel:
 
 - Batching: the commands issued to one actor during one event-loop iteration go in one remote call;
@@ -40,8 +41,8 @@ import numpy as np
 
 from htsrl_aio.backends.hosted import HostedBackend
 from htsrl_aio.backends.protocol import BackendArgs
-from htsrl_aio.backends.replica import Replica, env_error, run_to_completion
-from htsrl_aio.backends.worker import Command, Reply, reply_to
+from htsrl_aio.backends.replica import env_error
+from htsrl_aio.backends.worker import Command, HostedReplicas, Reply
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec
 from htsrl_aio.errors import ConfigError
 from htsrl_aio.ipc.marks import MarkWatchdog
@@ -121,46 +122,42 @@ class ReplicaHost:
 
     def __init__(self, factory: EnvFactory, spec: EnvSpec, env_ids: tuple[int, ...], run_seed: int,
                  rollout: int, restart_on_error: bool, lineage: tuple[int, ...]) -> None:
-        self.args = (factory, spec, env_ids, run_seed, restart_on_error, lineage)
+        self.hosted = HostedReplicas(factory, spec, env_ids, run_seed, restart_on_error, lineage)
         self.slots = GroupSlots(spec.obs.arrays(), env_ids, rollout)
-        self.replicas: dict[int, Replica] = {}
 
     def start(self) -> tuple[tuple[str, str], tuple[str, str] | None]:
         """Build every replica: ((node id, node address), None), or the failure as (message, traceback)."""
         import ray
 
-        factory, spec, env_ids, run_seed, restart_on_error, lineage = self.args
         node = (ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
         try:
-            for env_id in env_ids:
-                self.replicas[env_id] = Replica(env_id, factory, spec.obs, spec.action, run_seed,
-                                                restart_on_error, lineage)
+            self.hosted.build()
         except Exception as exc:
             return node, (f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return node, None
 
     def run(self, batch: list[tuple[Command, ObsSlot | None]]) -> HostReply:
-        """Run each command; `acted`, when sent, is the observation the env stands at (the head node
-        sends it when this actor cannot know it: after a restart or a loaded checkpoint)."""
-        replies, obs, final = [], [], []
+        """Run the commands; `acted`, when sent, is the observation the env stands at (the head node
+        sends it when this actor cannot know it: after a restart or a loaded checkpoint). The replies are
+        those `HostedReplicas.run` gives: a multi-agent env's row that waits for its other agents answers
+        in the message that steps the env, with the observation its own command wrote."""
         for cmd, acted in batch:
-            env_id = cmd.env_id
             if acted is not None:
-                for key, array in self.slots.slot(cmd.buf, cmd.row, env_id).items():
+                for key, array in self.slots.slot(cmd.buf, cmd.row, cmd.env_id).items():
                     array[...] = acted[key]
-            reply = reply_to(cmd, self.replicas[env_id], self.slots)
+        replies, obs, final = [], [], []
+        for cmd, reply in self.hosted.run([cmd for cmd, _ in batch], self.slots):
             replies.append(reply)
             if reply.kind == "error":
                 continue
             if cmd.kind in ("reset", "step", "lost_step"):
-                obs.append(self.slots.slot(cmd.buf, cmd.row + (cmd.kind != "reset"), env_id))
+                obs.append(self.slots.slot(cmd.buf, cmd.row + (cmd.kind != "reset"), cmd.env_id))
             if _wrote_final(cmd, reply.value):
-                final.append(self.slots.final_slot(env_id))
+                final.append(self.slots.final_slot(cmd.env_id))
         return HostReply(replies, _stack(obs), _stack(final))
 
     def close(self) -> None:
-        for replica in self.replicas.values():
-            run_to_completion(replica.close())
+        self.hosted.close()
 
 
 class RayBackend(HostedBackend):

@@ -3,13 +3,14 @@
 It imports no torch. Observations are written straight into the rollout storage's shared memory at
 the slot the command names; only ids, actions, rewards and flags travel over the pipe. The life cycle
 itself (episodes, seeds, checks, restarts) is the `Replica`'s, run to completion without an event loop.
+`HostedReplicas` is what a host runs, here and on a Ray actor alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import traceback
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal, NamedTuple
@@ -63,30 +64,57 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
     arrays = iter(attached)
     buffers = ObsBuffers(tuple({key: next(arrays) for key in specs} for specs in args.storages),
                          {key: next(arrays) for key in args.final})
-    replicas: dict[int, Replica] = {}
-    factories = row_factories(args.factory, args.spec, args.env_ids, Parked)
-    waiting = WaitingAgents()
+    hosted = HostedReplicas(args.factory, args.spec, args.env_ids, args.run_seed, args.restart_on_error,
+                            args.lineage)
     try:
         conn.send([Reply("building", None)])
-        for env_id in args.env_ids:
-            replicas[env_id] = Replica(env_id, factories[env_id], args.spec.obs, args.spec.action,
-                                       args.run_seed, args.restart_on_error, args.lineage)
+        hosted.build()
         conn.send([Reply("ready", None)])
         while True:
             commands = conn.recv()  # a list of Commands, or ("close",)
             if commands == ("close",):
                 return
-            replies = [reply for cmd in commands
-                       if (reply := reply_to(cmd, replicas[cmd.env_id], buffers, waiting)) is not None]
-            conn.send(replies + waiting.resume())
+            conn.send([reply for _, reply in hosted.run(commands, buffers)])
     except Exception as exc:  # env construction failed, or the parent went away
         with contextlib.suppress(OSError):
             conn.send([Reply("error", None, None, f"{type(exc).__name__}: {exc}", traceback.format_exc())])
     finally:
-        for replica in replicas.values():
-            run_to_completion(replica.close())
+        hosted.close()
         for array in attached:
             array.close()
+
+
+class HostedReplicas:
+    """The replicas of one host's slice of the envs, and those of its commands that wait for the other
+    agents of their env: what every host (a worker process, a Ray actor) runs, whatever carries its
+    messages."""
+
+    def __init__(self, factory: EnvFactory, spec: EnvSpec, env_ids: tuple[int, ...], run_seed: int,
+                 restart_on_error: bool, lineage: tuple[int, ...]) -> None:
+        self._made_by = (factory, spec, env_ids, run_seed, restart_on_error, lineage)
+        self._replicas: dict[int, Replica] = {}
+        self._waiting = WaitingAgents()
+
+    def build(self) -> None:
+        """Build every replica; those built before one fails are closed by `close`."""
+        factory, spec, env_ids, run_seed, restart_on_error, lineage = self._made_by
+        factories = row_factories(factory, spec, env_ids, Parked)
+        for env_id in env_ids:
+            self._replicas[env_id] = Replica(env_id, factories[env_id], spec.obs, spec.action, run_seed,
+                                            restart_on_error, lineage)
+
+    def run(self, commands: Iterable[Command], buffers: ObsSlots) -> list[tuple[Command, Reply]]:
+        """Run the commands of one message in turn: each command answered in this message with its reply,
+        those of earlier messages whose env stepped meanwhile included (a command that waits for the
+        other agents of its env answers in a later message)."""
+        replies = [(cmd, reply_to(cmd, self._replicas[cmd.env_id], buffers, self._waiting))
+                   for cmd in commands]
+        answered = [(cmd, reply) for cmd, reply in replies if reply is not None]
+        return answered + self._waiting.resume()
+
+    def close(self) -> None:
+        for replica in self._replicas.values():
+            run_to_completion(replica.close())
 
 
 class WaitingAgents:
@@ -99,21 +127,20 @@ class WaitingAgents:
     def park(self, cmd: Command, coroutine: Coroutine[Any, Any, Any], parked: Parked) -> None:
         self._parked[cmd.env_id] = (cmd, coroutine, parked)
 
-    def resume(self) -> list[Reply]:
-        """Replies of every parked command whose result arrived (a resumed one may park again: the
+    def resume(self) -> list[tuple[Command, Reply]]:
+        """Every parked command whose result arrived, with its reply (a resumed one may park again: the
         reset after its episode ended)."""
-        replies: list[Reply] = []
+        answered: list[tuple[Command, Reply]] = []
         while ready := [env_id for env_id, (_, _, parked) in self._parked.items() if parked.done()]:
             for env_id in ready:
                 cmd, coroutine, _ = self._parked.pop(env_id)
                 reply = _advance(cmd, coroutine, self)
                 if reply is not None:
-                    replies.append(reply)
-        return replies
+                    answered.append((cmd, reply))
+        return answered
 
 
-def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots,
-             waiting: WaitingAgents | None = None) -> Reply | None:
+def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots, waiting: WaitingAgents) -> Reply | None:
     """Run one command against its replica, observations in the slots it names (every host's core), and
     say how it went; None while the command waits for the other agents of its env (in `waiting`)."""
     try:
@@ -123,15 +150,14 @@ def reply_to(cmd: Command, replica: Replica, buffers: ObsSlots,
     return _advance(cmd, work, waiting)
 
 
-def _advance(cmd: Command, coroutine: Coroutine[Any, Any, Any],
-             waiting: WaitingAgents | None) -> Reply | None:
+def _advance(cmd: Command, coroutine: Coroutine[Any, Any, Any], waiting: WaitingAgents) -> Reply | None:
     try:
         awaited = coroutine.send(None)
     except StopIteration as done:
         return Reply("done", cmd.env_id, done.value)
     except Exception as exc:
         return _error(cmd, exc)
-    if isinstance(awaited, Parked) and waiting is not None:
+    if isinstance(awaited, Parked):
         waiting.park(cmd, coroutine, awaited)
         return None
     coroutine.close()
