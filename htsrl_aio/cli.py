@@ -126,7 +126,7 @@ def _add_tune(commands: argparse._SubParsersAction, hints: dict[str, Any]) -> No
 # The train flags that change the env itself, which check-env takes too.
 ENV_FLAGS = ("frame_size", "grayscale", "frame_stack", "atari_sticky", "atari_episodic_life",
              "atari_fire_reset", "atari_noop_max", "football_representation", "football_rewards",
-             "agent_id", "critic", "action_mask")
+             "football_players", "agent_id", "critic", "action_mask")
 
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:

@@ -228,6 +228,9 @@ class TrainConfig:
     football_rewards: Literal["scoring", "scoring,checkpoints"] = _opt(
         "GFootball: scoring (+1/-1 per goal: the return is the paper's score) or scoring,checkpoints "
         "(plus the shaping reward for carrying the ball towards goal)", default="scoring")
+    football_players: int = _opt(
+        "GFootball: control this many left-team players, each an agent of a multi-agent env with one "
+        "shared policy (README 'Multi-agent'); 1 controls the active player", check=_POSITIVE_INT, default=1)
 
     learner: Literal["process", "thread"] = _opt(
         "where the learner runs: its own process (no GIL contention with the event loop; best on CPU) "

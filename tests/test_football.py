@@ -18,8 +18,10 @@ from htsrl_aio.cli import main as cli_main
 from htsrl_aio.envs import resolve_env
 from htsrl_aio.envs.football import (
     ACADEMY_SCENARIOS,
+    LEFT_TEAM_SIZES,
     FootballEnv,
     FootballSpec,
+    FootballTeam,
     parse_football_id,
     require_gfootball,
 )
@@ -60,10 +62,29 @@ def test_all_eleven_academy_scenarios_are_known():
                                                r"representation and rewards with --football-representation"),
     ("gfootball/academy_corner", {"football_representation": "pixels"},
      r"unknown --football-representation 'pixels'; choose 'simple115v2' or 'extracted'\."),
+    ("gfootball/academy_empty_goal_close", {"football_players": 3},
+     r"--football-players 3 is more than the 2 players of academy_empty_goal_close's left team \(its "
+     r"goalkeeper included\); choose at most 2\."),
+    ("CartPole-v1", {"football_players": 3},
+     r"--football-players controls several players of a gfootball/<scenario> game, and 'CartPole-v1' is "
+     r"not one"),
 ])
 def test_a_bad_id_or_option_is_one_sentence(run_dir, env_id, options, message):
     with pytest.raises(ConfigError, match=message):
         train(TrainConfig(env=env_id, logdir=str(run_dir), **options))
+
+
+@needs_gfootball
+def test_the_left_team_sizes_are_the_engines():
+    import gfootball.env as football_env
+
+    for scenario, size in LEFT_TEAM_SIZES.items():
+        env = football_env.create_environment(env_name=scenario, render=False, logdir="")
+        try:
+            env.reset()
+            assert len(env.unwrapped._config._scenario_cfg.left_team) == size, scenario
+        finally:
+            env.close()
 
 
 def test_cli_offers_the_options_as_flags(capsys):
@@ -254,3 +275,58 @@ def test_cli_trains_with_the_preset(tmp_path, no_leaks):
     assert "done: 64 steps" in proc.stdout
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert (config["clip_coef"], config["football_rewards"]) == (0.08, "scoring,checkpoints")
+
+
+# --- several players: a FootballTeam is a ParallelEnv -----------------------------------------------
+
+@needs_gfootball
+@pytest.mark.parametrize("representation,shape", [("simple115v2", (115,)), ("extracted", (16, 72, 96))])
+def test_each_controlled_player_is_an_agent_with_its_own_view(representation, shape):
+    team = FootballTeam(FootballSpec("academy_3_vs_1_with_keeper", representation, players=3))
+    try:
+        obs, _ = team.reset(seed=3)
+        assert team.agents == team.possible_agents == ["left_0", "left_1", "left_2"]
+        assert all(o.shape == shape == team.observation_space(a).shape for a, o in obs.items())
+        assert not np.array_equal(obs["left_0"], obs["left_1"])  # each marks its own player
+        obs, rewards, terminations, truncations, _ = team.step(dict.fromkeys(team.agents, 0))
+        assert set(rewards) == set(terminations) == set(truncations) == set(obs) == set(team.possible_agents)
+    finally:
+        team.close()
+
+
+@needs_gfootball
+def test_a_teams_saved_game_plays_on_exactly_in_another_env():
+    spec = FootballSpec("academy_3_vs_1_with_keeper", rewards="scoring,checkpoints", players=3)
+    first, second = FootballTeam(spec), FootballTeam(spec)
+    try:
+        first.reset(seed=11)
+        moves = np.random.default_rng(0).integers(19, size=(40, 3))
+        for move in moves[:10]:
+            first.step(dict(zip(first.possible_agents, move.tolist())))
+        second.set_state(first.get_state())
+        for move in moves[10:]:
+            actions = dict(zip(first.possible_agents, move.tolist()))
+            if not first.agents:
+                break
+            a, b = first.step(actions), second.step(actions)
+            assert all(np.array_equal(a[0][k], b[0][k]) for k in a[0]) and a[1:4] == b[1:4]
+    finally:
+        first.close()
+        second.close()
+
+
+@needs_gfootball
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_several_players_train_the_same_bits_with_one_or_two_workers_and_resume(tmp_path, no_leaks, mode):
+    team = {"env": "gfootball/academy_3_vs_1_with_keeper", "football_players": 3, "critic": "global",
+            "num_envs": 2, "total_steps": 2 * 32 * 4}
+    a = train(small(tmp_path / "a", mode=mode, workers=1, max_batch=6, **team))
+    b = train(small(tmp_path / "b", mode=mode, workers=2, max_batch=2, **team))
+    assert a["final_params_sha256"] == b["final_params_sha256"]
+    assert trace(tmp_path / "a") == trace(tmp_path / "b")
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["agent_steps"] == 3 * rows[-1]["global_step"]
+    crashed = as_if_crashed_after(tmp_path / "a", tmp_path / "crashed")
+    resumed = resume(crashed / "checkpoints" / "update-0000002.pt", workers=1)
+    assert resumed["final_params_sha256"] == a["final_params_sha256"]

@@ -44,6 +44,7 @@ from htsrl_aio.envs.envpool_engine import (
 from htsrl_aio.envs.football import (
     FootballEnv,
     FootballSpec,
+    FootballTeam,
     is_football_id,
     parse_football_id,
     require_gfootball,
@@ -97,7 +98,8 @@ class EnvFactory:
         if self.engine is not None:
             return OneEngineEnv(self.engine)
         if self.env_id is not None and is_football_id(self.env_id):
-            return FootballEnv(self.football or parse_football_id(self.env_id))
+            football = self.football or parse_football_id(self.env_id)
+            return FootballTeam(football) if football.players > 1 else FootballEnv(football)
         env = self._make()
         if is_aec_env(env):
             env = as_parallel(env)
@@ -302,6 +304,10 @@ def _resolve(env: str | Callable[[], Any], config: TrainConfig | None) -> EnvFac
     factory = _resolve_source(env, config)
     if config is None:
         return factory
+    if config.football_players != 1 and factory.football is None:
+        raise ConfigError(f"--football-players controls several players of a gfootball/<scenario> game, and "
+                          f"{factory.name!r} is not one (EnvPool's gfootball tasks control one player); drop "
+                          "it.")
     return dataclasses.replace(factory, agent_id=config.agent_id, global_state=config.critic == "global",
                                action_mask=config.action_mask)
 
@@ -410,7 +416,8 @@ def _atari_options(config: TrainConfig | None) -> AtariOptions:
 def _football_spec(env_id: str, config: TrainConfig | None) -> FootballSpec:
     if config is None:
         return parse_football_id(env_id)
-    return parse_football_id(env_id, config.football_representation, config.football_rewards)
+    return parse_football_id(env_id, config.football_representation, config.football_rewards,
+                             config.football_players)
 
 
 def _import_module(module_name: str, target: str) -> Any:

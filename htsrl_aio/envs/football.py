@@ -7,6 +7,7 @@ so the user's own gym/gymnasium are never touched. Options are TrainConfig field
     --football-representation simple115v2   115-float vector (MLP); the default
     --football-representation extracted     SMM 4x72x96, 4 frames stacked -> uint8 (16, 72, 96) (CNN)
     --football-rewards scoring,checkpoints  + the checkpoint shaping reward (default: scoring)
+    --football-players 3                    control 3 left players, each an agent (`FootballTeam`)
 
 Determinism: every reset seeds the game engine (`game_engine_random_seed`) from the runtime's reset
 seed, which derives from (run seed, env, episode), so an episode's play depends on nothing else.
@@ -47,6 +48,12 @@ SCENARIOS = ACADEMY_SCENARIOS + FULL_GAME_SCENARIOS
 REPRESENTATIONS = ("simple115v2", "extracted")
 REWARDS = ("scoring", "scoring,checkpoints")
 NUM_STACKED = 4  # frames stacked for `extracted`, as in the paper
+# Players of the left team (the goalkeeper included) in gfootball 2.10.2's scenarios: the most
+# --football-players can control (tests/test_football.py checks the table against the engine).
+LEFT_TEAM_SIZES = {"academy_empty_goal_close": 2, "academy_empty_goal": 2, "academy_run_to_score": 2,
+                   "academy_run_to_score_with_keeper": 2, "academy_pass_and_shoot_with_keeper": 3,
+                   "academy_run_pass_and_shoot_with_keeper": 3, "academy_3_vs_1_with_keeper": 4,
+                   **dict.fromkeys(SCENARIOS[7:], 11)}
 MAX_ENGINE_SEED = 2_000_000_000  # gfootball draws its own engine seeds from [0, 2e9]
 
 
@@ -57,14 +64,15 @@ class FootballSpec:
     scenario: str
     representation: str = "simple115v2"
     rewards: str = "scoring"
+    players: int = 1  # --football-players: left players controlled; more than 1 makes a FootballTeam
 
 
 def is_football_id(env_id: str) -> bool:
     return env_id.startswith(PREFIX)
 
 
-def parse_football_id(env_id: str, representation: str = "simple115v2", rewards: str = "scoring"
-                      ) -> FootballSpec:
+def parse_football_id(env_id: str, representation: str = "simple115v2", rewards: str = "scoring",
+                      players: int = 1) -> FootballSpec:
     """`gfootball/<scenario>` and the options -> FootballSpec; ConfigError (one sentence) if wrong."""
     scenario = env_id[len(PREFIX):]
     if "/" in scenario:
@@ -81,7 +89,10 @@ def parse_football_id(env_id: str, representation: str = "simple115v2", rewards:
                           f"{' or '.join(REPRESENTATIONS)}.")
     if rewards not in REWARDS:
         raise ConfigError(f"unknown --football-rewards {rewards!r}; choose {' or '.join(REWARDS)}.")
-    return FootballSpec(scenario, representation, rewards)
+    if players > (team := LEFT_TEAM_SIZES[scenario]):
+        raise ConfigError(f"--football-players {players} is more than the {team} players of {scenario}'s "
+                          f"left team (its goalkeeper included); choose at most {team}.")
+    return FootballSpec(scenario, representation, rewards, players)
 
 
 def import_gfootball() -> Any:
@@ -102,7 +113,9 @@ def require_gfootball() -> None:
 
 
 class FootballEnv(gym.Env):
-    """One gfootball game, single agent (the left team's active player), render=False, gymnasium API."""
+    """One gfootball game, render=False, gymnasium API: single agent (the left team's active player), or
+    with `players` > 1 the game of a FootballTeam, whose observations, actions and rewards have a leading
+    axis of one entry per controlled player (gfootball's own layout)."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
@@ -115,16 +128,19 @@ class FootballEnv(gym.Env):
                 env_name=spec.scenario, representation=spec.representation,
                 stacked=spec.representation == "extracted", rewards=spec.rewards, render=False,
                 write_goal_dumps=False, write_full_episode_dumps=False, write_video=False, logdir="",
-                number_of_left_players_agent_controls=1)
+                number_of_left_players_agent_controls=spec.players)
         self._config = self._env.unwrapped._config
         self._started = False
-        self.action_space = gym.spaces.Discrete(int(self._env.action_space.n))
-        old = self._env.observation_space
+        self.players = spec.players
+        team = (spec.players,) if spec.players > 1 else ()
+        self.action_space = (gym.spaces.MultiDiscrete(self._env.action_space.nvec) if team
+                             else gym.spaces.Discrete(int(self._env.action_space.n)))
+        player_shape = self._env.observation_space.shape[len(team):]
         if spec.representation == "extracted":
-            height, width, channels = old.shape
-            self.observation_space = gym.spaces.Box(0, 255, (channels, height, width), np.uint8)
+            height, width, channels = player_shape
+            self.observation_space = gym.spaces.Box(0, 255, (*team, channels, height, width), np.uint8)
         else:
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, old.shape, np.float32)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (*team, *player_shape), np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -141,11 +157,14 @@ class FootballEnv(gym.Env):
         self._started = True
         return self._convert(self._env.reset()), {}
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, reward, done, info = self._env.step(int(action))
+    def step(self, action: Any) -> tuple[np.ndarray, Any, bool, bool, dict[str, Any]]:
+        """`action`: an int, or one per controlled player; the reward likewise."""
+        played = [int(a) for a in action] if self.players > 1 else int(action)
+        obs, reward, done, info = self._env.step(played)
+        reward = np.asarray(reward, np.float32).reshape(self.players) if self.players > 1 else float(reward)
         # Every gfootball episode end (a goal, a lost ball, the scenario's time limit) is part of the
         # task as the paper trains it, so it is a termination, not a truncation.
-        return self._convert(obs), float(reward), bool(done), False, info
+        return self._convert(obs), reward, bool(done), False, info
 
     def get_state(self) -> dict[str, Any]:
         """The game mid-episode (engine, checkpoint rewards, frame stack) and this adapter's generator,
@@ -170,6 +189,62 @@ class FootballEnv(gym.Env):
         self._env.close()
 
     def _convert(self, obs: np.ndarray) -> np.ndarray:
-        if self.football.representation == "extracted":
-            return np.ascontiguousarray(np.transpose(obs, (2, 0, 1)), dtype=np.uint8)
+        if self.football.representation == "extracted":  # HWC -> CHW, of each player's map
+            return np.ascontiguousarray(np.moveaxis(np.asarray(obs), -1, -3), dtype=np.uint8)
         return np.asarray(obs, dtype=np.float32)
+
+
+class FootballTeam:
+    """`--football-players N`: one gfootball game whose left team's N controlled players are the agents
+    (`left_0` ... `left_{N-1}`, gfootball's order) of a PettingZoo ParallelEnv, so they are N rows of one
+    shared policy (docs: README "Multi-agent"). Each sees its own observation (simple115v2 marks the
+    player it is; extracted is the team's map with its own position) and gets its own reward (the same
+    goal for all; the checkpoint reward per player); a goal, a lost ball or the time limit ends the
+    episode for all of them."""
+
+    metadata: ClassVar[dict[str, Any]] = {"name": "gfootball_team", "render_modes": []}
+
+    def __init__(self, spec: FootballSpec) -> None:
+        self.game = FootballEnv(spec)
+        self.possible_agents = [f"left_{i}" for i in range(spec.players)]
+        self.agents: list[str] = []
+        team_obs = self.game.observation_space
+        self._obs_space = gym.spaces.Box(team_obs.low[0], team_obs.high[0], team_obs.shape[1:],
+                                         team_obs.dtype)
+        self._action_space = gym.spaces.Discrete(int(self.game.action_space.nvec[0]))
+
+    def observation_space(self, agent: str) -> gym.spaces.Box:
+        return self._obs_space
+
+    def action_space(self, agent: str) -> gym.spaces.Discrete:
+        return self._action_space
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        obs, _ = self.game.reset(seed=seed)
+        self.agents = list(self.possible_agents)
+        return self._by_agent(obs), {agent: {} for agent in self.agents}
+
+    def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
+        obs, rewards, done, _, _ = self.game.step([actions[agent] for agent in self.possible_agents])
+        playing = self.possible_agents
+        self.agents = [] if done else list(playing)
+        return (self._by_agent(obs), {agent: float(r) for agent, r in zip(playing, rewards)},
+                dict.fromkeys(playing, done), dict.fromkeys(playing, False), {agent: {} for agent in playing})
+
+    def get_state(self) -> dict[str, Any]:
+        return {"game": self.game.get_state(), "agents": list(self.agents)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.game.set_state(state["game"])
+        self.agents = list(state["agents"])
+
+    def close(self) -> None:
+        self.game.close()
+
+    @property
+    def unwrapped(self) -> FootballTeam:
+        return self
+
+    def _by_agent(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {agent: obs[i] for i, agent in enumerate(self.possible_agents)}
