@@ -155,21 +155,18 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
 
 
 def _check_multi_agent(cfg: TrainConfig, spec: EnvSpec) -> None:
-    """What this first cut of multi-agent envs does not do yet, refused in one sentence. Every backend
-    that hosts a Python env hosts them (process, loop, ray); the engine backend hosts only ALE and
-    EnvPool ids, and `backend_name` refuses it for any other env."""
-    if not spec.agents:
-        if cfg.agent_id:
-            raise ConfigError(f"--agent-id applies to multi-agent envs (PettingZoo ParallelEnv), and "
-                              f"{cfg.env!r} has one agent; drop it.")
-        if cfg.critic == "global":
-            raise ConfigError(f"--critic global gives the value head the global state of a multi-agent env "
-                              f"(PettingZoo ParallelEnv), and {cfg.env!r} has one agent, whose observation "
-                              "is all the critic can read; drop --critic global.")
+    """Multi-agent flags given for a single-agent env, refused in one sentence. (Every backend that hosts
+    a Python env hosts multi-agent ones: process, loop, ray; the engine backend hosts only ALE and
+    EnvPool ids, and `backend_name` refuses it for any other env.)"""
+    if spec.agents:
         return
-    if cfg.on_env_error == "restart":
-        raise ConfigError("--on-env-error restart does not re-create multi-agent envs yet; use "
-                          "--on-env-error stop.")
+    if cfg.agent_id:
+        raise ConfigError(f"--agent-id applies to multi-agent envs (PettingZoo ParallelEnv), and "
+                          f"{cfg.env!r} has one agent; drop it.")
+    if cfg.critic == "global":
+        raise ConfigError(f"--critic global gives the value head the global state of a multi-agent env "
+                          f"(PettingZoo ParallelEnv), and {cfg.env!r} has one agent, whose observation "
+                          "is all the critic can read; drop --critic global.")
 
 
 def _make_learner(cfg: TrainConfig, model: torch.nn.Module, distribution: ActionDistribution,

@@ -32,3 +32,6 @@ class StepResult(NamedTuple):
     # False: the row's agent left its env's episode earlier, so this step is no transition of it (a
     # multi-agent env's row waiting for the others' episode to end); the learner masks it out.
     active: bool = True
+    # After this step the row's agent is out of its env's episode (it left, or has not joined yet): if
+    # the env is lost before its next step, that step is no transition of the agent either.
+    waits: bool = False

@@ -659,7 +659,9 @@ class MeetingAgents:
     this probability, drawn from the episode's seed, as Knights-Archers-Zombies' agents die. `late`: the
     last `late` agents are not in the episode at its reset and join it after a step drawn from the
     episode's seed (1-5; an agent that left may come back, `returns`: agent_0 leaves after step 2 and
-    comes back after step 4).
+    comes back after step 4). `fails_at`: each instance raises at that many step calls, and again every
+    `fails_at` calls of its successors; `dies_at`: the first instance of a test (HTSRL_TEST_DEATH_MARKER)
+    to make that many step calls kills its worker process.
     `state`: the env has PettingZoo's state() and state_space, the agents' positions alone (so an
     agent's own noise is not part of it). `dict_obs`: each observation is a Dict {"position": ...}.
     `masked`: each agent's observation is a Dict of its `position` and an `action_mask` drawn each step
@@ -671,8 +673,11 @@ class MeetingAgents:
 
     def __init__(self, agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
                  dict_obs: bool = False, masked: bool | str = False, late: int = 0,
-                 returns: bool = False) -> None:
+                 returns: bool = False, fails_at: int = 0, dies_at: int = 0) -> None:
         self.fault = fault
+        self.fails_at = fails_at
+        self.dies_at = dies_at
+        self._calls = 0
         self.leaving = leaving
         self.late = late
         self.returns = returns
@@ -739,6 +744,13 @@ class MeetingAgents:
 
     def step(self, actions):
         time.sleep(_UNSEEDED.uniform(0.0, 0.001))
+        self._calls += 1
+        if self._calls == self.fails_at:
+            raise RuntimeError("the meeting lost its connection")
+        if self._calls == self.dies_at and _first_to_get_here("HTSRL_TEST_DEATH_MARKER"):
+            import os
+
+            os._exit(9)
         live = list(self.agents)
         if set(actions) != set(live):
             raise ValueError(f"actions for {sorted(actions)}, but the agents in the episode are {live}")
@@ -803,5 +815,5 @@ class MeetingAgents:
 
 def meeting_agents(agents: int = 3, fault: str = "", leaving: float = 0.0, state: bool = False,
                    dict_obs: bool = False, masked: bool | str = False, late: int = 0,
-                   returns: bool = False) -> MeetingAgents:
-    return MeetingAgents(agents, fault, leaving, state, dict_obs, masked, late, returns)
+                   returns: bool = False, fails_at: int = 0, dies_at: int = 0) -> MeetingAgents:
+    return MeetingAgents(agents, fault, leaving, state, dict_obs, masked, late, returns, fails_at, dies_at)

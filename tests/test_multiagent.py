@@ -187,8 +187,6 @@ async def test_frame_options_are_refused_for_a_multi_agent_env():
 
 
 def test_a_run_refuses_what_it_does_not_do_yet(tmp_path):
-    with pytest.raises(ConfigError, match="does not re-create multi-agent envs yet"):
-        train(config(tmp_path / "restart", on_env_error="restart"))
     with pytest.raises(ConfigError, match=r"runs envs in a C\+\+ vector engine, which .* is not"):
         train(config(tmp_path / "engine", env_backend="engine"))
     with pytest.raises(ConfigError, match="--agent-id applies to multi-agent envs"):
@@ -256,6 +254,43 @@ def reset_all(reset, others) -> None:
     assert parked.done()
     with pytest.raises(StopIteration):
         reset.send(None)
+
+
+def test_an_env_that_raises_is_built_again_and_its_lost_step_is_no_transition_of_an_absent_agent():
+    """agent_0 leaves after step 2; the env raises at step 3: agent_0's row gets an inactive lost step,
+    the others a truncation at the observation they acted on; the new env then resets every row."""
+    spec = _spec(MEETING)
+    factory = resolve_env(MEETING, TrainConfig(env=MEETING, env_kwargs={"returns": True, "fails_at": 3}))
+    group = AgentGroup(factory, spec, Parked)
+    replicas = [Replica(i, functools.partial(AgentSlot, group, i), spec.obs, spec.action, run_seed=1,
+                        restart_on_error=True) for i in range(3)]
+    slots = [[{"obs": np.full(3, 7.0, np.float32)} for _ in range(3)] for _ in replicas]
+    together([r.reset(s[0]) for r, s in zip(replicas, slots)])
+    first_env = group.env
+    for _ in range(2):
+        results = together([r.step(np.int64(1), *s) for r, s in zip(replicas, slots)])
+    assert results[0].terminated and replicas[0].waits and results[0].waits
+    lost = together([r.step(np.int64(1), *s) for r, s in zip(replicas, slots)])
+    assert group.env is not first_env  # built once, for all three rows
+    assert lost[0].restarted is not None and not lost[0].active and not lost[0].truncated
+    assert all(r.restarted is not None and r.active and r.truncated and r.reward == 0.0 for r in lost[1:])
+    assert np.array_equal(slots[1][2]["obs"], slots[1][0]["obs"])  # the bootstrap: what it acted on
+    assert not any(r.waits for r in replicas) and group.env.agents == group.env.possible_agents
+
+
+def together(coroutines: list) -> list:
+    """Run the coroutines of one env's rows, each parked until the others have asked (as a worker does)."""
+    results, pending = {}, dict(enumerate(coroutines))
+    for _ in range(100):  # a handful of rounds: every row asks, the env answers them all
+        for i, coroutine in list(pending.items()):
+            try:
+                coroutine.send(None)
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+        if not pending:
+            return [results[i] for i in range(len(coroutines))]
+    raise AssertionError("the rows never got their answers")
 
 
 def test_agents_that_join_and_leave_train_and_count_only_their_own_steps(tmp_path, no_leaks):
@@ -383,6 +418,54 @@ def test_resume_with_agents_that_leave_and_join_is_bit_identical_and_evaluates(t
     # Eval plays every agent in the episode, those that join included, until the episode ends.
     played = asyncio.run(evaluate(tmp_path / "full", episodes=3, deterministic=True))
     assert all(1 <= length <= 14 for length in played.lengths)
+
+
+def test_the_lost_step_of_a_row_whose_agent_was_out_says_so_to_the_new_host():
+    """A host that died took the replica that knew the row's agent was out: the head node, which saw
+    the row's last StepResult, marks its lost step absent."""
+    from types import SimpleNamespace
+
+    from htsrl_aio.backends.worker import Command
+
+    host = HostedBackend.__new__(HostedBackend)
+    host.args = SimpleNamespace(env_timeout=None)
+    host._loop = SimpleNamespace(call_soon=lambda callback: None)
+    host._commands, host._pending, host._sent_at, host._outbox = {}, {}, {}, {}
+    host._stale, host._waiting = {}, set()
+    for env_id, waits in ((0, True), (1, False)):
+        host._commands[env_id] = Command("step", env_id)
+        host._resolve(env_id, StepResult(0.0, False, False, None, active=not waits, waits=waits))
+        host._commands[env_id] = Command("step", env_id)
+        host._stale[env_id] = ("host died", "")
+        host._forward(0, env_id)
+    assert [(cmd.kind, cmd.absent) for cmd in host._outbox[0]] == [("lost_step", True), ("lost_step", False)]
+
+
+def test_a_multi_agent_env_that_raises_is_built_again_and_the_run_goes_on(tmp_path, no_leaks):
+    """Each env raises at its 20th step and its successor at its own 20th: 2 failures x 4 envs x 3 rows
+    (restarts count rows, as every count of the runtime does)."""
+    summary = train(config(tmp_path / "run", on_env_error="restart", workers=2,
+                           env_kwargs={**LEAVING, "fails_at": 20}))
+    assert summary["updates"] == UPDATES
+    assert metrics_rows(tmp_path / "run")[-1]["env_restarts"] == 2 * NUM_ENVS * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hts", "sync"])
+def test_restarts_of_a_multi_agent_env_train_the_same_bits_everywhere(tmp_path, no_leaks, mode):
+    same_bits_in_every_placement(functools.partial(
+        config, mode=mode, on_env_error="restart", env_kwargs={**JOINING, "fails_at": 20}), tmp_path, UPDATES)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_of_a_multi_agent_env_is_spawned_again(tmp_path, monkeypatch, no_leaks):
+    monkeypatch.setenv("HTSRL_TEST_DEATH_MARKER", str(tmp_path / "died"))
+    summary = train(config(tmp_path / "run", on_env_error="restart", workers=2,
+                           env_kwargs={**LEAVING, "dies_at": 25}))
+    assert summary["updates"] == UPDATES
+    # The worker hosted 2 of the 4 envs: their 6 rows start again.
+    assert metrics_rows(tmp_path / "run")[-1]["env_restarts"] == 6
+    assert "died (exit code 9); started again" in (tmp_path / "run" / "error.log").read_text()
 
 
 @pytest.mark.slow

@@ -96,7 +96,9 @@ class AgentGroup:
     def __init__(self, factory: EnvFactory, spec: EnvSpec, new_waiter: Callable[[], Waiter]) -> None:
         self.spec = spec
         self.agents = spec.agents
+        self._factory = factory
         self._new_waiter = new_waiter
+        self._failed = False  # the env raised: --on-env-error restart builds it again (`restart`)
         self._resets: dict[int, tuple[int, Waiter]] = {}
         self._steps: dict[int, tuple[Any, Waiter]] = {}
         self._closed = False
@@ -127,6 +129,7 @@ class AgentGroup:
         try:
             results = call()
         except Exception as exc:  # every agent's row fails with it
+            self._failed = True
             for _, waiter in requests.values():
                 if not waiter.done():
                     waiter.set_exception(exc)
@@ -189,6 +192,15 @@ class AgentGroup:
                                   "its agent leaves.")
         return Left(step)
 
+    def restart(self) -> None:
+        """A new env in place of one that raised (every row of it asks; the first one builds it)."""
+        if not self._failed:
+            return
+        with contextlib.suppress(Exception):
+            self.env.close()
+        self.env = self._factory()
+        self._failed = False
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -211,6 +223,9 @@ class AgentSlot:
 
     def close(self) -> None:
         self.group.close()
+
+    def restart(self) -> None:
+        self.group.restart()
 
     def get_state(self) -> bytes | None:
         """The first agent's row carries the env's state, captured as any env's is (None where it

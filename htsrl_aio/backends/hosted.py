@@ -53,6 +53,9 @@ class HostedBackend:
         self._held: dict[int, list[int]] = {}  # host index -> envs whose commands wait for its restart
         # Envs of a lost host -> why it was re-created: their next step is a lost step, which reports it.
         self._stale: dict[int, tuple[str, str]] = {}
+        # Multi-agent rows whose agent is out of its env's episode after their last step (StepResult.waits):
+        # the lost step of such a row, on a host that never saw it, is no transition either.
+        self._waiting: set[int] = set()
         self._respawning: set[asyncio.Task] = set()
         self._failure: EnvError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,7 +145,7 @@ class HostedBackend:
         if env_id in self._stale and cmd.kind == "reset":  # a new episode anyway: no step is lost
             del self._stale[env_id]
         elif env_id in self._stale and cmd.kind == "step":
-            cmd = self._commands[env_id] = cmd._replace(kind="lost_step")
+            cmd = self._commands[env_id] = cmd._replace(kind="lost_step", absent=env_id in self._waiting)
         if self.args.env_timeout:
             self._sent_at[env_id] = self._loop.time()
         if not self._outbox:
@@ -167,6 +170,10 @@ class HostedBackend:
                 return
         if kind == "lost_step":  # charged when its host was lost; the schedule counts it at this step
             value = value._replace(restarted=self._stale.pop(env_id))
+        if isinstance(value, StepResult) and value.waits:
+            self._waiting.add(env_id)
+        else:
+            self._waiting.discard(env_id)
         self._commands.pop(env_id, None)
         self._sent_at.pop(env_id, None)
         future = self._pending.pop(env_id, None)

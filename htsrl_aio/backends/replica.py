@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from htsrl_aio.backends import env_state
-from htsrl_aio.backends.agent_group import Absent, Joined, Left
+from htsrl_aio.backends.agent_group import Absent, AgentSlot, Joined, Left
 from htsrl_aio.envs.async_env import close_env
 from htsrl_aio.envs.spaces import ActionSpec, EnvOutputError, NonFinite, ObsLayout
 from htsrl_aio.errors import EnvError, EnvTimeout
@@ -133,6 +133,8 @@ class Replica:
         self.timeout = timeout
         self.tracker = EpisodeTracker(env_id, run_seed, lineage)
         self.env = factory()
+        # A multi-agent env's row whose agent is out of the episode (it left, or has not joined yet).
+        self.waits = False
 
     @property
     def env_id(self) -> int:
@@ -167,20 +169,28 @@ class Replica:
         await self._recreate()
         return (await self.lost_step(acted, into, final))._replace(restarted=failure)
 
-    async def lost_step(self, acted: ObsSlot, into: ObsSlot, final: ObsSlot) -> StepResult:
+    async def lost_step(self, acted: ObsSlot, into: ObsSlot, final: ObsSlot,
+                        absent: bool | None = None) -> StepResult:
         """A new episode in place of a step that could not happen (the env failed or its host died).
 
         The lost step counts as a time-limit truncation with reward 0 at the observation it acted on,
-        so the learner bootstraps there instead of learning a false terminal state.
+        so the learner bootstraps there instead of learning a false terminal state. For a multi-agent
+        row whose agent was out of the episode (`absent`: as this replica knows it, or as the head node
+        does when the replica is new), it is no transition at all.
         """
-        for key, array in final.items():
-            array[...] = acted[key]
+        absent = self.waits if absent is None else absent
+        if not absent:
+            for key, array in final.items():
+                array[...] = acted[key]
         await self._reset(into)
-        return StepResult(0.0, False, True, None)
+        if absent:
+            return StepResult(0.0, False, False, None, active=False, waits=self.waits)
+        return StepResult(0.0, False, True, None, waits=self.waits)
 
     async def _reset(self, into: ObsSlot) -> None:
         returned = await self._call(self.env.reset(seed=self.tracker.next_reset_seed()), "reset()")
-        if isinstance(returned, Absent):  # a multi-agent env's episode that starts without this row's agent
+        self.waits = isinstance(returned, Absent)
+        if self.waits:  # a multi-agent env's episode that starts without this row's agent
             _clear(into)
             return
         obs, _info = returned
@@ -196,6 +206,7 @@ class Replica:
             if isinstance(returned, Absent):
                 return await self._absent(returned, into)
             if isinstance(returned, Joined):
+                self.waits = False
                 self.layout.write(returned.obs, into, "step()")
                 return StepResult(0.0, False, False, None, active=False)
             left = isinstance(returned, Left)
@@ -205,13 +216,14 @@ class Replica:
                     self.layout.write(obs, final, "step()")
                 if left:  # the env's episode goes on without this row's agent: no reset yet
                     _clear(into)
+                    self.waits = True
                 else:
                     await self._reset(into)
             else:
                 self.layout.write(obs, into, "step()")
         except EnvOutputError as exc:
             raise exc.at(f"step {step} of episode {episode}") from None
-        return result
+        return result._replace(waits=self.waits)
 
     async def _absent(self, absent: Absent, into: ObsSlot) -> StepResult:
         """A step of a row whose agent left the episode: no transition, and no observation to store (the
@@ -220,7 +232,7 @@ class Replica:
             await self._reset(into)
         else:
             _clear(into)
-        return StepResult(0.0, False, False, None, active=False)
+        return StepResult(0.0, False, False, None, active=False, waits=self.waits)
 
     async def _call(self, value: Any, what: str) -> Any:
         """Await what an env returned only if it is awaitable (an AsyncEnv's coroutine), within the
@@ -235,6 +247,9 @@ class Replica:
             raise EnvTimeout(what, self.timeout) from None
 
     async def _recreate(self) -> None:
+        if isinstance(self.env, AgentSlot):  # the env of every agent's row: its group builds it once
+            self.env.restart()
+            return
         with contextlib.suppress(Exception):
             await close_env(self.env)
         self.env = self.factory()

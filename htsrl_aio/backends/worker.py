@@ -34,6 +34,7 @@ class Command(NamedTuple):
     row: int = 0
     action: Any = None
     state: ReplicaState | None = None
+    absent: bool = False  # a lost_step of a multi-agent row whose agent was out of the episode
 
 
 class Reply(NamedTuple):
@@ -180,7 +181,7 @@ def _run(cmd: Command, replica: Replica, buffers: ObsSlots) -> Coroutine[Any, An
         return replica.reset(here)
     following, final = buffers.slot(cmd.buf, cmd.row + 1, env_id), buffers.final_slot(env_id)
     if cmd.kind == "lost_step":  # its worker died: this env is new, and the step asked of the old one is lost
-        return replica.lost_step(here, following, final)
+        return replica.lost_step(here, following, final, cmd.absent)
     return replica.step(cmd.action, here, following, final)
 
 
