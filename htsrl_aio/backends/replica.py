@@ -232,6 +232,7 @@ class Replica:
             await self._reset(into)
         else:
             _clear(into)
+            self.waits = True  # known here too after a resume, whose replica starts without it
         return StepResult(0.0, False, False, None, active=False, waits=self.waits)
 
     async def _call(self, value: Any, what: str) -> Any:
