@@ -177,7 +177,9 @@ class TrainConfig:
         "'behaviour' clips against the policy that acted and uses the values it recorded, as the "
         "released HTS-RL code does; sync mode is the same either way",
         default="current")
-    clip_vloss: bool | None = _opt("clip the PPO value loss with the same range", default=None)
+    clip_vloss: bool | None = _opt(
+        "clip the PPO value loss with the same range (a value then moves at most that much per update: "
+        "with large unnormalised returns pair it with --normalize-reward, or turn it off)", default=None)
     norm_adv: bool = _opt("normalise advantages per minibatch", default=True)
     ent_coef: float | None = _opt("entropy bonus coefficient", check=_number("0.01", zero_ok=True),
                                   default=None)
