@@ -14,7 +14,9 @@ processes, on one machine or on several sharing the folder, work through the sam
     python benchmarks/suite.py report --plots docs/img           # tables, report.json, PNGs
 
 `--train-args` passes extra flags to every run (`--train-args="--ent-coef 0.01"`); give such a
-variant a --results folder of its own, since a finished cell is never rerun.
+variant a --results folder of its own, since a finished cell is never rerun. `--no-eval` leaves out
+the greedy evaluation of each finished cell (on a loaded machine it can take longer than the training);
+a later `run` without it evaluates the finished cells that lack one.
 """
 
 from __future__ import annotations
@@ -239,12 +241,13 @@ def evaluate_cell(run_dir: Path) -> float:
     return result.mean
 
 
-def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str]) -> str:
-    """Run one cell unless it is finished or another process holds it; a line saying what happened."""
+def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str], evaluate: bool = True) -> str:
+    """Run one cell unless it is finished or another process holds it, then evaluate it unless
+    `evaluate` is False; a line saying what happened."""
     run_dir = cell.run_dir(results)
     name = f"{cell.env} {cell.algo}-{cell.mode}-s{cell.seed}"
     if (run_dir / SUMMARY).is_file():
-        if not (run_dir / EVAL_FILE).is_file():  # finished before cells were evaluated
+        if evaluate and not (run_dir / EVAL_FILE).is_file():  # finished before cells were evaluated
             try:
                 return f"{name}: finished already; deterministic eval {evaluate_cell(run_dir):.1f}"
             except ConfigError as exc:
@@ -266,14 +269,17 @@ def run_cell(cell: Cell, results: Path, workers: int, train_args: list[str]) -> 
             return f"{name}: FAILED (exit status {rc}, see {log})"
         # The cell's whole time, process start-up and teardown included (summary.json has the run's).
         (run_dir / "cell.json").write_text(json.dumps({"cell_seconds": round(seconds, 1)}) + "\n")
-        return f"{name}: {json.loads((run_dir / SUMMARY).read_text())['episode_return_mean']:.1f} " \
-               f"in {seconds:.0f}s; deterministic eval {evaluate_cell(run_dir):.1f}"
+        trained = f"{name}: {json.loads((run_dir / SUMMARY).read_text())['episode_return_mean']:.1f} " \
+                  f"in {seconds:.0f}s"
+        if not evaluate:
+            return f"{trained}; not evaluated (--no-eval)"
+        return f"{trained}; deterministic eval {evaluate_cell(run_dir):.1f}"
 
 
 def run_cells(cells: list[Cell], results: Path, jobs: int, workers: int,
-              train_args: list[str]) -> None:
+              train_args: list[str], evaluate: bool = True) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for line in pool.map(lambda c: run_cell(c, results, workers, train_args), cells):
+        for line in pool.map(lambda c: run_cell(c, results, workers, train_args, evaluate), cells):
             print(line, flush=True)
 
 
@@ -581,6 +587,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="cells run at once by this process")
     parser.add_argument("--workers", type=int, default=1, help="env worker processes per cell")
     parser.add_argument("--train-args", default="", help="extra `htsrl-aio train` flags for every cell")
+    parser.add_argument("--no-eval", dest="evaluate", action="store_false",
+                        help="do not play finished cells greedily (a later run without it does)")
     parser.add_argument("--plots", type=Path, default=None, help="PNG folder (default: <results>/plots)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args()
@@ -590,7 +598,7 @@ def main() -> None:
     if args.command == "run":
         cells = plan_cells(SUITES[suite], args.envs, args.algos, args.modes, args.seeds, args.total_steps)
         print(f"{len(cells)} cells into {results}", flush=True)
-        run_cells(cells, results, args.jobs, args.workers, shlex.split(args.train_args))
+        run_cells(cells, results, args.jobs, args.workers, shlex.split(args.train_args), args.evaluate)
     else:
         report(results, args.plots or results / "plots", args.reps)
 

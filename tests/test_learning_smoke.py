@@ -77,3 +77,15 @@ def test_cells_take_the_per_algorithm_budget_and_preset_unless_overridden():
                                                                     ("a2c", 200_000, "box2d-a2c")]
     cells = suite.plan_cells(plans, envs=None, algos=["a2c"], modes=["hts"], seeds=[2], total_steps=5000)
     assert [(c.algo, c.seed, c.total_steps) for c in cells] == [("a2c", 2, 5000)]
+
+
+def test_no_eval_leaves_the_evaluation_to_a_later_run(tmp_path):
+    cell = suite.Cell("CartPole-v1", "ppo", "hts", 1, 1024)
+    line = suite.run_cell(cell, tmp_path, workers=1, train_args=[], evaluate=False)
+    assert line.endswith("not evaluated (--no-eval)")
+    run_dir = cell.run_dir(tmp_path)
+    assert (run_dir / "summary.json").is_file() and not (run_dir / suite.EVAL_FILE).exists()
+    again = suite.run_cell(cell, tmp_path, workers=1, train_args=[], evaluate=False)
+    assert again.endswith("finished already")
+    assert "finished already; deterministic eval " in suite.run_cell(cell, tmp_path, workers=1, train_args=[])
+    assert json.loads((run_dir / suite.EVAL_FILE).read_text())["episodes"] == suite.EVAL_EPISODES
