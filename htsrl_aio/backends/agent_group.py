@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from htsrl_aio.backends import env_state
 from htsrl_aio.envs.factory import EnvFactory, EnvSpec, row_observations
-from htsrl_aio.envs.parallel import MultiAgentError, stranger_sentence, unseen_sentence
+from htsrl_aio.envs.parallel import MultiAgentError, arrival_problem
 
 
 class Waiter(Protocol):
@@ -140,9 +140,6 @@ class AgentGroup:
 
     def _reset_all(self, seed: int) -> list[tuple[Any, dict]]:
         obs, infos = self.env.reset(seed=seed)
-        if not self.env.agents:
-            raise MultiAgentError("reset() started an episode with no agents in env.agents; a ParallelEnv's "
-                                  "reset puts the agents that act first in env.agents.")
         present = self._arrivals(set(), obs, "reset()")
         rows = dict(zip(present, row_observations(self.spec, self.env, obs, present)))
         return [(rows[agent], _info(infos, agent)) if agent in rows else Absent(False)
@@ -177,13 +174,10 @@ class AgentGroup:
 
     def _arrivals(self, before: set[str], obs: Any, call: str) -> tuple[str, ...]:
         """The agents in `env.agents` after `call` that were not in `before`, in possible_agents order;
-        raise MultiAgentError for an agent that is not a possible agent or has no observation."""
-        arrived = set(self.env.agents) - before
-        if strangers := sorted(arrived - set(self.agents)):
-            raise MultiAgentError(stranger_sentence(strangers, self.agents))
-        if unseen := sorted(agent for agent in arrived if not (isinstance(obs, dict) and agent in obs)):
-            raise MultiAgentError(unseen_sentence(unseen, call))
-        return tuple(agent for agent in self.agents if agent in arrived)
+        MultiAgentError with `arrival_problem`'s sentence when they cannot be rows."""
+        if problem := arrival_problem(self.env.agents, before, self.agents, obs, call):
+            raise MultiAgentError(problem)
+        return tuple(agent for agent in self.agents if agent in self.env.agents and agent not in before)
 
     def _left(self, agent: str, step: tuple[Any, Any, bool, bool, dict]) -> Left:
         if not (step[2] or step[3]):

@@ -36,9 +36,8 @@ from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
 from htsrl_aio.envs.parallel import (
     STATE_METHOD,
     MultiAgentError,
+    arrival_problem,
     is_parallel_env,
-    stranger_sentence,
-    unseen_sentence,
 )
 from htsrl_aio.envs.spaces import EnvOutputError, NonFinite, UnsupportedSpace
 from htsrl_aio.errors import ConfigError, EnvTimeout
@@ -390,19 +389,11 @@ def _agent_infos(infos: Any, agents: Sequence[str], report: CheckReport) -> dict
 
 def _check_arrivals(env: Any, spec: EnvSpec, before: set[str], result: Any, call: str,
                     problems: list[str]) -> bool:
-    """Agents in env.agents after `call` that were not in `before` are possible agents, and `call`
-    returned their observations (as agent_group.AgentGroup requires); False with the problem if not."""
-    if call == "reset()" and not env.agents:
-        problems.append("reset() started an episode with no agents in env.agents; a ParallelEnv's reset puts "
-                        "the agents that act first in env.agents.")
-        return False
-    arrived = set(env.agents) - before
-    if strangers := sorted(arrived - set(spec.agents)):
-        problems.append(stranger_sentence(strangers, spec.agents))
-        return False
+    """The agents that entered the episode at `call` can be rows (as agent_group.AgentGroup requires);
+    False with the problem if not."""
     obs = result[0] if isinstance(result, tuple) and result else None
-    if unseen := sorted(agent for agent in arrived if not (isinstance(obs, dict) and agent in obs)):
-        problems.append(unseen_sentence(unseen, call))
+    if problem := arrival_problem(env.agents, before, spec.agents, obs, call):
+        problems.append(problem)
         return False
     return True
 

@@ -64,16 +64,21 @@ def agent_spaces(env: Any) -> tuple[tuple[str, ...], gym.Space, gym.Space]:
     return agents, obs, act
 
 
-def stranger_sentence(strangers: list[str], possible: tuple[str, ...]) -> str:
-    """The problem of an env whose `env.agents` holds agents that are not possible agents."""
-    return (f"env.agents holds {strangers}, which are not in possible_agents {list(possible)}; each agent "
-            "has a fixed row, so possible_agents must list every agent that can ever take part.")
-
-
-def unseen_sentence(unseen: list[str], call: str) -> str:
-    """The problem of an env whose agents entered the episode at `call` without an observation."""
-    return (f"agents {unseen} are in env.agents after {call} but it returned no observation for them; "
-            "return the first observation of an agent in the reset or step after which it takes part.")
+def arrival_problem(now: Any, before: set[str], possible: tuple[str, ...], obs: Any, call: str) -> str | None:
+    """What is wrong with the agents in `now` (env.agents after `call`) that were not in `before`, or
+    None: after a reset there must be some, each must be a possible agent (each has a fixed row), and
+    `call` must have returned its observation (what its row acts on next)."""
+    if call == "reset()" and not now:
+        return ("reset() started an episode with no agents in env.agents; a ParallelEnv's reset puts the "
+                "agents that act first in env.agents.")
+    arrived = set(now) - before
+    if strangers := sorted(arrived - set(possible)):
+        return (f"env.agents holds {strangers}, which are not in possible_agents {list(possible)}; each "
+                "agent has a fixed row, so possible_agents must list every agent that can ever take part.")
+    if unseen := sorted(agent for agent in arrived if not (isinstance(obs, dict) and agent in obs)):
+        return (f"agents {unseen} are in env.agents after {call} but it returned no observation for them; "
+                "return the first observation of an agent in the reset or step after which it takes part.")
+    return None
 
 
 def with_agent_id(space: gym.Space, agents: int) -> gym.spaces.Dict:
