@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio import TrainConfig, train
+from htsrl_aio.config import MLP_INFERENCE_BLOCK
 
 
 class ZeroCostEnv(gym.Env):
@@ -48,11 +49,13 @@ def zero_cost_env() -> gym.Env:
     return ZeroCostEnv()
 
 
-def head_seconds(envs: int, updates: int, rollout: int, root: Path) -> tuple[float, int]:
+def head_seconds(envs: int, updates: int, rollout: int, block: int,
+                 root: Path) -> tuple[float, int]:
     """(main-process CPU seconds, env steps) of one run of `updates` rollouts."""
     cfg = TrainConfig(env="head_cost:zero_cost_env", num_envs=envs, rollout=rollout,
                       total_steps=envs * rollout * updates, workers=1, epochs=1, minibatches=1,
-                      hidden=(64, 64), logdir=str(root / f"{envs}-{updates}"), progress=False)
+                      hidden=(64, 64), inference_block=block, logdir=str(root / f"{envs}-{block}-{updates}"),
+                      progress=False)
     start = time.process_time()
     train(cfg)
     return time.process_time() - start, envs * rollout * updates
@@ -64,16 +67,24 @@ def main() -> None:
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 512, 1024])
     parser.add_argument("--steps", type=int, default=65536, help="env steps of the shorter run")
     parser.add_argument("--rollout", type=int, default=32)
+    parser.add_argument("--inference-block", type=int, nargs="+", default=[MLP_INFERENCE_BLOCK],
+                        help="rows per inference pass (default: the run's, for this MLP); several give one "
+                             "column each")
     args = parser.parse_args()
-    print("| envs | head core-µs per env step | env steps measured |")
-    print("| ---: | ---: | ---: |")
+    blocks = args.inference_block
+    print("| envs | " + " | ".join(f"head core-µs per env step, block {b}" for b in blocks)
+          + " | env steps measured |")
+    print("| ---: |" + " ---: |" * (len(blocks) + 1))
     with tempfile.TemporaryDirectory() as tmp:
         for envs in args.envs:
             updates = max(2, args.steps // (envs * args.rollout))
-            short, short_steps = head_seconds(envs, updates, args.rollout, Path(tmp))
-            long, long_steps = head_seconds(envs, 2 * updates, args.rollout, Path(tmp))
-            steps = long_steps - short_steps
-            print(f"| {envs} | {(long - short) / steps * 1e6:.1f} | {steps} |", flush=True)
+            cells = []
+            for block in blocks:  # side by side, so each row's blocks ran under the same conditions
+                short, short_steps = head_seconds(envs, updates, args.rollout, block, Path(tmp))
+                long, long_steps = head_seconds(envs, 2 * updates, args.rollout, block, Path(tmp))
+                steps = long_steps - short_steps
+                cells.append(f"{(long - short) / steps * 1e6:.1f}")
+            print(f"| {envs} | {' | '.join(cells)} | {steps} |", flush=True)
 
 
 if __name__ == "__main__":  # env workers are spawned processes: keep the entry point guarded

@@ -90,6 +90,11 @@ def _opt(help: str, *, check: _Check | None = None, resume: ResumeRole = "kept",
 # moments.
 _NETWORK_COPIES = 6
 
+# --inference-block's defaults: rows of a CNN pass cost real work (Atari: half-padded 8-row passes
+# already cost more than a second engine's overlap gains), an MLP pass costs its dispatch (fitted_to_model).
+CNN_INFERENCE_BLOCK = 8
+MLP_INFERENCE_BLOCK = 64
+
 
 @dataclass
 class TrainConfig:
@@ -156,9 +161,12 @@ class TrainConfig:
         resume="overridable", default=None)
     max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
                                  check=_POSITIVE_INT, resume="machine", default=None)
-    inference_block: int = _opt(
+    inference_block: int | None = _opt(
         "rows per forward pass when deterministic: requests are padded/split into blocks of this fixed "
-        "shape, so --max-batch and timing cannot change a single bit", check=_POSITIVE_INT, default=8)
+        "shape, so --max-batch and timing cannot change a single bit (default: "
+        f"{CNN_INFERENCE_BLOCK} when a CNN reads the observations, whose padded rows cost real work; "
+        f"{MLP_INFERENCE_BLOCK} otherwise, where a pass costs its dispatch more than its rows)",
+        check=_POSITIVE_INT, default=None)
     device: Literal["cpu", "cuda", "auto"] = _opt("where inference and learning run", default="cpu")
 
     lr: float | None = _opt("learning rate", check=_number("1e-3"), default=None)
@@ -296,6 +304,18 @@ class TrainConfig:
         _require_network_fits(cfg.hidden)
         return cfg
 
+    def fitted_to_model(self, cnn: bool) -> TrainConfig:
+        """This config resolved for the run's network (`cnn`: a CNN reads the observations): the inference
+        block's default, and the engine defaults that follow it. The block is part of a run's bits, so a
+        run stores the number and a resumed run keeps it.
+
+        With an MLP (or an LSTM over one) a forward pass of a small block costs its torch dispatch far more
+        than its rows: on the 2-core Xeon the head's core-µs per env step at 128 envs were 37.7 with blocks
+        of 8, 18.2 with 32 and 15.3 with 64 (docs/benchmarks.md). A CNN's rows cost real work, so its
+        blocks stay small and few rows are padding."""
+        block = self.inference_block or (CNN_INFERENCE_BLOCK if cnn else MLP_INFERENCE_BLOCK)
+        return dataclasses.replace(self, inference_block=block).resolved()
+
     def _hyperparameter_defaults(self) -> dict[str, Any]:
         """The values of the preset, the algorithm and the base defaults for the fields left at None."""
         preset: dict[str, Any] = {}
@@ -332,6 +352,8 @@ class TrainConfig:
             self.workers = available_cores()
         if self.max_batch is None:
             self.max_batch = self.num_envs
+        if self.inference_block is None:  # the engine defaults follow the block: see fitted_to_model
+            return
         if self.engine_batch is None:
             self.engine_batch = default_engine_batch(self.num_envs, self.inference_block)
         if self.engine_threads is None:

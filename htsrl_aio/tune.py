@@ -28,6 +28,7 @@ from htsrl_aio.backends.registry import backend_name
 from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores, default_engine_batch
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.models import cnn_keys
 from htsrl_aio.trainer import Trainer
 from htsrl_aio.training import run_event_loop
 
@@ -129,7 +130,7 @@ def tune(config: TrainConfig, seconds: float = 5.0, targets: dict[str, list[Any]
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigError(f"--seconds must be a finite number of seconds above 0, got {seconds!r}.")
     resolved = config.resolved()  # a bad run is one sentence before anything is measured
-    backend, device = _backend_of(resolved), resolve_device(resolved.device)
+    (backend, cnn), device = _backend_of(resolved), resolve_device(resolved.device)
     knobs = _knobs(config, targets, backend, device.type)
     for knob, values in knobs.items():
         for value in values or []:
@@ -142,7 +143,7 @@ def tune(config: TrainConfig, seconds: float = 5.0, targets: dict[str, list[Any]
                             seconds=seconds, updates=trials.updates, default_sps=default_sps)
         chosen: dict[str, Any] = {}
         for knob, values in knobs.items():
-            current = dataclasses.replace(config, **chosen).resolved()
+            current = dataclasses.replace(config, **chosen).resolved().fitted_to_model(cnn)
             tried = [(value, trials.measure({**chosen, knob: value}))
                      for value in (values or default_candidates(knob, current))]
             picked = max(tried, key=lambda pair: pair[1])[0]
@@ -159,11 +160,12 @@ def _check_value(config: TrainConfig, knob: str, value: Any) -> None:
         raise ConfigError(f"--tune {_flag(knob)}={value}: {exc}") from None
 
 
-def _backend_of(cfg: TrainConfig) -> str:
-    """The backend a run of `cfg` uses; an env that cannot load is one sentence here."""
+def _backend_of(cfg: TrainConfig) -> tuple[str, bool]:
+    """The backend a run of `cfg` uses, and whether a CNN reads its observations; an env that cannot load
+    is one sentence here."""
     factory = resolve_env(cfg.env, cfg)
     factory, spec = run_event_loop(probe_env(factory, cfg.env_timeout or None))
-    return backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
+    return backend_name(cfg.env_backend, factory, spec, cfg.env_timeout), bool(cnn_keys(spec, cfg))
 
 
 def _knobs(config: TrainConfig, targets: dict[str, list[Any] | None] | None, backend: str,

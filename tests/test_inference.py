@@ -6,12 +6,12 @@ import pytest
 import torch
 from harness import small_model, vector_spec
 
+from htsrl_aio.config import CNN_INFERENCE_BLOCK, MLP_INFERENCE_BLOCK
 from htsrl_aio.distributions import make_distribution
 from htsrl_aio.runtime.inference import BatchedInference
 from htsrl_aio.runtime.tickets import TicketNoise
 from htsrl_aio.steps import StepTicket
 
-CAP = 16
 ACTION_SPACES = {
     "discrete": gym.spaces.Discrete(3),
     "multi_discrete": gym.spaces.MultiDiscrete([3, 2, 4]),
@@ -20,33 +20,49 @@ ACTION_SPACES = {
 }
 
 
-def make_inference(space: gym.Space, spread: bool = False) -> BatchedInference:
-    """`spread`: every parameter drawn from N(0, 1), as far from the small initialisation as training
-    takes them: large, varied distribution parameters, where vectorised kernels' tails show."""
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """As a run's inference has it (--torch-threads 1): intra-op threads that spin against other work on
+    a loaded machine make these many small passes 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inference(space: gym.Space, spread: bool = False,
+                   block: int = CNN_INFERENCE_BLOCK) -> BatchedInference:
+    """Inference serving up to two blocks of rows at once. `spread`: every parameter drawn from N(0, 1), as
+    far from the small initialisation as training takes them: large, varied distribution parameters, where
+    vectorised kernels' tails show."""
     torch.manual_seed(0)
     spec = vector_spec(space)
     dist = make_distribution(spec.action)
-    noise = TicketNoise(7, CAP, 4, dist.noise_size, dist.noise)
+    noise = TicketNoise(7, 2 * block, 4, dist.noise_size, dist.noise)
     model = small_model(spec, (64, 64))
     if spread:
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.normal_()
-    return BatchedInference(model, dist, noise, CAP, spec.obs.arrays(), block=8)
+    return BatchedInference(model, dist, noise, 2 * block, spec.obs.arrays(), block=block)
 
 
+@pytest.mark.parametrize("block", [CNN_INFERENCE_BLOCK, MLP_INFERENCE_BLOCK])  # the defaults
 @pytest.mark.parametrize("spread", [False, True], ids=["initial", "spread"])
 @pytest.mark.parametrize("kind", list(ACTION_SPACES))
-def test_rows_alone_equal_rows_in_batches_of_every_size(kind, spread):
+def test_rows_alone_equal_rows_in_batches_of_every_size(kind, spread, block):
     # Actions, log-probabilities and values, bit for bit, whatever rows share the batch and where.
-    inference = make_inference(ACTION_SPACES[kind], spread)
+    inference = make_inference(ACTION_SPACES[kind], spread, block)
+    cap = inference.max_batch
     rng = np.random.default_rng(0)
-    obs = [{"obs": row} for row in rng.standard_normal((CAP, 4)).astype(np.float32) * 3]
-    tickets = [StepTicket(0, env, 1) for env in range(CAP)]
-    alone = [inference.infer([tickets[i]], [obs[i]])[0] for i in range(CAP)]
-    for size in range(1, CAP + 1):
+    obs = [{"obs": row} for row in rng.standard_normal((cap, 4)).astype(np.float32) * 3]
+    tickets = [StepTicket(0, env, 1) for env in range(cap)]
+    alone = [inference.infer([tickets[i]], [obs[i]])[0] for i in range(cap)]
+    # Every size up to 16, and those at each block's edges beyond.
+    edges = {n * block + d for n in (1, 2) for d in (-1, 0, 1)}
+    for size in sorted(set(range(1, 17)) | {e for e in edges if e <= cap}):
         for _ in range(3):
-            members = rng.choice(CAP, size=size, replace=False)  # random rows in random positions
+            members = rng.choice(cap, size=size, replace=False)  # random rows in random positions
             batch = inference.infer([tickets[i] for i in members], [obs[i] for i in members])
             for i, result in zip(members, batch):
                 np.testing.assert_array_equal(result.action, alone[i].action)

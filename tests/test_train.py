@@ -201,6 +201,17 @@ def test_non_finite_env_output_stops_the_run_naming_env_and_step(run_dir, no_lea
         train(small(run_dir, env=f"envs_for_tests:{env}", total_steps=4 * 16 * 10))
 
 
+@pytest.mark.parametrize("env,given,stored", [
+    ("CartPole-v1", None, 64),  # an MLP: one pass of 64 rows costs about what one of 8 does
+    ("envs_for_tests:ManySpacesEnv", None, 8),  # a 36x36 image read by a CNN: padded rows cost work
+    ("CartPole-v1", 16, 16),
+])
+def test_the_inference_block_a_run_stores_fits_its_network(run_dir, no_leaks, env, given, stored):
+    train(small(run_dir, env=env, inference_block=given, total_steps=4 * 16))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["inference_block"], config["engine_batch"]) == (stored, 4)  # 4 envs: one engine
+
+
 def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):
     config = tmp_path / "run.toml"
     config.write_text('num_envs = 4\nrollout = 8\ntotal_steps = 64\nworkers = 2\nlr = 0.002\nhidden = [16]\n'
