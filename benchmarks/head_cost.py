@@ -23,7 +23,6 @@ import gymnasium as gym
 import numpy as np
 
 from htsrl_aio import TrainConfig, train
-from htsrl_aio.config import MLP_INFERENCE_BLOCK
 
 
 class ZeroCostEnv(gym.Env):
@@ -49,7 +48,7 @@ def zero_cost_env() -> gym.Env:
     return ZeroCostEnv()
 
 
-def head_seconds(envs: int, updates: int, rollout: int, block: int,
+def head_seconds(envs: int, updates: int, rollout: int, block: int | None,
                  root: Path) -> tuple[float, int]:
     """(main-process CPU seconds, env steps) of one run of `updates` rollouts."""
     cfg = TrainConfig(env="head_cost:zero_cost_env", num_envs=envs, rollout=rollout,
@@ -67,12 +66,12 @@ def main() -> None:
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 32, 128, 512, 1024])
     parser.add_argument("--steps", type=int, default=65536, help="env steps of the shorter run")
     parser.add_argument("--rollout", type=int, default=32)
-    parser.add_argument("--inference-block", type=int, nargs="+", default=[MLP_INFERENCE_BLOCK],
-                        help="rows per inference pass (default: the run's, for this MLP); several give one "
-                             "column each")
+    parser.add_argument("--inference-block", type=int, nargs="+",
+                        help="rows per inference pass (default: the run's own, which follows the envs); "
+                             "several give one column each")
     args = parser.parse_args()
-    blocks = args.inference_block
-    print("| envs | " + " | ".join(f"head core-µs per env step, block {b}" for b in blocks)
+    blocks = args.inference_block or [None]
+    print("| envs | " + " | ".join(f"head core-µs per env step, block {b or 'by default'}" for b in blocks)
           + " | env steps measured |")
     print("| ---: |" + " ---: |" * (len(blocks) + 1))
     with tempfile.TemporaryDirectory() as tmp:

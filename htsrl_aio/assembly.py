@@ -96,7 +96,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     ensure_open_files(cfg.workers or 1)
     factory = resolve_env(cfg.env, cfg)
     factory, spec = await probe_env(factory, cfg.env_timeout or None)
-    cfg = cfg.fitted_to_model(bool(cnn_keys(spec, cfg)))
+    cfg = cfg.fitted_to_model(bool(cnn_keys(spec, cfg)), cfg.num_envs * spec.rows_per_env)
     backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
     _check_multi_agent(cfg, spec)
     rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage

@@ -90,8 +90,9 @@ def _opt(help: str, *, check: _Check | None = None, resume: ResumeRole = "kept",
 # moments.
 _NETWORK_COPIES = 6
 
-# --inference-block's defaults: rows of a CNN pass cost real work (Atari: half-padded 8-row passes
-# already cost more than a second engine's overlap gains), an MLP pass costs its dispatch (fitted_to_model).
+# --inference-block's defaults (default_inference_block): rows of a CNN pass cost real work (Atari:
+# half-padded 8-row passes already cost more than a second engine's overlap gains); an MLP pass costs its
+# dispatch, so its block grows with the rows up to this.
 CNN_INFERENCE_BLOCK = 8
 MLP_INFERENCE_BLOCK = 64
 
@@ -165,7 +166,8 @@ class TrainConfig:
         "rows per forward pass when deterministic: requests are padded/split into blocks of this fixed "
         "shape, so --max-batch and timing cannot change a single bit (default: "
         f"{CNN_INFERENCE_BLOCK} when a CNN reads the observations, whose padded rows cost real work; "
-        f"{MLP_INFERENCE_BLOCK} otherwise, where a pass costs its dispatch more than its rows)",
+        f"otherwise the envs' rows rounded up to a multiple of {CNN_INFERENCE_BLOCK}, at most "
+        f"{MLP_INFERENCE_BLOCK}, since such a pass costs its dispatch more than its rows)",
         check=_POSITIVE_INT, default=None)
     device: Literal["cpu", "cuda", "auto"] = _opt("where inference and learning run", default="cpu")
 
@@ -304,16 +306,11 @@ class TrainConfig:
         _require_network_fits(cfg.hidden)
         return cfg
 
-    def fitted_to_model(self, cnn: bool) -> TrainConfig:
-        """This config resolved for the run's network (`cnn`: a CNN reads the observations): the inference
-        block's default, and the engine defaults that follow it. The block is part of a run's bits, so a
-        run stores the number and a resumed run keeps it.
-
-        With an MLP (or an LSTM over one) a forward pass of a small block costs its torch dispatch far more
-        than its rows: on the 2-core Xeon the head's core-µs per env step at 128 envs were 37.7 with blocks
-        of 8, 18.2 with 32 and 15.3 with 64 (docs/benchmarks.md). A CNN's rows cost real work, so its
-        blocks stay small and few rows are padding."""
-        block = self.inference_block or (CNN_INFERENCE_BLOCK if cnn else MLP_INFERENCE_BLOCK)
+    def fitted_to_model(self, cnn: bool, rows: int) -> TrainConfig:
+        """This config resolved for the run's network (`cnn`: a CNN reads the observations) and its `rows`
+        (num_envs x agents per env): the inference block's default, and the engine defaults that follow
+        it. The block is part of a run's bits, so a run stores the number and a resumed run keeps it."""
+        block = self.inference_block or default_inference_block(cnn, rows)
         return dataclasses.replace(self, inference_block=block).resolved()
 
     def _hyperparameter_defaults(self) -> dict[str, Any]:
@@ -519,6 +516,17 @@ class LearnerSettings:
     deterministic: bool
     memory: Literal["none", "lstm", "gru"]
     bptt: int
+
+
+def default_inference_block(cnn: bool, rows: int) -> int:
+    """--inference-block's default. A CNN's rows cost real work, so its blocks stay small and few rows are
+    padding. An MLP (or an LSTM over one) pays for a pass with its torch dispatch far more than with its
+    rows: on the 2-core Xeon the head's core-µs per env step at 128 envs were 28.5 with blocks of 8 and
+    13.6 with 64 (docs/benchmarks.md). Its block is the rows that can be ready at once, in whole 8-row
+    blocks, up to 64: rows past that would only be padding."""
+    if cnn:
+        return CNN_INFERENCE_BLOCK
+    return min(MLP_INFERENCE_BLOCK, -(-rows // CNN_INFERENCE_BLOCK) * CNN_INFERENCE_BLOCK)
 
 
 def default_engine_batch(num_envs: int, block: int) -> int:

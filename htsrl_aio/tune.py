@@ -130,7 +130,7 @@ def tune(config: TrainConfig, seconds: float = 5.0, targets: dict[str, list[Any]
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigError(f"--seconds must be a finite number of seconds above 0, got {seconds!r}.")
     resolved = config.resolved()  # a bad run is one sentence before anything is measured
-    (backend, cnn), device = _backend_of(resolved), resolve_device(resolved.device)
+    (backend, cnn, rows), device = _backend_of(resolved), resolve_device(resolved.device)
     knobs = _knobs(config, targets, backend, device.type)
     for knob, values in knobs.items():
         for value in values or []:
@@ -143,7 +143,7 @@ def tune(config: TrainConfig, seconds: float = 5.0, targets: dict[str, list[Any]
                             seconds=seconds, updates=trials.updates, default_sps=default_sps)
         chosen: dict[str, Any] = {}
         for knob, values in knobs.items():
-            current = dataclasses.replace(config, **chosen).resolved().fitted_to_model(cnn)
+            current = dataclasses.replace(config, **chosen).resolved().fitted_to_model(cnn, rows)
             tried = [(value, trials.measure({**chosen, knob: value}))
                      for value in (values or default_candidates(knob, current))]
             picked = max(tried, key=lambda pair: pair[1])[0]
@@ -160,12 +160,14 @@ def _check_value(config: TrainConfig, knob: str, value: Any) -> None:
         raise ConfigError(f"--tune {_flag(knob)}={value}: {exc}") from None
 
 
-def _backend_of(cfg: TrainConfig) -> tuple[str, bool]:
-    """The backend a run of `cfg` uses, and whether a CNN reads its observations; an env that cannot load
-    is one sentence here."""
+def _backend_of(cfg: TrainConfig) -> tuple[str, bool, int]:
+    """The backend a run of `cfg` uses, whether a CNN reads its observations, and its storage rows; an env
+    that cannot load is one sentence here."""
     factory = resolve_env(cfg.env, cfg)
     factory, spec = run_event_loop(probe_env(factory, cfg.env_timeout or None))
-    return backend_name(cfg.env_backend, factory, spec, cfg.env_timeout), bool(cnn_keys(spec, cfg))
+    assert cfg.num_envs is not None
+    return (backend_name(cfg.env_backend, factory, spec, cfg.env_timeout), bool(cnn_keys(spec, cfg)),
+            cfg.num_envs * spec.rows_per_env)
 
 
 def _knobs(config: TrainConfig, targets: dict[str, list[Any] | None] | None, backend: str,

@@ -205,7 +205,8 @@ def test_resume_markers():
 def started_on(cores: int, monkeypatch, **given) -> tuple[dict, dict]:
     """What a checkpoint of a run started on `cores` cores stores: its resolved config and user settings."""
     monkeypatch.setattr(htsrl_config, "available_cores", lambda: cores)
-    stored = TrainConfig(**given).resolved().fitted_to_model(cnn=False)
+    resolved = TrainConfig(**given).resolved()
+    stored = resolved.fitted_to_model(cnn=False, rows=resolved.num_envs)
     return stored.to_json_dict(), TrainConfig(**given).user_settings()
 
 
@@ -233,7 +234,7 @@ def test_machine_settings_the_user_set_survive_a_resume_elsewhere(monkeypatch):
     stored, user = started_on(64, monkeypatch, num_envs=16, workers=3)
     monkeypatch.setattr(htsrl_config, "available_cores", lambda: 2)
     resumed = TrainConfig.for_resume(stored, user, {}, "ckpt.pt")
-    assert (resumed.workers, resumed.engine_threads) == (3, 2)  # one engine (16 envs, 64-row blocks), 2 cores
+    assert (resumed.workers, resumed.engine_threads) == (3, 2)  # one engine (16 envs, 16-row blocks), 2 cores
 
 
 def test_a_total_of_partial_rollouts_is_said_with_the_steps_trained():

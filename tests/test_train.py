@@ -201,15 +201,18 @@ def test_non_finite_env_output_stops_the_run_naming_env_and_step(run_dir, no_lea
         train(small(run_dir, env=f"envs_for_tests:{env}", total_steps=4 * 16 * 10))
 
 
-@pytest.mark.parametrize("env,given,stored", [
-    ("CartPole-v1", None, 64),  # an MLP: one pass of 64 rows costs about what one of 8 does
-    ("envs_for_tests:ManySpacesEnv", None, 8),  # a 36x36 image read by a CNN: padded rows cost work
-    ("CartPole-v1", 16, 16),
+@pytest.mark.parametrize("env,envs,given,stored", [
+    # An MLP: a pass costs its dispatch more than its rows, so blocks hold every env's row, up to 64.
+    ("CartPole-v1", 4, None, 8),
+    ("CartPole-v1", 20, None, 24),
+    ("CartPole-v1", 72, None, 64),
+    ("envs_for_tests:ManySpacesEnv", 20, None, 8),  # a 36x36 image read by a CNN: padded rows cost work
+    ("CartPole-v1", 20, 4, 4),
 ])
-def test_the_inference_block_a_run_stores_fits_its_network(run_dir, no_leaks, env, given, stored):
-    train(small(run_dir, env=env, inference_block=given, total_steps=4 * 16))
-    config = json.loads((run_dir / "config.json").read_text())
-    assert (config["inference_block"], config["engine_batch"]) == (stored, 4)  # 4 envs: one engine
+def test_the_inference_block_a_run_stores_fits_its_network_and_rows(run_dir, no_leaks, env, envs, given,
+                                                                    stored):
+    train(small(run_dir, env=env, num_envs=envs, inference_block=given, total_steps=envs * 16))
+    assert json.loads((run_dir / "config.json").read_text())["inference_block"] == stored
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):
