@@ -2,9 +2,10 @@
 
 `--vary mode` (default): hts vs sync. `--vary deterministic`: fixed-shape inference blocks (the
 default) vs the fastest non-deterministic batching (each batch at its own size, `--no-deterministic`).
-`--vary learner`: learner process vs learner thread. `--vary mkl`: MKL's strict reproducible mode (the
-default, `MKL_CBWR=AUTO,STRICT`) vs MKL's own kernel choices (`MKL_CBWR=` empty), each run in a fresh
-process, since MKL reads the setting when it first runs.
+`--vary learner`: learner process vs learner thread. `--vary block`: 8-row inference blocks (every
+run's before 2026-12-06) vs the run's default block (`config.default_inference_block`). `--vary mkl`:
+MKL's strict reproducible mode (the default, `MKL_CBWR=AUTO,STRICT`) vs MKL's own kernel choices
+(`MKL_CBWR=` empty), each run in a fresh process, since MKL reads the setting when it first runs.
 
 Variants alternate (a, b, a, b, ...) so that machine load drifts hit both equally; the table shows the
 median of each, their ratio, and the busy fractions that explain it. Prints one table and writes a PNG
@@ -60,6 +61,7 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "deterministic": [("deterministic", {"deterministic": True}), ("fastest", {"deterministic": False})],
     "learner": [("process", {"learner": "process"}), ("thread", {"learner": "thread"})],
     "mkl": [("strict", {}), ("off", {})],
+    "block": [("block 8", {"inference_block": 8}), ("default block", {})],
 }
 # Environment variables of the variants that need a fresh process each.
 PROCESS_ENV: dict[str, dict[str, str]] = {"strict": {"MKL_CBWR": "AUTO,STRICT"}, "off": {"MKL_CBWR": ""}}
