@@ -160,7 +160,8 @@ class TrainConfig:
         "--env-backend ray: envs hosted by each Ray actor, stepped together in one message (another way "
         "to say --ray-actors: num_envs / envs_per_actor actors, rounded up)", check=_POSITIVE_INT,
         resume="overridable", default=None)
-    max_batch: int | None = _opt("most requests served by one inference call (default: num_envs)",
+    max_batch: int | None = _opt("most requests served by one inference call (default: every row: "
+                                 "num_envs, times the agents of a multi-agent env)",
                                  check=_POSITIVE_INT, resume="machine", default=None)
     inference_block: int | None = _opt(
         "rows per forward pass when deterministic: requests are padded/split into blocks of this fixed "
@@ -311,7 +312,9 @@ class TrainConfig:
         (num_envs x agents per env): the inference block's default, and the engine defaults that follow
         it. The block is part of a run's bits, so a run stores the number and a resumed run keeps it."""
         block = self.inference_block or default_inference_block(cnn, rows)
-        return dataclasses.replace(self, inference_block=block).resolved()
+        # A multi-agent env's agents are rows too: capped at num_envs, one loop iteration's requests of
+        # 8 three-agent envs took 3 passes.
+        return dataclasses.replace(self, inference_block=block, max_batch=self.max_batch or rows).resolved()
 
     def _hyperparameter_defaults(self) -> dict[str, Any]:
         """The values of the preset, the algorithm and the base defaults for the fields left at None."""
@@ -347,9 +350,7 @@ class TrainConfig:
         """Resolve the execution settings left unset, from the (checked) envs and this machine's cores."""
         if self.workers is None:
             self.workers = available_cores()
-        if self.max_batch is None:
-            self.max_batch = self.num_envs
-        if self.inference_block is None:  # the engine defaults follow the block: see fitted_to_model
+        if self.inference_block is None:  # these follow the probed env's rows and network: fitted_to_model
             return
         if self.engine_batch is None:
             self.engine_batch = default_engine_batch(self.num_envs, self.inference_block)

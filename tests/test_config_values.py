@@ -214,7 +214,8 @@ def test_a_run_resumed_on_a_smaller_machine_resolves_its_machine_defaults_again(
     stored, user = started_on(64, monkeypatch, num_envs=16, seed=7, lr=5e-4, inference_block=4)
     assert (stored["workers"], stored["engine_batch"], stored["engine_threads"]) == (64, 8, 32)
     monkeypatch.setattr(htsrl_config, "available_cores", lambda: 2)
-    laptop = TrainConfig.for_resume(stored, user, {}, "ckpt.pt").to_json_dict()
+    resumed = TrainConfig.for_resume(stored, user, {}, "ckpt.pt")
+    laptop = resumed.fitted_to_model(cnn=False, rows=16).to_json_dict()
     assert (laptop["workers"], laptop["engine_batch"], laptop["engine_threads"], laptop["max_batch"]) == (
         2, 8, 1, 16)
     unchanged = {k: v for k, v in stored.items() if k not in ("workers", "engine_threads")}

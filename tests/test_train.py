@@ -201,18 +201,20 @@ def test_non_finite_env_output_stops_the_run_naming_env_and_step(run_dir, no_lea
         train(small(run_dir, env=f"envs_for_tests:{env}", total_steps=4 * 16 * 10))
 
 
-@pytest.mark.parametrize("env,envs,given,stored", [
+@pytest.mark.parametrize("env,envs,given,block,batch", [
     # An MLP: a pass costs its dispatch more than its rows, so blocks hold every env's row, up to 64.
-    ("CartPole-v1", 4, None, 8),
-    ("CartPole-v1", 20, None, 24),
-    ("CartPole-v1", 72, None, 64),
-    ("envs_for_tests:ManySpacesEnv", 20, None, 8),  # a 36x36 image read by a CNN: padded rows cost work
-    ("CartPole-v1", 20, 4, 4),
+    ("CartPole-v1", 4, None, 8, 4),
+    ("CartPole-v1", 20, None, 24, 20),
+    ("CartPole-v1", 72, None, 64, 72),
+    ("envs_for_tests:ManySpacesEnv", 20, None, 8, 20),  # a 36x36 image read by a CNN: padded rows cost work
+    ("CartPole-v1", 20, 4, 4, 20),
+    ("envs_for_tests:meeting_agents", 4, None, 16, 12),  # 3 agents per env: 12 rows
 ])
-def test_the_inference_block_a_run_stores_fits_its_network_and_rows(run_dir, no_leaks, env, envs, given,
-                                                                    stored):
+def test_the_inference_block_and_batch_a_run_stores_fit_its_network_and_rows(run_dir, no_leaks, env, envs,
+                                                                             given, block, batch):
     train(small(run_dir, env=env, num_envs=envs, inference_block=given, total_steps=envs * 16))
-    assert json.loads((run_dir / "config.json").read_text())["inference_block"] == stored
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["inference_block"], config["max_batch"]) == (block, batch)
 
 
 def test_config_file_with_flags_overriding_it(tmp_path, no_leaks):
