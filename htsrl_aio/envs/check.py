@@ -32,7 +32,7 @@ from htsrl_aio.envs.action_masks import (
     mask_method,
 )
 from htsrl_aio.envs.async_env import close_env, is_async_env
-from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation
+from htsrl_aio.envs.factory import EnvFactory, EnvSpec, agent_observation, registering_package
 from htsrl_aio.envs.parallel import (
     STATE_METHOD,
     MultiAgentError,
@@ -65,6 +65,9 @@ class CheckReport:
     @property
     def notes(self) -> list[str]:
         """What the env offers and how runs use it (not problems: the env trains as it is)."""
+        return self._mask_notes() + self._code_image_notes()
+
+    def _mask_notes(self) -> list[str]:
         if not self.action_masks:
             return []
         where = ", ".join(self.action_masks)
@@ -73,6 +76,18 @@ class CheckReport:
                     "sampled (--action-mask off ignores it)."]
         return [f"the env exposes an action mask ({where}), which --action-mask off ignores: every action "
                 "can be sampled."]
+
+    def _code_image_notes(self) -> list[str]:
+        """MiniGrid's image is codes, not pixels: read as bytes, its objects are nearly alike."""
+        env_id = self.name.rpartition(":")[2]
+        if self.spec is None or registering_package(env_id) != "minigrid":
+            return []
+        if not any(f.key == "image" and f.scale != 1 for f in self.spec.policy_obs.fields):
+            return []
+        return [f"MiniGrid's 'image' holds object, colour and state codes, which runs read as bytes (x "
+                "1/255: a key and a ball differ by 0.004); --env htsrl_aio.envs.minigrid:categories "
+                f"--env-kwargs id={env_id} gives each code a bit of its own (MiniGrid-MemoryS7 is solved "
+                "with it and not without, docs/learning.md)."]
 
     def saw_mask(self, where: str) -> None:
         if where not in self.action_masks:

@@ -359,9 +359,9 @@ def _unknown_id_hint(env_id: str) -> str:
         plain = RAM_ID.sub("-", env_id)
         return (f" ale-py has no -ram ids: RAM observations come from gymnasium's own ALE env, "
                 f"--env ale_py:{plain} --env-kwargs obs_type=ram.")
-    package = _registering_package(env_id)
+    package = registering_package(env_id)
     # An id of a well-known package is compared with that package's ids only (ALE/... with ALE/...).
-    ids = [i for i in gym.registry if package is None or _registering_package(i) == package]
+    ids = [i for i in gym.registry if package is None or registering_package(i) == package]
     close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     if package is not None:
@@ -434,7 +434,8 @@ def _import_module(module_name: str, target: str) -> Any:
                           "shows the traceback).") from None
 
 
-def _registering_package(env_id: str) -> str | None:
+def registering_package(env_id: str) -> str | None:
+    """The package that registers `env_id` when imported ("minigrid" for MiniGrid-...), if well known."""
     return next((module for prefixes, module in _REGISTERING_PACKAGES if env_id.startswith(prefixes)), None)
 
 
@@ -442,7 +443,7 @@ def _register_optional_envs(env_id: str) -> None:
     """Import the package that registers `env_id`, for the well-known ones (quietly if it is missing)."""
     if env_id in gym.registry:
         return
-    package = _registering_package(env_id)
+    package = registering_package(env_id)
     if package is None:
         return
     try:
