@@ -35,7 +35,7 @@ from htsrl_aio.errors import ConfigError
 from htsrl_aio.ipc.children import start_resource_tracker
 from htsrl_aio.ipc.limits import ensure_open_files
 from htsrl_aio.ipc.shm import remove_stale_segments
-from htsrl_aio.models import build_model, cnn_keys, load_params
+from htsrl_aio.models import build_model, load_params, uses_cnn
 from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
@@ -96,7 +96,7 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     ensure_open_files(cfg.workers or 1)
     factory = resolve_env(cfg.env, cfg)
     factory, spec = await probe_env(factory, cfg.env_timeout or None)
-    cfg = cfg.fitted_to_model(bool(cnn_keys(spec, cfg)), cfg.num_envs * spec.rows_per_env)
+    cfg = cfg.fitted_to_model(uses_cnn(spec, cfg), cfg.num_envs * spec.rows_per_env)
     backend_kind = backend_name(cfg.env_backend, factory, spec, cfg.env_timeout)
     _check_multi_agent(cfg, spec)
     rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage

@@ -28,7 +28,7 @@ from htsrl_aio.backends.registry import backend_name
 from htsrl_aio.config import RESUME_OVERRIDABLE, TrainConfig, available_cores, default_engine_batch
 from htsrl_aio.envs import probe_env, resolve_env
 from htsrl_aio.errors import ConfigError
-from htsrl_aio.models import cnn_keys
+from htsrl_aio.models import uses_cnn
 from htsrl_aio.trainer import Trainer
 from htsrl_aio.training import run_event_loop
 
@@ -166,7 +166,7 @@ def _backend_of(cfg: TrainConfig) -> tuple[str, bool, int]:
     factory = resolve_env(cfg.env, cfg)
     factory, spec = run_event_loop(probe_env(factory, cfg.env_timeout or None))
     assert cfg.num_envs is not None
-    return (backend_name(cfg.env_backend, factory, spec, cfg.env_timeout), bool(cnn_keys(spec, cfg)),
+    return (backend_name(cfg.env_backend, factory, spec, cfg.env_timeout), uses_cnn(spec, cfg),
             cfg.num_envs * spec.rows_per_env)
 
 

@@ -83,6 +83,7 @@ class Harness:
 def make_harness(**overrides: Any) -> Harness:
     cfg = TrainConfig(**{"num_envs": 4, "rollout": 5, "total_steps": 4 * 5 * 6, "minibatches": 2,
                          "epochs": 1, **overrides}).resolved()
+    cfg = cfg.fitted_to_model(cnn=False, rows=cfg.num_envs)  # as assembly fits it to the probed env
     model = small_model()
     storages = tuple(storage_for(VECTOR_SPEC, i, cfg.num_envs, cfg.rollout) for i in range(2))
     final_obs = np.zeros((cfg.num_envs, 4), np.float32)

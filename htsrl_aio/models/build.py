@@ -14,11 +14,20 @@ from htsrl_aio.models.normalize import ReturnScaler
 from htsrl_aio.seeding import Stream, derive_seed
 
 
+def _large_images(spec: EnvSpec) -> tuple[str, ...]:
+    return tuple(f.key for f in spec.obs.fields if f.image and min(f.shape[1:]) >= MIN_IMAGE_SIDE)
+
+
+def uses_cnn(spec: EnvSpec, cfg: TrainConfig) -> bool:
+    """Whether a CNN reads some of the observations; checks nothing (`cnn_keys` refuses a bad --model)."""
+    return cfg.model != "mlp" and bool(_large_images(spec))
+
+
 def cnn_keys(spec: EnvSpec, cfg: TrainConfig) -> tuple[str, ...]:
     """Observation keys read by a Nature CNN: `--model auto` takes every image key of at least
     36x36, `cnn` insists there is one, `mlp` flattens everything."""
     images = [f for f in spec.obs.fields if f.image]
-    large = tuple(f.key for f in images if min(f.shape[1:]) >= MIN_IMAGE_SIDE)
+    large = _large_images(spec)
     if cfg.model == "mlp":
         return ()
     if cfg.model == "cnn" and not large:
