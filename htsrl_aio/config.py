@@ -309,8 +309,9 @@ class TrainConfig:
 
     def fitted_to_model(self, cnn: bool, rows: int) -> TrainConfig:
         """This config resolved for the run's network (`cnn`: a CNN reads the observations) and its `rows`
-        (num_envs x agents per env): the inference block's default, and the engine defaults that follow
-        it. The block is part of a run's bits, so a run stores the number and a resumed run keeps it."""
+        (num_envs x agents per env): the defaults of the inference block and of --max-batch, and the engine
+        defaults that follow the block. The block is part of a run's bits, so a run stores the number and a
+        resumed run keeps it."""
         block = self.inference_block or default_inference_block(cnn, rows)
         # A multi-agent env's agents are rows too: capped at num_envs, one loop iteration's requests of
         # 8 three-agent envs took 3 passes.
