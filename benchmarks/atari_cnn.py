@@ -1,4 +1,5 @@
-"""Nature CNN speed: fp32 vs bf16 autocast, NCHW vs channels-last, learner and inference shapes.
+"""Nature CNN speed: fp32 vs bf16 autocast, NCHW vs channels-last, torch.compile (`--torch-compile`'s
+compiled encoders), learner and inference shapes.
 
 Learner: forward+backward+Adam step on a minibatch of --batch uint8 (4, 84, 84) observations.
 Inference: forward of one --block-row block (the fixed shape deterministic inference uses).
@@ -21,13 +22,17 @@ from plotting import pyplot, save
 from htsrl_aio import TrainConfig
 from htsrl_aio.envs import EnvSpec
 from htsrl_aio.models import build_model
+from htsrl_aio.models.compiled import compile_encoders
 
 PONG = EnvSpec.from_spaces(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6))
 
 
-def measure(precision: str, channels_last: bool, batch: int, block: int, repeats: int) -> tuple[float, float]:
+def measure(precision: str, channels_last: bool, batch: int, block: int, repeats: int,
+            compiled: bool = False) -> tuple[float, float]:
     torch.manual_seed(0)
     model = build_model(PONG, TrainConfig(precision=precision).resolved())
+    if compiled:
+        compile_encoders(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
@@ -39,14 +44,14 @@ def measure(precision: str, channels_last: bool, batch: int, block: int, repeats
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    learn()  # warm-up: kernel selection
+    learn()  # warm-up: kernel selection (and compilation)
     start = time.perf_counter()
     for _ in range(repeats):
         learn()
     learner = batch * repeats / (time.perf_counter() - start)
     rows = obs[:block].clone().contiguous(memory_format=fmt)
     with torch.no_grad():
-        model({"obs": rows})
+        model({"obs": rows})  # warm-up (and compilation of the no-grad graph)
         start = time.perf_counter()
         for _ in range(repeats * 10):
             model({"obs": rows})
@@ -76,6 +81,9 @@ def main() -> None:
                 learner, inference = measure(precision, channels_last, args.batch, args.block, args.repeats)
                 results[(threads, label)] = (learner, inference)
                 print(f"{threads:>7}  {label:<20}{learner:>10.0f}{inference:>11.0f}", flush=True)
+        learner, inference = measure("bf16", False, args.batch, args.block, args.repeats, compiled=True)
+        results[(threads, "bf16 compiled")] = (learner, inference)
+        print(f"{threads:>7}  {'bf16 compiled':<20}{learner:>10.0f}{inference:>11.0f}", flush=True)
 
     plt = pyplot()
     if plt is None:

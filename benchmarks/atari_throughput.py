@@ -14,7 +14,9 @@ Parts (`--parts`, all by default):
            one that returns at once), same envs: the runtime's overhead against `raw` and the bound.
 - engine:  collection only for each --engine-batch in `--engine-batches` and each --engine-threads in
            `--engine-threads`: what the engine backend's defaults should be.
-- ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating.
+- ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating;
+           once per `--torch-compile` setting (htsrl-aio's flag; each setting's bound counts the
+           learner cost of its own sync run).
 - a2c:     atari-a2c preset, hts vs sync vs SB3 A2C, alternating.
 - lstm:    recurrent PPO (atari-lstm preset: atari-ppo's, --memory lstm, one frame), hts vs sync vs
            sb3-contrib's RecurrentPPO (CnnLstmPolicy, same settings, one shared 128-unit LSTM), and hts
@@ -44,7 +46,7 @@ import numpy as np
 from atari_sb3 import sb3_train
 from plotting import pyplot, save
 
-import htsrl_aio.trainer
+import htsrl_aio.assembly
 from htsrl_aio import TrainConfig, train
 from htsrl_aio.config import available_cores
 from htsrl_aio.runtime.learner import ThreadLearner
@@ -54,7 +56,7 @@ from htsrl_aio.runtime.storage import RolloutStorage
 class CollectOnlyLearner(ThreadLearner):
     """Learns nothing and returns at once, so a run measures collection and inference alone."""
 
-    async def update(self, storage: RolloutStorage) -> dict[str, float]:
+    async def update(self, storage: RolloutStorage, behaviour_version: int) -> dict[str, float]:
         self.learner.version += 1
         return {}
 
@@ -94,14 +96,15 @@ def run_sb3(args: argparse.Namespace, algo: str, steps: int, logdir: Path) -> di
 
 def run_collect(args: argparse.Namespace, logdir: Path, deterministic: bool = True,
                 **settings: Any) -> dict[str, Any]:
-    original = htsrl_aio.trainer.ThreadLearner
-    htsrl_aio.trainer.ThreadLearner = CollectOnlyLearner
+    # assembly builds the thread learner by this name (assembly._make_learner)
+    original = htsrl_aio.assembly.ThreadLearner
+    htsrl_aio.assembly.ThreadLearner = CollectOnlyLearner
     try:
         settings = {"preset": "atari-ppo", "num_envs": args.num_envs, "learner": "thread",
                     "total_steps": args.collect_steps, "deterministic": deterministic, **settings}
         return run_htsrl(args, logdir, **settings)
     finally:
-        htsrl_aio.trainer.ThreadLearner = original
+        htsrl_aio.assembly.ThreadLearner = original
 
 
 def run_raw(args: argparse.Namespace, threads: int | None = None) -> dict[str, Any]:
@@ -177,6 +180,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="env worker processes (default: cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-compile", nargs="+", default=["none"], choices=["none", "learner", "all"],
+                        help="htsrl-aio's --torch-compile settings for parts ppo and a2c, run side by side")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/atari_throughput.png"))
     args = parser.parse_args()
@@ -220,13 +225,16 @@ def main() -> None:
             for algo, steps in (("ppo", args.total_steps), ("a2c", args.a2c_steps)):
                 if algo not in args.parts:
                     continue
-                for mode in ("hts", "sync"):
-                    result = run_htsrl(args, fresh(), preset=f"atari-{algo}", mode=mode, total_steps=steps)
-                    record(algo, f"htsrl {mode}", result)
-                    if mode == "sync" and "bound" in args.parts:
-                        # The learner's busy seconds per env step, from the run itself.
-                        record("bound", f"learner {algo}", {"core_ms": 1000 * result["learner_busy_frac"]
-                                                            / result["steady_sps"]})
+                for compiled in args.torch_compile:
+                    suffix = "" if compiled == "none" else f", compile {compiled}"
+                    for mode in ("hts", "sync"):
+                        result = run_htsrl(args, fresh(), preset=f"atari-{algo}", mode=mode,
+                                           total_steps=steps, torch_compile=compiled)
+                        record(algo, f"htsrl {mode}{suffix}", result)
+                        if mode == "sync" and "bound" in args.parts:
+                            # The learner's busy seconds per env step, from the run itself.
+                            record("bound", f"learner {algo}{suffix}",
+                                   {"core_ms": 1000 * result["learner_busy_frac"] / result["steady_sps"]})
                 if not args.no_sb3:
                     record(algo, "SB3", run_sb3(args, algo, steps, fresh()))
         if "scaling" in args.parts:
@@ -283,9 +291,11 @@ def print_bound(results: dict[tuple[str, str], list[dict]]) -> None:
     collect_bound = 1000 * cores / (costs["emulator"] + costs["inference"])
     rows = [("collect", "htsrl collect", collect_bound)]
     for algo in ("ppo", "a2c"):
-        if f"learner {algo}" in costs:
-            bound = 1000 * cores / (costs["emulator"] + costs["inference"] + costs[f"learner {algo}"])
-            rows += [(algo, "htsrl hts", bound), (algo, "htsrl sync", bound)]
+        for learner in (k for k in costs if k.split(",")[0] == f"learner {algo}"):
+            # Each --torch-compile setting's bound counts its own learner (inference stays eager's).
+            bound = 1000 * cores / (costs["emulator"] + costs["inference"] + costs[learner])
+            suffix = learner[len(f"learner {algo}"):]
+            rows += [(algo, f"htsrl hts{suffix}", bound), (algo, f"htsrl sync{suffix}", bound)]
     for part, variant, bound in rows:
         runs = results.get((part, variant))
         if runs:

@@ -36,6 +36,7 @@ from htsrl_aio.ipc.children import start_resource_tracker
 from htsrl_aio.ipc.limits import ensure_open_files
 from htsrl_aio.ipc.shm import remove_stale_segments
 from htsrl_aio.models import build_model, load_params, uses_cnn
+from htsrl_aio.models.compiled import check_compilable, compile_encoders
 from htsrl_aio.outputs.metrics import MetricsSinks
 from htsrl_aio.outputs.progress import ProgressLine
 from htsrl_aio.outputs.run_dir import CONFIG, ERROR_LOG, USER_SETTINGS, RunDirectory, default_logdir
@@ -101,6 +102,8 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     _check_multi_agent(cfg, spec)
     rows = cfg.num_envs * spec.rows_per_env  # a multi-agent env's agents are rows of the storage
     device = resolve_device(cfg.device)
+    check_compilable(cfg.torch_compile, agents=bool(spec.agents), deterministic=cfg.deterministic,
+                     device_type=device.type)
     if (warning := oversubscription_warning(cfg, device, available_cores())) is not None:
         warnings.warn(warning, RuntimeWarning, stacklevel=3)
     run_dir, sinks, config_json = _open_outputs(cfg, user, factory.name, resume, backend_kind, device, stack)
@@ -114,7 +117,10 @@ async def assemble(config: TrainConfig, user: dict[str, Any] | None, resume: Che
     distribution = make_distribution(spec.action)
     noise = TicketNoise(cfg.seed, rows, cfg.rollout, distribution.noise_size, distribution.noise)
     obs_arrays = spec.obs.arrays()
-    inference = BatchedInference(copy.deepcopy(model), distribution, noise, cfg.max_batch, obs_arrays,
+    inference_model = copy.deepcopy(model)
+    if cfg.torch_compile == "all":
+        compile_encoders(inference_model)
+    inference = BatchedInference(inference_model, distribution, noise, cfg.max_batch, obs_arrays,
                                  block=cfg.inference_block if cfg.deterministic else None, device=device)
     memory = RunMemory(rows, cfg.rollout, obs_arrays, spec.action.shape, spec.action.dtype,
                        model.state_size, agents=bool(spec.agents))
@@ -257,8 +263,8 @@ def determinism_note(cfg: TrainConfig, device: torch.device) -> str:
     if torch.backends.mkl.is_available() and "STRICT" not in os.environ.get("MKL_CBWR", "").upper():
         return (f"not guaranteed: MKL_CBWR={os.environ.get('MKL_CBWR', '')} is not strict, and MKL then may "
                 "round differently from run to run (unset it, or use AUTO,STRICT as htsrl_aio does)")
-    return ("bit-identical across workers, max_batch and timing (CPU; same torch_threads and "
-            "inference_block)")
+    return ("bit-identical across workers, max_batch and timing (CPU; same torch_threads, inference_block "
+            "and torch_compile)")
 
 
 @contextlib.contextmanager

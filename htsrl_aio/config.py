@@ -218,6 +218,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] | None = _opt(
         "arithmetic of the CNN trunk (inference and learning): bf16 autocast is much faster on CPUs "
         "with AVX-512 bf16 and on GPUs", default=None)
+    torch_compile: Literal["none", "learner", "all"] = _opt(
+        "run the observation encoder (a CNN trunk) through torch.compile: in the learner, or in the learner "
+        "and inference; faster for image policies, other bits than eager, the first update waits for the "
+        "compilation (needs a C++ compiler on a CPU)", default="none")
     frame_size: tuple[int, ...] | None = _opt(
         "image envs: resize frames to HEIGHT WIDTH (every image of a Dict or Tuple observation; ALE ids "
         "and EnvPool tasks with a frame size option: the engine's own, default 84 84)",
@@ -518,6 +522,7 @@ class LearnerSettings:
     deterministic: bool
     memory: Literal["none", "lstm", "gru"]
     bptt: int
+    torch_compile: Literal["none", "learner", "all"]
 
 
 def default_inference_block(cnn: bool, rows: int) -> int:

@@ -6,7 +6,9 @@
 #   - raw ale-py (AtariVectorEnv, random actions, all cores) at 64, 128 and 256 envs;
 #   - Pong hts PPO (atari-ppo, engine backend) at 64, 128 and 256 envs with inference blocks of 32 and 64
 #     (benchmarks/atari_throughput.py --parts scaling), each as a fraction of raw ale-py;
-#   - torch.compile / CUDA graphs: htsrl-aio has no such option, so the table says "not available".
+#   - torch.compile: Pong hts PPO at the most envs and the largest block again with --torch-compile all
+#     (compiled encoders in inference and learner), as a fraction of the eager run; CUDA graphs:
+#     htsrl-aio has no such option, so the table says "not available".
 # Every step runs under `timeout`, cut to what is left of the budget, so the whole fits in 8 minutes;
 # a step that fails or times out is a row saying so, and the rest still runs.
 #
@@ -36,7 +38,7 @@ START=$SECONDS
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 RESULTS=${OUT:-$WORK}/gpu-check
 mkdir -p "$RESULTS"
-trap 'rm -rf "$WORK"/bits-* "$WORK/venv"' EXIT  # the runs' directories go, the results stay
+trap 'rm -rf "$WORK"/bits-* "$WORK/pong-compiled" "$WORK/venv"' EXIT  # the runs' directories go, the results stay
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 say() { echo "[gpu-check $(( SECONDS - START ))s] $*"; }
@@ -193,6 +195,16 @@ if needs torch numpy gymnasium ale_py tqdm; then
     done
 fi
 
+# --- 4. torch.compile: the largest Pong run again with compiled encoders -------------------------------
+if needs torch numpy gymnasium ale_py tqdm; then
+    n=${ENVS##* }; block=${BLOCKS##* }
+    echo "$n $block" > "$RESULTS/compiled.txt"
+    run_step pong-compiled 200 "$PY" -m htsrl_aio train --env ALE/Pong-v5 --preset atari-ppo --num-envs "$n" \
+        --inference-block "$block" --rollout "$ROLLOUT" --total-steps $(( n * ROLLOUT * (ROLLOUTS + 1) )) \
+        --torch-compile all --device "$DEVICE" --logdir "$WORK/pong-compiled" --no-progress --no-tensorboard \
+        --checkpoint-every 0
+fi
+
 # --- The table ----------------------------------------------------------------------------------------
 "$PY" - "$RESULTS" "$WORK" "$(( SECONDS - START ))" << 'EOF'
 import json, re, sys
@@ -257,7 +269,20 @@ for block in blocks:
         rows.append({"check": f"Pong hts PPO, {n} envs, inference block {block}, {device}",
                      "result": f"{sps:,.0f} steps/s{share}" if sps else status(f"pong-block-{block}"),
                      "steps_per_s": sps, "of_raw": sps / raw[n] if sps and raw[n] else None})
-rows.append({"check": "torch.compile / CUDA graphs", "result": "not available (htsrl-aio has no such option)"})
+n, block = (results / "compiled.txt").read_text().split() if (results / "compiled.txt").exists() else ("-", "-")
+compiled = None
+if status("pong-compiled") == "ok":
+    # Past the first update, which waits for the compilation (one rollout more than the eager runs').
+    logged = [json.loads(line) for line in (work / "pong-compiled" / "metrics.jsonl").open()][1:]
+    if len(logged) >= 2:
+        compiled = ((logged[-1]["global_step"] - logged[0]["global_step"])
+                    / (logged[-1]["wall_time_s"] - logged[0]["wall_time_s"]))
+eager = (records(f"pong-block-{block}").get(f"hts {n} envs") or {}).get("steady_sps")
+share = f" = {compiled / eager:.2f} of eager" if compiled and eager else ""
+rows.append({"check": f"Pong hts PPO, {n} envs, inference block {block}, --torch-compile all, {device}",
+             "result": f"{compiled:,.0f} steps/s{share}" if compiled else status("pong-compiled"),
+             "steps_per_s": compiled, "of_eager": compiled / eager if compiled and eager else None})
+rows.append({"check": "CUDA graphs", "result": "not available (htsrl-aio has no such option)"})
 
 print(f"\ngpu-check ({machine['mode']}), {elapsed}s: {machine['cores']} cores ({machine['cpu']}), GPU "
       f"{machine['gpu']}, device {device}; python {machine['python_version']}, torch {machine['torch']}, "

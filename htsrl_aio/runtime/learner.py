@@ -37,6 +37,7 @@ from htsrl_aio.algos import RolloutBatch, Sequences, a2c_update, gae, ppo_update
 from htsrl_aio.config import LearnerSettings
 from htsrl_aio.distributions import ActionDistribution
 from htsrl_aio.errors import TrainingDiverged
+from htsrl_aio.models.compiled import compile_encoders
 from htsrl_aio.models.params import clone_params, copy_params
 from htsrl_aio.runtime.storage import RolloutStorage
 from htsrl_aio.seeding import Stream, derive_seed
@@ -57,6 +58,9 @@ class Learner:
         # the rollout learned next.
         self._kept_version = 0
         self._kept = clone_params(model)
+        if config.torch_compile != "none":
+            compile_encoders(self.model)
+            compile_encoders(self.behaviour)
 
     def save(self) -> dict[str, Any]:
         """The learner's part of a checkpoint, taken while it is idle."""
