@@ -16,7 +16,7 @@ Parts (`--parts`, all by default):
            `--engine-threads`: what the engine backend's defaults should be.
 - ppo:     atari-ppo preset, hts vs sync vs SB3 PPO (CnnPolicy, same hyperparameters), alternating;
            once per `--torch-compile` setting (htsrl-aio's flag; each setting's bound counts the
-           learner cost of its own sync run).
+           learner cost of its own sync run). Parts a2c and lstm run each setting too.
 - a2c:     atari-a2c preset, hts vs sync vs SB3 A2C, alternating.
 - lstm:    recurrent PPO (atari-lstm preset: atari-ppo's, --memory lstm, one frame), hts vs sync vs
            sb3-contrib's RecurrentPPO (CnnLstmPolicy, same settings, one shared 128-unit LSTM), and hts
@@ -214,11 +214,14 @@ def main() -> None:
                                run_collect(args, fresh(), env_backend="engine", engine_batch=batch,
                                            engine_threads=threads))
             if "lstm" in args.parts:
-                recurrent = {"preset": "atari-lstm", "total_steps": args.total_steps}
-                for mode in ("hts", "sync"):
-                    record("lstm", f"htsrl {mode}", run_htsrl(args, fresh(), mode=mode, **recurrent))
-                record("lstm", "htsrl hts feedforward", run_htsrl(args, fresh(), preset="atari-ppo",
-                                                                  total_steps=args.total_steps))
+                for compiled in args.torch_compile:
+                    suffix = "" if compiled == "none" else f", compile {compiled}"
+                    settings = {"total_steps": args.total_steps, "torch_compile": compiled}
+                    for mode in ("hts", "sync"):
+                        record("lstm", f"htsrl {mode}{suffix}",
+                               run_htsrl(args, fresh(), preset="atari-lstm", mode=mode, **settings))
+                    record("lstm", f"htsrl hts feedforward{suffix}",
+                           run_htsrl(args, fresh(), preset="atari-ppo", **settings))
                 if not args.no_sb3:
                     record("lstm", "sb3-contrib RecurrentPPO",
                            run_sb3(args, "ppo_lstm", args.total_steps, fresh()))

@@ -30,11 +30,14 @@ def test_compiled_encoders_repeat_their_bits_in_every_placement_and_differ_from_
 
 
 @pytest.mark.slow
-def test_a_compiled_run_resumed_from_a_periodic_checkpoint_ends_with_the_same_bits(tmp_path, no_leaks):
+@pytest.mark.parametrize("memory", ["none", "lstm"])
+def test_a_compiled_run_resumed_from_a_periodic_checkpoint_ends_with_the_same_bits(tmp_path, no_leaks,
+                                                                                   memory):
     """The resumed learner's first update sees its batch sizes in another order than the original's
     (hts PPO evaluates the current parameters first only from the second update on); static shapes make
-    each size's graph the same whichever came first."""
-    full = train(config(tmp_path / "full", checkpoint_every=3, total_steps=4 * 8 * 8))
+    each size's graph the same whichever came first. With --memory the encoder also reads whole
+    sequences (the replay) and single steps (inference, the bootstrap)."""
+    full = train(config(tmp_path / "full", checkpoint_every=3, total_steps=4 * 8 * 8, memory=memory))
     crashed = as_if_crashed_after(tmp_path / "full", tmp_path / "crashed")
     resumed = resume(crashed / "checkpoints" / "update-0000003.pt", learner="thread")
     assert resumed["final_params_sha256"] == full["final_params_sha256"]
