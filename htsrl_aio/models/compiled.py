@@ -3,7 +3,7 @@
 The encoder (an image policy's Nature CNN trunk, or the input handling of an MLP) is where a policy
 that reads images spends nearly all its arithmetic; torch.compile (inductor) fuses its pointwise work
 around the convolutions. On the 2-core Xeon the atari-ppo learner's minibatch step ran 1.3-1.6x faster
-(docs/benchmarks.md, "torch.compile").
+(docs/benchmarks.md, "Pong at the bound, re-measured, and torch.compile").
 
 Each batch size gets a graph of its own (static shapes), because a graph compiled for one size is then
 the same whichever size came first: with dynamic shapes inductor tunes the shared graph to the first
@@ -15,12 +15,11 @@ count repeats its bits, also from inductor's on-disk cache (its key holds the th
 
 from __future__ import annotations
 
-from torch import nn
-
 from htsrl_aio.errors import ConfigError
+from htsrl_aio.models.actor_critic import ActorCritic
 
 
-def compile_encoders(model: nn.Module) -> None:
+def compile_encoders(model: ActorCritic) -> None:
     """Compile `model`'s observation encoders in place (its parameters and state dict are unchanged)."""
     for encoder in (model.encoder, model.critic_encoder):
         if encoder is not None:
