@@ -21,7 +21,11 @@ Tasks (the same env for every learner):
 - pong: ALE/Pong-v5 preprocessed as htsrl-aio's atari-ppo preset sees it: sticky actions 0.25, 4-frame
   skip with max-pooling, up to 30 no-op resets, fire reset, 84x84 gray, a stack of 4 frames, no episodic
   life. htsrl-aio does this in ale-py's C++ AtariVectorEnv, Sample Factory with gymnasium's
-  AtariPreprocessing, RLlib with its own `wrap_atari_for_new_api_stack`.
+  AtariPreprocessing, RLlib with its own `wrap_atari_for_new_api_stack`;
+- football: Google Research Football's academy_empty_goal_close (gfootball 2.10.2 built from source, in
+  every learner's venv: scripts/install-football.sh), the 115-float `simple115v2` observation, the
+  `scoring` reward, episodes of at most 400 steps; htsrl-aio through its `gfootball/` adapter, Sample
+  Factory and RLlib through `football`, a gymnasium wrapper of the same game.
 """
 
 from __future__ import annotations
@@ -43,8 +47,14 @@ PPO_SETTINGS = {
                          "gamma": 0.99, "lam": 0.95, "vf": 0.5, "max_grad_norm": 0.5},
     "pong": {"rollout": 128, "lr": 2.5e-4, "epochs": 4, "minibatches": 4, "clip": 0.1, "ent": 0.01,
              "gamma": 0.99, "lam": 0.95, "vf": 0.5, "max_grad_norm": 0.5},
+    # the football-ppo preset (the paper's released GFootball PPO settings)
+    "football": {"rollout": 128, "lr": 3.43e-4, "epochs": 2, "minibatches": 8, "clip": 0.08, "ent": 0.003,
+                 "gamma": 0.993, "lam": 0.95, "vf": 0.5, "max_grad_norm": 0.64},
 }
-HIDDEN = (64, 64)  # the MLP of latency-cartpole (htsrl-aio's default); Pong uses the Nature CNN everywhere
+# The MLP of latency-cartpole and football (htsrl-aio's default); Pong uses the Nature CNN everywhere.
+HIDDEN = (64, 64)
+FOOTBALL_SCENARIO = "academy_empty_goal_close"
+MLP_TASK_ENVS = {"latency-cartpole": "vs_async_latency_cartpole", "football": "vs_async_football"}
 
 
 def latency_cartpole(latency_ms: float = 5.0) -> Any:
@@ -62,6 +72,36 @@ def latency_cartpole(latency_ms: float = 5.0) -> Any:
             return self.env.step(action)
 
     return LatencyCartPole(gym.make("CartPole-v1"), latency_ms / 1000)
+
+
+def football() -> Any:
+    """gfootball's game (old gym API) as a gymnasium env, for Sample Factory and RLlib: the same scenario,
+    observation and reward as htsrl-aio's `gfootball/` adapter; the end of an episode (a goal, the ball
+    lost, or its 400 steps) is a termination there too."""
+    import gfootball.env
+    import gymnasium as gym
+    import numpy as np
+
+    class Football(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (115,), np.float32)
+        action_space = gym.spaces.Discrete(19)
+
+        def __init__(self) -> None:
+            self.game = gfootball.env.create_environment(
+                env_name=FOOTBALL_SCENARIO, representation="simple115v2", rewards="scoring", render=False)
+
+        def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+            super().reset(seed=seed)
+            return np.asarray(self.game.reset(), np.float32), {}
+
+        def step(self, action: Any) -> Any:
+            observation, reward, done, _ = self.game.step(int(action))
+            return np.asarray(observation, np.float32), float(reward), bool(done), False, {}
+
+        def close(self) -> None:
+            self.game.close()
+
+    return Football()
 
 
 def write_row(file: Any, steps: int, ret: float | None) -> None:
@@ -88,6 +128,8 @@ def run_htsrl(args: argparse.Namespace) -> dict[str, Any]:
     p = PPO_SETTINGS[args.task]
     if args.task == "pong":
         task: dict[str, Any] = {"env": "ALE/Pong-v5", "preset": "atari-ppo"}
+    elif args.task == "football":
+        task = {"env": f"gfootball/{FOOTBALL_SCENARIO}", "preset": "football-ppo", "hidden": HIDDEN}
     else:
         task = {"env": "vs_async_runs:latency_cartpole", "env_kwargs": {"latency_ms": args.latency_ms},
                 "hidden": HIDDEN, "rollout": p["rollout"], "lr": p["lr"], "epochs": p["epochs"],
@@ -124,6 +166,8 @@ def sf_make_env(full_env_name: str, cfg: Any = None, env_config: Any = None, ren
 
     if full_env_name == "vs_async_latency_cartpole":
         return latency_cartpole(cfg.vs_async_latency_ms)
+    if full_env_name == "vs_async_football":
+        return football()
     import ale_py  # noqa: F401  (registers the ALE/ ids)
     from sample_factory.envs.env_wrappers import FireResetEnv, NumpyObsWrapper
 
@@ -142,7 +186,7 @@ def run_sf(args: argparse.Namespace) -> dict[str, Any]:
     if args.seconds:  # SF 2.1.1 never advances the clock that --train_for_seconds reads: stop it here
         should_end = Runner._should_end_training
         Runner._should_end_training = lambda self: should_end(self) or time.time() - START >= args.seconds
-    env_name = "vs_async_pong" if args.task == "pong" else "vs_async_latency_cartpole"
+    env_name = MLP_TASK_ENVS.get(args.task, "vs_async_pong")
     register_env(env_name, sf_make_env)
     p = PPO_SETTINGS[args.task]
     per_worker = args.num_envs // args.workers
@@ -242,7 +286,8 @@ def run_rllib(args: argparse.Namespace) -> dict[str, Any]:
         model = DefaultModelConfig(conv_filters=[[32, 8, 4], [64, 4, 2], [64, 3, 1]],
                                    head_fcnet_hiddens=[512], conv_activation="relu", vf_share_layers=True)
     else:
-        register_env("vs_async", lambda cfg: latency_cartpole(args.latency_ms))
+        register_env("vs_async", (lambda cfg: football()) if args.task == "football"
+                     else (lambda cfg: latency_cartpole(args.latency_ms)))
         model = DefaultModelConfig(fcnet_hiddens=list(HIDDEN), fcnet_activation="tanh")
     ray.init(num_cpus=max(args.workers + 1, 2), include_dashboard=False, log_to_driver=False)
     config = (

@@ -182,12 +182,12 @@ class TrainConfig:
     minibatches: int | None = _opt("minibatches per epoch (PPO); must divide num_envs*rollout",
                                    check=_POSITIVE_INT, default=None)
     clip_coef: float | None = _opt("PPO surrogate clip range", check=_number("0.2"), default=None)
-    ppo_trust_region: Literal["current", "behaviour"] = _opt(
+    ppo_trust_region: Literal["current", "behaviour"] | None = _opt(
         "hts PPO learns data one update old: 'current' clips around the parameters the update starts "
         "from, importance-weights the lag and takes advantages from their critic (decoupled PPO); "
         "'behaviour' clips against the policy that acted and uses the values it recorded, as the "
         "released HTS-RL code does; sync mode is the same either way",
-        default="current")
+        default=None)
     clip_vloss: bool | None = _opt(
         "clip the PPO value loss with the same range (a value then moves at most that much per update: "
         "with large unnormalised returns pair it with --normalize-reward, or turn it off)", default=None)

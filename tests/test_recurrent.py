@@ -232,8 +232,11 @@ def test_no_velocity_envs_show_positions_only_and_the_preset_brings_memory():
     full_obs, _ = full.reset(seed=3)
     assert obs.shape == (2,) and np.array_equal(obs, full_obs[[0, 2]])
     cfg = TrainConfig(env="htsrl_aio.envs.pomdp:CartPoleNoVel-v1", preset="pomdp-ppo").resolved()
-    assert (cfg.memory, cfg.memory_size, cfg.minibatches) == ("lstm", 64, 1)
-    assert TrainConfig().resolved().memory == "none"
+    assert (cfg.memory, cfg.memory_size, cfg.minibatches, cfg.epochs) == ("lstm", 64, 1, 4)
+    assert cfg.ppo_trust_region == "behaviour"
+    assert TrainConfig(env="htsrl_aio.envs.pomdp:CartPoleNoVel-v1", preset="pomdp-ppo",
+                       ppo_trust_region="current").resolved().ppo_trust_region == "current"
+    assert (TrainConfig().resolved().memory, TrainConfig().resolved().ppo_trust_region) == ("none", "current")
     atari = TrainConfig(env="ALE/Pong-v5", preset="atari-lstm").resolved()
     assert (atari.memory, atari.frame_stack, atari.rollout) == ("lstm", 1, 128)
 
