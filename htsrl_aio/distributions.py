@@ -18,6 +18,12 @@ exactly 0, so they are never sampled, never the mode, and add exactly 0 to the e
 stored and learned from unclipped; it is clipped to the bounds only when given to the env (as SB3 and
 CleanRL do).
 
+Every exp, log, sigmoid and softplus here runs on a tensor padded to a whole number of SIMD loops
+(`_tail_free`): CPU elementwise kernels step through a contiguous tensor two vectors at a time and finish
+the remainder with scalar code that rounds these functions differently, so a row in that remainder would
+get other last bits than the same row elsewhere in the block (seen on AVX2: a MultiBinary log-probability
+of 8 rows x 3 bits, `test_rows_alone_equal_rows_in_batches_of_every_size`).
+
 Inference samples with `sample` and records `log_prob`; the learner calls `log_prob` and `entropy`;
 `Trainer.act` and `htsrl-aio eval` call `sample` or `mode`. The policy head that produces the
 parameters is made here too (`head`), so a distribution and its parameters never disagree.
@@ -40,6 +46,19 @@ Noise = Literal["uniform", "normal"]
 # real logit is exactly 0 in float32 and float64, and 0 x it is 0 where infinity would make NaN.
 MASKED_LOGIT = -1e8
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# Elements that a padded tensor's size is a multiple of: two vectors of the widest x86 kernels (AVX-512:
+# 2 x 16 float32, 2 x 8 float64; AVX2 half that), with room to spare, so no element takes the scalar tail.
+_SIMD_ELEMENTS = 64
+
+
+def _tail_free(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """`x` (B, k), contiguous, with `fill` columns appended until B x columns is a multiple of
+    _SIMD_ELEMENTS: an elementwise kernel then treats every row alike. Slice `[:, :k]` after."""
+    step = _SIMD_ELEMENTS // math.gcd(x.shape[0], _SIMD_ELEMENTS)
+    pad = -x.shape[-1] % step
+    return F.pad(x, (0, pad), value=fill) if pad else x.contiguous()
 
 
 def _linear(inp: int, out: int, gain: float) -> nn.Linear:
@@ -117,7 +136,8 @@ class Categoricals(ActionDistribution):
         columns = []
         for k, logits in enumerate(params.split(self.sizes, dim=-1)):
             z = logits.double()
-            cdf = torch.exp(z - z.max(dim=-1, keepdim=True).values).cumsum(dim=-1)
+            shifted = _tail_free(z - z.max(dim=-1, keepdim=True).values, MASKED_LOGIT)
+            cdf = torch.exp(shifted)[:, :z.shape[-1]].cumsum(dim=-1)
             total = cdf[:, -1]
             below_total = torch.nextafter(total, torch.zeros_like(total))
             threshold = torch.minimum(noise[:, k].double() * total, below_total)
@@ -149,15 +169,23 @@ class Bernoullis(ActionDistribution):
         return _linear(inp, self.spec.size, 0.01)
 
     def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (noise.double() < torch.sigmoid(params.double())).long()
+        p = torch.sigmoid(_tail_free(params.double()))[:, :params.shape[-1]]
+        return (noise.double() < p).long()
+
+    def _softplus(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """softplus(-params) and softplus(params): -log p(bit 1) and -log p(bit 0)."""
+        padded, k = _tail_free(params), params.shape[-1]
+        return F.softplus(-padded)[:, :k], F.softplus(padded)[:, :k]
 
     def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         bits = actions.to(params.dtype)
-        return -(bits * F.softplus(-params) + (1 - bits) * F.softplus(params)).sum(-1)
+        minus_log_one, minus_log_zero = self._softplus(params)
+        return -(bits * minus_log_one + (1 - bits) * minus_log_zero).sum(-1)
 
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(params)
-        return (p * F.softplus(-params) + (1 - p) * F.softplus(params)).sum(-1)
+        p = torch.sigmoid(_tail_free(params))[:, :params.shape[-1]]
+        minus_log_one, minus_log_zero = self._softplus(params)
+        return (p * minus_log_one + (1 - p) * minus_log_zero).sum(-1)
 
     def mode(self, params: torch.Tensor) -> torch.Tensor:
         return (params > 0).long()

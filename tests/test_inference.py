@@ -70,6 +70,41 @@ def test_rows_alone_equal_rows_in_batches_of_every_size(kind, spread, block):
                     f"row {i} differs in a batch of {size}"
 
 
+# Widths whose blocks leave a remainder for the scalar tail of CPU elementwise loops: on AVX2 (16 float32
+# or 8 float64 a step) and on AVX-512 (32 and 16).
+TAIL_SPACES = {
+    "bits_3": gym.spaces.MultiBinary(3),
+    "bits_5": gym.spaces.MultiBinary(5),
+    "bits_11": gym.spaces.MultiBinary(11),
+    "discrete_3": gym.spaces.Discrete(3),
+    "discrete_5": gym.spaces.Discrete(5),
+    "multi_discrete": gym.spaces.MultiDiscrete([3, 2, 4]),
+    "box_5": gym.spaces.Box(-1.0, 1.0, (5,), np.float32),
+}
+
+
+@pytest.mark.parametrize("rows", [8, 24, 5])
+@pytest.mark.parametrize("kind", list(TAIL_SPACES))
+def test_a_rows_log_prob_and_action_do_not_depend_on_its_place_in_the_block(kind, rows):
+    # The distribution's own kernels (exp, sigmoid, softplus) on a block of parameters: every row gets the
+    # bits it gets in any other row of the block.
+    dist = make_distribution(vector_spec(TAIL_SPACES[kind]).action)
+    gen = torch.Generator().manual_seed(0)
+    width = dist.head(4)(torch.zeros(1, 4)).shape[-1]
+    params = torch.randn(rows, width, generator=gen) * 3
+    noise = torch.rand(rows, dist.noise_size, generator=gen, dtype=torch.float64)
+    if dist.noise == "normal":
+        noise = torch.randn(rows, dist.noise_size, generator=gen, dtype=torch.float64)
+    actions = dist.sample(params, noise)
+    logprobs = dist.log_prob(params, actions)
+    for shift in range(1, rows):
+        order = torch.roll(torch.arange(rows), shift)  # row order[j] moves to place j
+        moved_actions = dist.sample(params[order], noise[order])
+        moved = dist.log_prob(params[order], moved_actions)
+        assert torch.equal(moved_actions, actions[order])
+        assert torch.equal(moved, logprobs[order]), f"a row's log-probability changed when moved by {shift}"
+
+
 def test_unpadded_forward_is_not_batch_invariant_here():
     """Why padding exists: without it, some batch sizes change the last bits of a row."""
     inference = make_inference(ACTION_SPACES["discrete"])
