@@ -18,11 +18,12 @@ exactly 0, so they are never sampled, never the mode, and add exactly 0 to the e
 stored and learned from unclipped; it is clipped to the bounds only when given to the env (as SB3 and
 CleanRL do).
 
-Every exp, log, sigmoid and softplus here runs on a tensor padded to a whole number of SIMD loops
-(`_tail_free`): CPU elementwise kernels step through a contiguous tensor two vectors at a time and finish
-the remainder with scalar code that rounds these functions differently, so a row in that remainder would
-get other last bits than the same row elsewhere in the block (seen on AVX2: a MultiBinary log-probability
-of 8 rows x 3 bits, `test_rows_alone_equal_rows_in_batches_of_every_size`).
+A row's samples and log-probabilities do not depend on its place in the block either. CPU elementwise
+kernels step through a contiguous tensor two vectors at a time and finish the remainder with scalar code
+that rounds exp, sigmoid and softplus differently, so a row in that remainder would get other last bits
+(seen on AVX2: a MultiBinary log-probability of 8 rows x 3 bits). So the Bernoullis' sigmoid and
+softplus and the categorical sampler's exp run on tensors padded to whole SIMD loops (`_tail_free`);
+log_softmax works row by row, and the Gaussian's exp runs on a strided view, row by row.
 
 Inference samples with `sample` and records `log_prob`; the learner calls `log_prob` and `entropy`;
 `Trainer.act` and `htsrl-aio eval` call `sample` or `mode`. The policy head that produces the
